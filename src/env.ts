@@ -1,0 +1,43 @@
+import type { MqttConnection } from "./session/connection";
+import type { MqttSession } from "./session/session-store";
+import type { TopicRouter } from "./router/router";
+
+/** Bindings and vars from wrangler.toml (vars arrive as strings; config.ts parses them). */
+export interface Env {
+  CONNECTION: DurableObjectNamespace<MqttConnection>;
+  SESSION: DurableObjectNamespace<MqttSession>;
+  ROUTER: DurableObjectNamespace<TopicRouter>;
+  DB: D1Database;
+
+  ANONYMOUS_ACCOUNT?: string;
+  MAX_PAYLOAD_BYTES?: string;
+  MAX_CLIENT_ID_BYTES?: string;
+  MAX_TOPIC_BYTES?: string;
+  MAX_TOPIC_LEVELS?: string;
+  MAX_SUBSCRIPTIONS?: string;
+  KEEPALIVE_MIN_SECONDS?: string;
+  KEEPALIVE_MAX_SECONDS?: string;
+  MAX_QUEUED_MESSAGES?: string;
+  MAX_INFLIGHT?: string;
+  SESSION_EXPIRY_SECONDS?: string;
+}
+
+/** The connection object that terminates one WebSocket, by its hex id. */
+export function connectionStub(env: Env, connId: string): DurableObjectStub<MqttConnection> {
+  return env.CONNECTION.get(env.CONNECTION.idFromString(connId));
+}
+
+/** The owner of the persistent state of one MQTT session (account + client id). */
+export function sessionStub(env: Env, account: string, clientId: string): DurableObjectStub<MqttSession> {
+  return env.SESSION.get(env.SESSION.idFromName(sessionName(account, clientId)));
+}
+
+/** The topic router of one account. */
+export function routerStub(env: Env, account: string): DurableObjectStub<TopicRouter> {
+  return env.ROUTER.get(env.ROUTER.idFromName(account));
+}
+
+/** Client ids are free text; the NUL separator cannot occur in a valid MQTT string [MQTT-1.5.3-2]. */
+export function sessionName(account: string, clientId: string): string {
+  return `${account}\u0000${clientId}`;
+}

@@ -1,0 +1,52 @@
+/**
+ * One table of every code the broker answers with: MQTT 3.1.1 CONNACK return codes,
+ * SUBACK failure, and the causes for which the broker ends a connection, each with its
+ * monitoring close code (IBM Watson IoT table, SPEC "Monitoring") and MQTT 5 reason code.
+ */
+
+/** MQTT 3.1.1 CONNACK return codes [MQTT-3.2.2.3]. */
+export const ConnackCode = {
+  Accepted: 0,
+  UnacceptableProtocolVersion: 1,
+  IdentifierRejected: 2,
+  ServerUnavailable: 3,
+  BadUserNameOrPassword: 4,
+  NotAuthorized: 5,
+} as const;
+export type ConnackCode = (typeof ConnackCode)[keyof typeof ConnackCode];
+
+/** SUBACK return code for a refused filter [MQTT-3.9.3]. */
+export const SUBACK_FAILURE = 0x80;
+
+export interface CloseCauseInfo {
+  /** Monitoring close code ($SYS/mon Disconnect events). */
+  monitorCode: number;
+  /** MQTT 5 DISCONNECT reason code sent before the close (when the client speaks 5.0). */
+  v5Reason: number;
+  /** WebSocket close code used on the socket. */
+  wsCode: number;
+  /** Whether the last will is published [MQTT-3.1.2-8]: every end but a DISCONNECT. */
+  publishWill: boolean;
+  reason: string;
+}
+
+export const CLOSE_CAUSES = {
+  clientDisconnect: { monitorCode: 0, v5Reason: 0x00, wsCode: 1000, publishWill: false, reason: "client sent DISCONNECT" },
+  clientClosed: { monitorCode: 91, v5Reason: 0x00, wsCode: 1000, publishWill: true, reason: "connection closed by client" },
+  networkLost: { monitorCode: 91, v5Reason: 0x00, wsCode: 1006, publishWill: true, reason: "connection lost" },
+  serverClosed: { monitorCode: 92, v5Reason: 0x8b, wsCode: 1001, publishWill: true, reason: "closed by server" },
+  keepAliveTimeout: { monitorCode: 160, v5Reason: 0x8d, wsCode: 1000, publishWill: true, reason: "keep alive timeout" },
+  notAuthorized: { monitorCode: 180, v5Reason: 0x87, wsCode: 1008, publishWill: true, reason: "not authorized" },
+  tooLarge: { monitorCode: 287, v5Reason: 0x95, wsCode: 1009, publishWill: true, reason: "message too large" },
+  takenOver: { monitorCode: 288, v5Reason: 0x8e, wsCode: 1000, publishWill: true, reason: "client id reused by a new connection" },
+  adminKick: { monitorCode: 94, v5Reason: 0x98, wsCode: 1000, publishWill: true, reason: "disconnected by an administrator" },
+  invalidData: { monitorCode: 105, v5Reason: 0x81, wsCode: 1002, publishWill: true, reason: "invalid data" },
+  protocolError: { monitorCode: 105, v5Reason: 0x82, wsCode: 1002, publishWill: true, reason: "protocol error" },
+  tooManySubscriptions: { monitorCode: 154, v5Reason: 0x97, wsCode: 1008, publishWill: true, reason: "too many subscriptions" },
+  invalidClientId: { monitorCode: 166, v5Reason: 0x85, wsCode: 1008, publishWill: true, reason: "invalid client id" },
+  tooManyConnections: { monitorCode: 173, v5Reason: 0x97, wsCode: 1008, publishWill: true, reason: "too many connections" },
+  invalidTopic: { monitorCode: 276, v5Reason: 0x90, wsCode: 1008, publishWill: true, reason: "invalid topic" },
+  serverError: { monitorCode: 92, v5Reason: 0x83, wsCode: 1011, publishWill: true, reason: "internal error" },
+} as const satisfies Record<string, CloseCauseInfo>;
+
+export type CloseCause = keyof typeof CLOSE_CAUSES;

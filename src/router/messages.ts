@@ -1,0 +1,30 @@
+/**
+ * The contract between sessions and routers: a message travelling through the broker.
+ * Kept small and flat because it crosses Durable Object RPC boundaries in batches.
+ */
+export type QoS = 0 | 1 | 2;
+
+export interface Message {
+  topic: string;
+  payload: Uint8Array;
+  qos: QoS;
+  retain: boolean;
+  /** Set on a QoS 1 message that was sent before and is being redelivered [MQTT-3.3.1-1]. */
+  dup?: boolean;
+}
+
+/** A subscription request as the router stores it. */
+export interface SubscriptionRequest {
+  filter: string;
+  qos: QoS;
+}
+
+/** Where the router sends a session's messages. */
+export type DeliveryTarget =
+  /** Online: the connection object that holds the socket, by hex id. */
+  | { conn: string }
+  /** Offline persistent session: its session object queues QoS 1 messages. */
+  | { conn: null };
+
+/** Result of handing a batch to a connection object. */
+export type DeliverResult = "ok" | "gone";

@@ -1,0 +1,653 @@
+import { DurableObject } from "cloudflare:workers";
+import { routerStub, sessionStub, type Env } from "../env";
+import { getConfig, type Config } from "../config";
+import { errorMessage, log } from "../log";
+import {
+  concatBytes,
+  decodePacket,
+  encodePacket,
+  readFrames,
+  type IConnectPacket,
+  type IPublishPacket,
+  type ISubscribePacket,
+  type IUnsubscribePacket,
+  type Packet,
+  type ProtocolVersion,
+} from "../protocol/codec";
+import { CLOSE_CAUSES, ConnackCode, SUBACK_FAILURE, type CloseCause } from "../protocol/codes";
+import { toBytes } from "../protocol/bytes";
+import { validateTopicFilter, validateTopicName } from "../topics/topic";
+import type { DeliverResult, Message, QoS, SubscriptionRequest } from "../router/messages";
+import { authenticateConnect } from "./connect";
+import { keepAliveDeadline, clampKeepAlive } from "./keepalive";
+import {
+  ATTACHMENT_RX_MAX,
+  LIVENESS_CHECK_MS,
+  CONNECT_TIMEOUT_MS,
+  readAttachment,
+  readConnMeta,
+  readOutRecord,
+  outKey,
+  OUT_PREFIX,
+  type Attachment,
+  type ConnMeta,
+  type OutRecord,
+} from "./state";
+
+interface PendingPublish {
+  message: Message;
+  packetId: number | undefined;
+}
+
+/**
+ * One object per WebSocket (a unique id per upgrade): it is the only code that reads from
+ * or writes to the socket. Standard clients connect to the plain URL, so the client id is
+ * unknown when the socket is routed here; after CONNECT this object claims the session
+ * from the session object (`session-store.ts`) and registers itself with the account's
+ * router as the session's delivery target, so an online delivery costs one hop from the
+ * router to here.
+ *
+ * State that must outlive an event: the socket attachment (phase, identity, keep-alive
+ * clock, a small partial packet), and storage (`meta`: identity and will; `o:<seq>`: QoS 1
+ * messages not yet acknowledged by the client; `rx`: a large partial packet).
+ */
+export class MqttConnection extends DurableObject<Env> {
+  private readonly config: Config;
+  private readonly id: string;
+  /** Cached attachment of the one socket; reloaded after a wake. */
+  private att: Attachment | null = null;
+  /** Partial packet bytes; undefined = not loaded since the last wake. */
+  private rx: Uint8Array | undefined;
+  /** Serializes packet processing: a CONNECT awaiting its RPCs holds the packets behind it. */
+  private chain: Promise<void> = Promise.resolve();
+  /** Outbound QoS 1 index, loaded lazily: connections without QoS 1 traffic never read storage. */
+  private out: Map<number, OutRecord> | null = null;
+  private pidToSeq = new Map<number, number>();
+  private nextSeq = 0;
+  private nextPid = 1;
+  /** QoS 0 messages delivered before CONNACK went out. */
+  private early: Message[] = [];
+  /** Publishes waiting for the router call in flight; they travel together in the next one. */
+  private publishQueue: PendingPublish[] = [];
+  private routing = false;
+  private ending: Promise<Message[]> | null = null;
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    this.config = getConfig(env);
+    this.id = ctx.id.toString();
+  }
+
+  // ---------------------------------------------------------------- entry points
+
+  /** The WebSocket upgrade, forwarded by the Worker from `GET /mqtt`. */
+  override async fetch(request: Request): Promise<Response> {
+    const pair = new WebSocketPair();
+    const [client, server] = [pair[0], pair[1]];
+    this.ctx.acceptWebSocket(server);
+    const now = Date.now();
+    const att: Attachment = {
+      v: 1,
+      phase: "connecting",
+      account: "",
+      clientId: "",
+      clean: true,
+      keepAlive: 0,
+      protocolVersion: 4,
+      openedAt: now,
+      lastSeen: now,
+      addr: request.headers.get("cf-connecting-ip") ?? "",
+      rx: null,
+      rxStored: false,
+    };
+    this.saveAttachment(server, att);
+    await this.ctx.storage.setAlarm(now + CONNECT_TIMEOUT_MS);
+    const headers = new Headers();
+    const protocol = request.headers.get("x-mqtt-subprotocol");
+    if (protocol) headers.set("Sec-WebSocket-Protocol", protocol);
+    return new Response(null, { status: 101, webSocket: client, headers });
+  }
+
+  override async webSocketMessage(ws: WebSocket, data: ArrayBuffer | string): Promise<void> {
+    const step = this.chain.then(() => this.onData(ws, data));
+    this.chain = step.catch((err: unknown) => this.fail(ws, "MqttConnection:webSocketMessage", err));
+    return this.chain;
+  }
+
+  override async webSocketClose(ws: WebSocket, code: number): Promise<void> {
+    try {
+      ws.close(code === 1005 || code === 1006 ? 1000 : code);
+    } catch {
+      // already closed
+    }
+    try {
+      await this.end(code === 1006 ? "networkLost" : "clientClosed");
+    } catch (err) {
+      log("error", "MqttConnection:webSocketClose", { error: errorMessage(err) });
+    }
+  }
+
+  override async webSocketError(_ws: WebSocket, error: unknown): Promise<void> {
+    try {
+      await this.end("networkLost");
+    } catch (err) {
+      log("error", "MqttConnection:webSocketError", { error: errorMessage(err), cause: errorMessage(error) });
+    }
+  }
+
+  /** Keep-alive and liveness clock: the one alarm of this object. */
+  override async alarm(): Promise<void> {
+    try {
+      const ws = this.socket();
+      if (!ws) {
+        // The socket is gone without a close event (runtime restart, eviction): end the session here.
+        await this.end("networkLost");
+        return;
+      }
+      const att = this.attachment(ws);
+      const now = Date.now();
+      if (att.phase === "connecting") {
+        if (now - att.openedAt >= CONNECT_TIMEOUT_MS) await this.close(ws, "protocolError");
+        else await this.ctx.storage.setAlarm(att.openedAt + CONNECT_TIMEOUT_MS);
+        return;
+      }
+      const deadline = keepAliveDeadline(att.lastSeen, att.keepAlive);
+      if (deadline !== null && now >= deadline) {
+        await this.close(ws, "keepAliveTimeout");
+        return;
+      }
+      await this.scheduleAlarm(att);
+    } catch (err) {
+      log("error", "MqttConnection:alarm", { error: errorMessage(err) });
+    }
+  }
+
+  // ---------------------------------------------------------------- RPC API
+
+  /**
+   * Messages for this connection's session from the router (or the session object).
+   * Resolves once every QoS 1 message is durable here; "gone" when the connection has
+   * ended, so the caller hands them to the session object instead.
+   */
+  async deliver(clientId: string, messages: Message[]): Promise<DeliverResult> {
+    const ws = this.socket();
+    if (!ws || this.ending) {
+      if (!ws && !this.ending) await this.ctx.storage.setAlarm(Date.now());
+      return "gone";
+    }
+    const att = this.attachment(ws);
+    if (att.phase === "closing" || att.clientId !== clientId) return "gone";
+    await this.accept(ws, att, messages);
+    return "ok";
+  }
+
+  /**
+   * Another connection claimed this session [MQTT-3.1.4-2]: close, publish the will, and
+   * return the QoS 1 messages not yet acknowledged so the new connection redelivers them.
+   */
+  async takeover(clientId: string): Promise<Message[]> {
+    const meta = await readConnMeta(this.ctx.storage);
+    if (!meta || meta.clientId !== clientId) return [];
+    return this.end("takenOver", { handBack: false });
+  }
+
+  // ---------------------------------------------------------------- inbound bytes
+
+  private async onData(ws: WebSocket, data: ArrayBuffer | string): Promise<void> {
+    if (this.ending) return;
+    const att = this.attachment(ws);
+    if (typeof data === "string") {
+      // MQTT over WebSocket is binary only [MQTT-6.0.0-1].
+      await this.close(ws, "invalidData");
+      return;
+    }
+    const prev = await this.loadRx(att);
+    const bytes = concatBytes(prev, new Uint8Array(data));
+    const { frames, rest, error } = readFrames(bytes, this.config.limits.maxPacketBytes);
+    const now = Date.now();
+    let dirty = false;
+    if (now - att.lastSeen >= 1000) {
+      att.lastSeen = now;
+      dirty = true;
+    }
+    if (error === undefined && (rest.byteLength > 0 || prev.byteLength > 0)) {
+      await this.saveRx(att, rest);
+      dirty = true;
+    }
+    if (dirty) this.saveAttachment(ws, att);
+
+    for (const frame of frames) {
+      if (this.ending || att.phase === "closing") return;
+      const decoded = decodePacket(frame, att.protocolVersion);
+      if (!decoded.ok) {
+        log("warn", "mqtt.malformed", { clientId: att.clientId, error: decoded.error });
+        await this.close(ws, "invalidData");
+        return;
+      }
+      await this.dispatch(ws, att, decoded.packet);
+    }
+    if (error) {
+      log("warn", "mqtt.frame_error", { clientId: att.clientId, error: error.message });
+      await this.close(ws, error.kind === "too-large" ? "tooLarge" : "invalidData");
+    }
+  }
+
+  /** One dispatch on the packet type. */
+  private async dispatch(ws: WebSocket, att: Attachment, packet: Packet): Promise<void> {
+    if (att.phase === "connecting") {
+      // [MQTT-3.1.0-1]: the first packet must be CONNECT.
+      if (packet.cmd !== "connect") return this.close(ws, "protocolError");
+      return this.onConnect(ws, att, packet);
+    }
+    switch (packet.cmd) {
+      case "connect":
+        return this.close(ws, "protocolError"); // [MQTT-3.1.0-2]: a second CONNECT
+      case "publish":
+        return this.onPublish(ws, att, packet);
+      case "puback":
+        return this.onPuback(ws, att, packet.messageId);
+      case "pubrel":
+        // Inbound QoS 2 completes here; the message was routed on PUBLISH.
+        if (packet.messageId !== undefined) this.send(ws, att, { cmd: "pubcomp", messageId: packet.messageId });
+        return;
+      case "subscribe":
+        return this.onSubscribe(ws, att, packet);
+      case "unsubscribe":
+        return this.onUnsubscribe(ws, att, packet);
+      case "pingreq":
+        this.send(ws, att, { cmd: "pingresp" });
+        return;
+      case "disconnect":
+        return this.close(ws, "clientDisconnect");
+      default:
+        // Server-to-client packet types from a client are a protocol violation.
+        return this.close(ws, "protocolError");
+    }
+  }
+
+  // ---------------------------------------------------------------- CONNECT
+
+  private async onConnect(ws: WebSocket, att: Attachment, packet: IConnectPacket): Promise<void> {
+    const version = packet.protocolVersion === 3 || packet.protocolVersion === 5 ? packet.protocolVersion : 4;
+    att.protocolVersion = version;
+    if (version === 5) {
+      // MQTT 5.0 is a later milestone: refuse with "unsupported protocol version".
+      this.send(ws, att, { cmd: "connack", returnCode: ConnackCode.UnacceptableProtocolVersion, sessionPresent: false });
+      return this.close(ws, "protocolError", { quiet: true });
+    }
+    const decision = authenticateConnect(packet, this.config);
+    if (!decision.ok) {
+      log("info", "mqtt.connect_refused", { clientId: packet.clientId, code: decision.code, reason: decision.reason });
+      this.send(ws, att, { cmd: "connack", returnCode: decision.code, sessionPresent: false });
+      return this.close(ws, decision.cause, { quiet: true });
+    }
+    const { account, clientId, will } = decision;
+    const clean = packet.clean !== false;
+    att.account = account;
+    att.clientId = clientId;
+    att.clean = clean;
+    att.keepAlive = clampKeepAlive(packet.keepalive ?? 0, this.config.limits);
+    const meta: ConnMeta = { account, clientId, clean, will, protocolVersion: version };
+    await this.ctx.storage.put("meta", meta);
+    this.saveAttachment(ws, att);
+
+    let sessionPresent: boolean;
+    try {
+      ({ sessionPresent } = await sessionStub(this.env, account, clientId).attach(account, clientId, this.id, clean));
+      await routerStub(this.env, account).attach(clientId, this.id, clean);
+    } catch (err) {
+      log("error", "mqtt.connect_failed", { clientId, error: errorMessage(err) });
+      this.send(ws, att, { cmd: "connack", returnCode: ConnackCode.ServerUnavailable, sessionPresent: false });
+      return this.close(ws, "serverError", { quiet: true });
+    }
+    if (this.ending || !this.socket()) return;
+    this.send(ws, att, { cmd: "connack", returnCode: ConnackCode.Accepted, sessionPresent });
+    att.phase = "connected";
+    att.lastSeen = Date.now();
+    this.saveAttachment(ws, att);
+    await this.scheduleAlarm(att);
+    log("info", "mqtt.connect", { account, clientId, clean, sessionPresent, keepAlive: att.keepAlive, addr: att.addr });
+
+    // Messages that arrived during the handshake (offline queue, takeover hand-over) go out now.
+    const early = this.early;
+    this.early = [];
+    for (const m of early) this.sendPublish(ws, att, m, undefined);
+    await this.loadOut();
+    for (const record of this.out?.values() ?? []) {
+      if (record.pid > 0) this.sendPublish(ws, att, record.message, record.pid);
+    }
+    await this.pump(ws, att);
+  }
+
+  // ---------------------------------------------------------------- PUBLISH (inbound)
+
+  private async onPublish(ws: WebSocket, att: Attachment, packet: IPublishPacket): Promise<void> {
+    const limits = this.config.limits;
+    const topicError = validateTopicName(packet.topic, limits);
+    if (topicError) {
+      log("warn", "mqtt.invalid_topic", { clientId: att.clientId, error: topicError });
+      return this.close(ws, "invalidTopic");
+    }
+    const payload = toBytes(packet.payload);
+    if (payload.byteLength > limits.maxPayloadBytes) return this.close(ws, "tooLarge");
+    if (packet.qos > 0 && !packet.messageId) return this.close(ws, "protocolError"); // [MQTT-2.3.1-1]
+    const message: Message = { topic: packet.topic, payload, qos: packet.qos === 0 ? 0 : 1, retain: packet.retain };
+    this.publishQueue.push({ message, packetId: packet.qos > 0 ? packet.messageId : undefined });
+    if (packet.qos === 2) this.qos2Pending.add(packet.messageId ?? 0);
+    if (!this.routing) void this.flushPublishes(ws, att);
+  }
+
+  /** Inbound QoS 2 packet ids answered with PUBREC (handled at-least-once until QoS 2 lands). */
+  private readonly qos2Pending = new Set<number>();
+
+  /**
+   * Sends queued publishes to the router, one call at a time: publishes arriving while a
+   * call is in flight travel together in the next one, in order. Acknowledgements go out
+   * only after the router has made each QoS 1 copy durable.
+   */
+  private async flushPublishes(ws: WebSocket, att: Attachment): Promise<void> {
+    this.routing = true;
+    try {
+      while (this.publishQueue.length > 0 && !this.ending) {
+        const batch = this.publishQueue;
+        this.publishQueue = [];
+        await routerStub(this.env, att.account).publish(att.account, batch.map((p) => p.message));
+        for (const { packetId } of batch) {
+          if (packetId === undefined) continue;
+          if (this.qos2Pending.delete(packetId)) this.send(ws, att, { cmd: "pubrec", messageId: packetId });
+          else this.send(ws, att, { cmd: "puback", messageId: packetId });
+        }
+      }
+    } catch (err) {
+      // No acknowledgement went out for this batch: the client retransmits after reconnecting.
+      log("error", "mqtt.route_failed", { clientId: att.clientId, error: errorMessage(err) });
+      await this.close(ws, "serverError");
+    } finally {
+      this.routing = false;
+    }
+  }
+
+  // ---------------------------------------------------------------- SUBSCRIBE / UNSUBSCRIBE
+
+  private async onSubscribe(ws: WebSocket, att: Attachment, packet: ISubscribePacket): Promise<void> {
+    if (!packet.messageId) return this.close(ws, "protocolError");
+    const codes: number[] = [];
+    const valid: SubscriptionRequest[] = [];
+    const slot: number[] = [];
+    for (const sub of packet.subscriptions) {
+      // Shared subscriptions are a later milestone: refused per filter for now.
+      if (validateTopicFilter(sub.topic, this.config.limits) !== null || sub.topic.startsWith("$share/")) {
+        codes.push(SUBACK_FAILURE);
+        continue;
+      }
+      const qos: QoS = sub.qos >= 1 ? 1 : 0; // QoS 2 requests are granted 1
+      slot.push(codes.length);
+      codes.push(qos);
+      valid.push({ filter: sub.topic, qos });
+    }
+    let retained: Message[] = [];
+    if (valid.length > 0) {
+      const result = await routerStub(this.env, att.account).subscribe(att.clientId, valid, this.config.limits.maxSubscriptions);
+      result.granted.forEach((ok, i) => {
+        const at = slot[i];
+        if (!ok && at !== undefined) codes[at] = SUBACK_FAILURE;
+      });
+      retained = result.retained;
+    }
+    this.send(ws, att, { cmd: "suback", messageId: packet.messageId, granted: codes });
+    if (retained.length > 0) await this.accept(ws, att, retained);
+  }
+
+  private async onUnsubscribe(ws: WebSocket, att: Attachment, packet: IUnsubscribePacket): Promise<void> {
+    if (!packet.messageId) return this.close(ws, "protocolError");
+    await routerStub(this.env, att.account).unsubscribe(att.clientId, packet.unsubscriptions);
+    this.send(ws, att, { cmd: "unsuback", messageId: packet.messageId, granted: [] });
+  }
+
+  // ---------------------------------------------------------------- outbound messages
+
+  /** Takes messages for the client: QoS 0 goes out now, QoS 1 is stored, then sent within the window. */
+  private async accept(ws: WebSocket, att: Attachment, messages: Message[]): Promise<void> {
+    const durable: Message[] = [];
+    for (const m of messages) {
+      if (m.qos === 0) {
+        if (att.phase === "connected") this.sendPublish(ws, att, m, undefined);
+        else this.early.push(m);
+      } else durable.push(m);
+    }
+    if (durable.length === 0) return;
+    const out = await this.loadOut();
+    const writes: Record<string, OutRecord> = {};
+    let inflight = this.pidToSeq.size;
+    const toSend: OutRecord[] = [];
+    for (const message of durable) {
+      const seq = this.nextSeq++;
+      const pid = inflight < this.config.limits.maxInflight ? this.allocatePid() : 0;
+      const record: OutRecord = { seq, pid, message };
+      if (pid > 0) {
+        inflight++;
+        this.pidToSeq.set(pid, seq);
+        toSend.push(record);
+      }
+      out.set(seq, record);
+      writes[outKey(seq)] = record;
+    }
+    // Written before anything is sent or acknowledged upstream: the output gate holds both
+    // until the write is durable.
+    await this.ctx.storage.put(writes);
+    if (att.phase === "connected") for (const r of toSend) this.sendPublish(ws, att, r.message, r.pid);
+  }
+
+  private async onPuback(ws: WebSocket, att: Attachment, pid: number | undefined): Promise<void> {
+    if (pid === undefined) return;
+    await this.loadOut();
+    const seq = this.pidToSeq.get(pid);
+    if (seq === undefined) return; // unknown or duplicate acknowledgement
+    this.pidToSeq.delete(pid);
+    this.out?.delete(seq);
+    await this.ctx.storage.delete(outKey(seq));
+    await this.pump(ws, att);
+  }
+
+  /** Sends queued QoS 1 messages while the in-flight window has room. */
+  private async pump(ws: WebSocket, att: Attachment): Promise<void> {
+    const out = this.out;
+    if (!out || att.phase !== "connected") return;
+    const writes: Record<string, OutRecord> = {};
+    const toSend: OutRecord[] = [];
+    for (const record of out.values()) {
+      if (this.pidToSeq.size >= this.config.limits.maxInflight) break;
+      if (record.pid > 0) continue;
+      record.pid = this.allocatePid();
+      this.pidToSeq.set(record.pid, record.seq);
+      writes[outKey(record.seq)] = record;
+      toSend.push(record);
+    }
+    if (toSend.length === 0) return;
+    await this.ctx.storage.put(writes);
+    for (const r of toSend) this.sendPublish(ws, att, r.message, r.pid);
+  }
+
+  private sendPublish(ws: WebSocket, att: Attachment, m: Message, pid: number | undefined): void {
+    this.send(ws, att, {
+      cmd: "publish",
+      topic: m.topic,
+      payload: m.payload instanceof Buffer ? m.payload : Buffer.from(m.payload.buffer, m.payload.byteOffset, m.payload.byteLength),
+      qos: pid === undefined ? 0 : 1,
+      retain: m.retain,
+      dup: m.dup === true && pid !== undefined, // [MQTT-3.3.1-3]: DUP only on redelivery
+      messageId: pid,
+    });
+  }
+
+  private allocatePid(): number {
+    // Packet ids 1..65535 [MQTT-2.3.1-1], skipping ids still in flight.
+    for (let i = 0; i < 65535; i++) {
+      const pid = this.nextPid;
+      this.nextPid = pid >= 65535 ? 1 : pid + 1;
+      if (!this.pidToSeq.has(pid)) return pid;
+    }
+    throw new Error("no free packet id");
+  }
+
+  private async loadOut(): Promise<Map<number, OutRecord>> {
+    if (this.out) return this.out;
+    const out = new Map<number, OutRecord>();
+    const stored = await this.ctx.storage.list({ prefix: OUT_PREFIX });
+    let maxPid = 0;
+    for (const value of stored.values()) {
+      const record = readOutRecord(value);
+      if (!record) continue;
+      out.set(record.seq, record);
+      this.nextSeq = Math.max(this.nextSeq, record.seq + 1);
+      if (record.pid > 0) {
+        this.pidToSeq.set(record.pid, record.seq);
+        maxPid = Math.max(maxPid, record.pid);
+      }
+    }
+    if (!this.out) {
+      this.out = out;
+      this.nextPid = maxPid >= 65535 ? 1 : maxPid + 1;
+    }
+    return this.out;
+  }
+
+  // ---------------------------------------------------------------- closing
+
+  /** Closes the socket for `cause` and ends the session side of this connection. */
+  private async close(ws: WebSocket, cause: CloseCause, opts: { quiet?: boolean } = {}): Promise<void> {
+    const info = CLOSE_CAUSES[cause];
+    const att = this.attachment(ws);
+    if (!opts.quiet && cause !== "clientDisconnect") {
+      log("info", "mqtt.close", { clientId: att.clientId, cause, code: info.monitorCode, reason: info.reason });
+    }
+    await this.end(cause);
+  }
+
+  /**
+   * Ends this connection exactly once: closes the socket, publishes the will when the cause
+   * calls for it [MQTT-3.1.2-8], detaches from the router and the session object (handing
+   * unacknowledged QoS 1 messages back to a persistent session), and clears storage.
+   */
+  private end(cause: CloseCause, opts: { handBack?: boolean } = {}): Promise<Message[]> {
+    if (this.ending) return this.ending;
+    this.ending = this.finish(cause, opts.handBack !== false);
+    return this.ending;
+  }
+
+  private async finish(cause: CloseCause, handBack: boolean): Promise<Message[]> {
+    const info = CLOSE_CAUSES[cause];
+    const ws = this.socket();
+    if (ws) {
+      const att = this.attachment(ws);
+      att.phase = "closing";
+      this.saveAttachment(ws, att);
+      try {
+        ws.close(info.wsCode, info.reason);
+      } catch {
+        // already closing
+      }
+    }
+    const meta = await readConnMeta(this.ctx.storage);
+    let leftovers: Message[] = [];
+    if (meta) {
+      const { account, clientId, clean } = meta;
+      if (info.publishWill && meta.will) {
+        await routerStub(this.env, account)
+          .publish(account, [meta.will])
+          .catch((err: unknown) => log("error", "mqtt.will_failed", { clientId, error: errorMessage(err) }));
+      }
+      if (!clean) {
+        const out = await this.loadOut();
+        leftovers = [...out.values()].map((r) => (r.pid > 0 ? { ...r.message, dup: true } : r.message));
+      }
+      await routerStub(this.env, account)
+        .detach(clientId, this.id, !clean)
+        .catch((err: unknown) => log("error", "mqtt.detach_failed", { clientId, error: errorMessage(err) }));
+      if (handBack) {
+        await sessionStub(this.env, account, clientId)
+          .detach(this.id, leftovers, !clean)
+          .catch((err: unknown) => log("error", "mqtt.session_detach_failed", { clientId, error: errorMessage(err) }));
+      }
+      log("info", "mqtt.disconnect", { account, clientId, cause, code: info.monitorCode });
+    }
+    await this.ctx.storage.deleteAlarm();
+    await this.ctx.storage.deleteAll();
+    this.out = new Map();
+    this.pidToSeq.clear();
+    return leftovers;
+  }
+
+  private async fail(ws: WebSocket, where: string, err: unknown): Promise<void> {
+    log("error", where, { error: errorMessage(err) });
+    try {
+      await this.end("serverError");
+    } catch (inner) {
+      log("error", `${where}:end`, { error: errorMessage(inner) });
+      try {
+        ws.close(1011, "internal error");
+      } catch {
+        // already closed
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- socket state
+
+  private socket(): WebSocket | undefined {
+    return this.ctx.getWebSockets()[0];
+  }
+
+  private attachment(ws: WebSocket): Attachment {
+    if (this.att) return this.att;
+    const att = readAttachment(ws.deserializeAttachment());
+    if (!att) throw new Error("socket without a valid attachment");
+    this.att = att;
+    return att;
+  }
+
+  private saveAttachment(ws: WebSocket, att: Attachment): void {
+    this.att = att;
+    ws.serializeAttachment(att);
+  }
+
+  private async loadRx(att: Attachment): Promise<Uint8Array> {
+    if (this.rx !== undefined) return this.rx;
+    if (att.rxStored) {
+      const stored = await this.ctx.storage.get("rx");
+      this.rx = stored instanceof Uint8Array ? stored : new Uint8Array(0);
+    } else this.rx = att.rx ?? new Uint8Array(0);
+    return this.rx;
+  }
+
+  /** Keeps a partial packet where it survives hibernation: the attachment if small, else storage. */
+  private async saveRx(att: Attachment, rest: Uint8Array): Promise<void> {
+    // Copy: `rest` is a view into a larger buffer that must not be retained or serialized whole.
+    const copy = rest.slice();
+    this.rx = copy;
+    const wasStored = att.rxStored;
+    if (copy.byteLength <= ATTACHMENT_RX_MAX) {
+      att.rx = copy.byteLength > 0 ? copy : null;
+      att.rxStored = false;
+      if (wasStored) await this.ctx.storage.delete("rx");
+    } else {
+      att.rx = null;
+      att.rxStored = true;
+      await this.ctx.storage.put("rx", copy);
+    }
+  }
+
+  private send(ws: WebSocket, att: Attachment, packet: Packet): void {
+    try {
+      ws.send(encodePacket(packet, att.protocolVersion));
+    } catch (err) {
+      log("warn", "mqtt.send_failed", { clientId: att.clientId, error: errorMessage(err) });
+    }
+  }
+
+  private async scheduleAlarm(att: Attachment): Promise<void> {
+    const deadline = keepAliveDeadline(att.lastSeen, att.keepAlive);
+    const liveness = Date.now() + LIVENESS_CHECK_MS;
+    await this.ctx.storage.setAlarm(deadline === null ? liveness : Math.min(deadline, liveness));
+  }
+}

@@ -1,0 +1,201 @@
+import { DurableObject } from "cloudflare:workers";
+import { connectionStub, routerStub, type Env } from "../env";
+import { getConfig } from "../config";
+import { errorMessage, log } from "../log";
+import type { DeliverResult, Message } from "../router/messages";
+
+/** Persistent state of one MQTT session, apart from its subscriptions (the router owns those). */
+interface SessionMeta {
+  account: string;
+  clientId: string;
+  /** Hex id of the connection object that holds the session's socket now, or null when offline. */
+  owner: string | null;
+  persistent: boolean;
+  /** Queue bounds: messages are stored under q:<seq> for head <= seq < tail. */
+  head: number;
+  tail: number;
+  /** Messages dropped because the offline queue was full (oldest first). */
+  dropped: number;
+}
+
+function isMessage(v: unknown): v is Message {
+  if (typeof v !== "object" || v === null) return false;
+  const m = v as Record<string, unknown>;
+  return typeof m.topic === "string" && m.payload instanceof Uint8Array && (m.qos === 0 || m.qos === 1 || m.qos === 2) && typeof m.retain === "boolean";
+}
+
+function isMeta(v: unknown): v is SessionMeta {
+  if (typeof v !== "object" || v === null) return false;
+  const m = v as Record<string, unknown>;
+  return typeof m.account === "string" && typeof m.clientId === "string" && (typeof m.owner === "string" || m.owner === null) &&
+    typeof m.persistent === "boolean" && typeof m.head === "number" && typeof m.tail === "number" && typeof m.dropped === "number";
+}
+
+const queueKey = (seq: number): string => `q:${seq.toString().padStart(16, "0")}`;
+
+/**
+ * One object per MQTT session (account + client id), named by `sessionName`.
+ *
+ * It is the single owner of the session's identity across connections: which connection
+ * holds it now (takeover closes the previous one), whether it is persistent, and the queue
+ * of QoS 1 messages that arrive while it is offline. Online, the router delivers straight
+ * to the connection object and this object is not on the path.
+ */
+export class MqttSession extends DurableObject<Env> {
+  private meta: SessionMeta | null = null;
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    void ctx.blockConcurrencyWhile(async () => {
+      const stored = await ctx.storage.get("meta");
+      this.meta = isMeta(stored) ? stored : null;
+    });
+  }
+
+  /**
+   * A new connection `conn` claims the session. Closes the previous connection
+   * (takeover [MQTT-3.1.4-2]), then hands the queued messages to the new one, durably,
+   * before answering. Returns whether a persistent session was present [MQTT-3.2.2-2].
+   */
+  async attach(account: string, clientId: string, conn: string, clean: boolean): Promise<{ sessionPresent: boolean }> {
+    const prev = this.meta;
+    const sessionPresent = !clean && prev !== null && prev.persistent;
+    const meta: SessionMeta = {
+      account,
+      clientId,
+      owner: conn,
+      persistent: !clean,
+      head: prev?.head ?? 0,
+      tail: prev?.tail ?? 0,
+      dropped: prev?.dropped ?? 0,
+    };
+    // Owner first: messages arriving while the old connection closes are forwarded to the new one.
+    this.saveMeta(meta);
+    await this.ctx.storage.deleteAlarm();
+
+    let carried: Message[] = [];
+    if (prev?.owner && prev.owner !== conn) {
+      try {
+        carried = await connectionStub(this.env, prev.owner).takeover(clientId);
+      } catch (err) {
+        // The old object is unreachable; its alarm later hands its messages back through detach().
+        log("warn", "session.takeover_failed", { clientId, error: errorMessage(err) });
+      }
+    }
+
+    if (clean) {
+      await this.clearQueue(meta);
+      return { sessionPresent };
+    }
+    const queued = carried.concat(await this.readQueue(meta));
+    if (queued.length > 0) {
+      const result = await connectionStub(this.env, conn).deliver(clientId, queued);
+      if (result === "ok") await this.clearQueue(meta);
+    }
+    return { sessionPresent };
+  }
+
+  /**
+   * Messages for this session while the router saw it offline (or its connection gone).
+   * Forwarded to the owner when one is online again, else queued, oldest dropped past the limit.
+   */
+  async enqueue(clientId: string, messages: Message[]): Promise<void> {
+    const meta = this.meta;
+    if (!meta || meta.clientId !== clientId) return;
+    if (meta.owner) {
+      const result: DeliverResult = await connectionStub(this.env, meta.owner)
+        .deliver(clientId, messages)
+        .catch((err: unknown) => {
+          log("warn", "session.forward_failed", { clientId, error: errorMessage(err) });
+          return "gone" as const;
+        });
+      if (result === "ok") return;
+      meta.owner = null;
+      this.saveMeta(meta);
+      this.scheduleExpiry();
+    }
+    if (!meta.persistent) return;
+    this.append(meta, messages);
+  }
+
+  /**
+   * The connection `conn` ended. `leftovers` are the QoS 1 messages it had not seen
+   * acknowledged: they stay with a persistent session.
+   */
+  async detach(conn: string, leftovers: Message[], persistent: boolean): Promise<void> {
+    const meta = this.meta;
+    if (!meta) return;
+    if (meta.owner === conn) {
+      if (!persistent) {
+        await this.ctx.storage.deleteAll();
+        this.meta = null;
+        return;
+      }
+      meta.owner = null;
+      this.saveMeta(meta);
+      this.scheduleExpiry();
+    }
+    // A connection taken over while unreachable hands its messages back late: they still belong here.
+    if (leftovers.length > 0 && meta.persistent) await this.enqueue(meta.clientId, leftovers);
+  }
+
+  /** Queue length and drop count, for tests and the admin API. */
+  async stats(): Promise<{ online: boolean; persistent: boolean; queued: number; dropped: number } | null> {
+    const meta = this.meta;
+    if (!meta) return null;
+    return { online: meta.owner !== null, persistent: meta.persistent, queued: meta.tail - meta.head, dropped: meta.dropped };
+  }
+
+  /** Session expiry for an offline persistent session: forget it everywhere. */
+  override async alarm(): Promise<void> {
+    const meta = this.meta;
+    if (!meta || meta.owner) return;
+    await routerStub(this.env, meta.account).forget(meta.clientId);
+    await this.ctx.storage.deleteAll();
+    this.meta = null;
+    log("info", "session.expired", { account: meta.account, clientId: meta.clientId });
+  }
+
+  private scheduleExpiry(): void {
+    const seconds = getConfig(this.env).limits.sessionExpirySeconds;
+    void this.ctx.storage.setAlarm(Date.now() + seconds * 1000);
+  }
+
+  private append(meta: SessionMeta, messages: Message[]): void {
+    const max = getConfig(this.env).limits.maxQueuedMessages;
+    const entries: Record<string, Message> = {};
+    for (const m of messages) entries[queueKey(meta.tail++)] = m;
+    void this.ctx.storage.put(entries);
+    const excess = meta.tail - meta.head - max;
+    if (excess > 0) {
+      const drop: string[] = [];
+      for (let i = 0; i < excess; i++) drop.push(queueKey(meta.head++));
+      void this.ctx.storage.delete(drop);
+      meta.dropped += excess;
+      log("warn", "session.queue_full", { clientId: meta.clientId, dropped: excess });
+    }
+    this.saveMeta(meta);
+  }
+
+  private async readQueue(meta: SessionMeta): Promise<Message[]> {
+    if (meta.tail === meta.head) return [];
+    const map = await this.ctx.storage.list({ prefix: "q:" });
+    const out: Message[] = [];
+    for (const value of map.values()) if (isMessage(value)) out.push(value);
+    return out;
+  }
+
+  private async clearQueue(meta: SessionMeta): Promise<void> {
+    if (meta.tail === meta.head) return;
+    const keys: string[] = [];
+    for (let s = meta.head; s < meta.tail; s++) keys.push(queueKey(s));
+    for (let i = 0; i < keys.length; i += 128) await this.ctx.storage.delete(keys.slice(i, i + 128));
+    meta.head = meta.tail;
+    this.saveMeta(meta);
+  }
+
+  private saveMeta(meta: SessionMeta): void {
+    this.meta = meta;
+    void this.ctx.storage.put("meta", meta);
+  }
+}

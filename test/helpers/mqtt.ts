@@ -1,0 +1,66 @@
+import mqtt, { type IClientOptions, type MqttClient, type IPublishPacket } from "mqtt";
+import { inject } from "vitest";
+
+export interface Received {
+  topic: string;
+  payload: string;
+  qos: number;
+  retain: boolean;
+  dup: boolean;
+}
+
+let counter = 0;
+/** A client id unique to this test run. */
+export function uid(prefix = "c"): string {
+  return `${prefix}-${process.pid}-${Date.now().toString(36)}-${(counter++).toString(36)}`;
+}
+
+/** Connects an MQTT.js client over WebSocket and waits for CONNACK (rejects on error/timeout). */
+export function connect(opts: IClientOptions = {}, url = inject("brokerWsUrl")): Promise<MqttClient> {
+  return new Promise((ok, fail) => {
+    const client = mqtt.connect(url, { reconnectPeriod: 0, connectTimeout: 10_000, protocolVersion: 4, ...opts });
+    const timer = setTimeout(() => {
+      client.end(true);
+      fail(new Error("timed out waiting for CONNACK"));
+    }, 15_000);
+    client.once("connect", () => {
+      clearTimeout(timer);
+      ok(client);
+    });
+    client.once("error", (err) => {
+      clearTimeout(timer);
+      client.end(true);
+      fail(err);
+    });
+  });
+}
+
+/** Collects every message a client receives. */
+export function collect(client: MqttClient): Received[] {
+  const got: Received[] = [];
+  client.on("message", (topic: string, payload: Buffer, packet: IPublishPacket) => {
+    got.push({ topic, payload: payload.toString(), qos: packet.qos, retain: packet.retain, dup: packet.dup });
+  });
+  return got;
+}
+
+/** Waits until `predicate` holds, polling; fails with `what` after `ms`. */
+export async function waitFor(predicate: () => boolean, what: string, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Lets the broker settle for a moment (to show that something did NOT arrive). */
+export const settle = (ms = 500): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export async function subscribe(client: MqttClient, filter: string | string[], qos: 0 | 1 | 2 = 1): Promise<number[]> {
+  const granted = await client.subscribeAsync(filter, { qos });
+  return granted.map((g) => g.qos);
+}
+
+export async function end(...clients: MqttClient[]): Promise<void> {
+  await Promise.all(clients.map((c) => c.endAsync().catch(() => undefined)));
+}
