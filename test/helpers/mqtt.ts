@@ -16,16 +16,28 @@ export function uid(prefix = "c"): string {
 }
 
 /** Connects an MQTT.js client over WebSocket and waits for CONNACK (rejects on error/timeout). */
-export function connect(opts: IClientOptions = {}, url = inject("brokerWsUrl")): Promise<MqttClient> {
+export async function connect(opts: IClientOptions = {}, url = inject("brokerWsUrl")): Promise<MqttClient> {
+  return (await connectCollecting(opts, url)).client;
+}
+
+/**
+ * Connects and starts collecting messages before CONNACK, so messages that follow the
+ * CONNACK in the same frame (an offline queue) are not missed.
+ */
+export function connectCollecting(
+  opts: IClientOptions = {},
+  url = inject("brokerWsUrl"),
+): Promise<{ client: MqttClient; got: Received[]; sessionPresent: boolean }> {
   return new Promise((ok, fail) => {
     const client = mqtt.connect(url, { reconnectPeriod: 0, connectTimeout: 10_000, protocolVersion: 4, ...opts });
+    const got = collect(client);
     const timer = setTimeout(() => {
       client.end(true);
       fail(new Error("timed out waiting for CONNACK"));
     }, 15_000);
-    client.once("connect", () => {
+    client.once("connect", (ack) => {
       clearTimeout(timer);
-      ok(client);
+      ok({ client, got, sessionPresent: ack.sessionPresent });
     });
     client.once("error", (err) => {
       clearTimeout(timer);

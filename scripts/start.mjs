@@ -1,0 +1,177 @@
+#!/usr/bin/env node
+// `npm start`: local broker on wrangler dev. Installs nothing; run `npm ci` first.
+//   1. makes sure .dev.vars holds ADMIN_TOKEN, JWT_SECRET and DEVICE_PEPPER (random if new),
+//   2. applies the local D1 migrations,
+//   3. runs `wrangler dev` on 127.0.0.1:$PORT (default 8787) and prints how to connect.
+import { spawn, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+const WRANGLER = join(ROOT, "node_modules/.bin/wrangler");
+const DEV_VARS = join(ROOT, ".dev.vars");
+const PERSIST = ".wrangler/state";
+const SECRET_KEYS = ["ADMIN_TOKEN", "JWT_SECRET", "DEVICE_PEPPER"];
+
+const port = Number(process.env.PORT || 8787);
+if (!Number.isInteger(port) || port <= 0 || port > 65535) {
+  console.error(`start: PORT must be a TCP port number, got "${process.env.PORT}"`);
+  process.exit(2);
+}
+if (!existsSync(WRANGLER)) {
+  console.error("start: node_modules/.bin/wrangler not found; run `npm ci` first");
+  process.exit(2);
+}
+
+const quietEnv = {
+  ...process.env,
+  CLOUDFLARE_CF_FETCH_ENABLED: "false",
+  WRANGLER_SEND_METRICS: "false",
+  XDG_CONFIG_HOME: join(ROOT, ".wrangler/config"),
+};
+
+/** Reads KEY=value lines (ignores blanks and # comments). */
+function parseVars(text) {
+  const vars = {};
+  for (const line of text.split(/\r?\n/)) {
+    const m = /^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$/.exec(line);
+    if (m && !line.trimStart().startsWith("#")) vars[m[1]] = m[2].replace(/^"(.*)"$/, "$1");
+  }
+  return vars;
+}
+
+/** Creates .dev.vars, or adds the missing secret keys to it; returns all its values. */
+function ensureDevVars() {
+  const exists = existsSync(DEV_VARS);
+  const text = exists ? readFileSync(DEV_VARS, "utf8") : "";
+  const vars = parseVars(text);
+  const missing = SECRET_KEYS.filter((k) => !vars[k]);
+  if (missing.length === 0) {
+    console.log(`start: using existing .dev.vars (${SECRET_KEYS.join(", ")})`);
+    return vars;
+  }
+  const added = missing.map((k) => {
+    vars[k] = randomBytes(32).toString("base64url");
+    return `${k}=${vars[k]}`;
+  });
+  const prefix = text === "" || text.endsWith("\n") ? text : `${text}\n`;
+  writeFileSync(DEV_VARS, `${prefix}${added.join("\n")}\n`, { mode: 0o600 });
+  console.log(
+    exists
+      ? `start: added ${missing.join(", ")} to .dev.vars (random values)`
+      : `start: created .dev.vars with random ${missing.join(", ")}`,
+  );
+  return vars;
+}
+
+function applyMigrations() {
+  console.log("start: applying local D1 migrations");
+  const r = spawnSync(WRANGLER, ["d1", "migrations", "apply", "DB", "--local", "--persist-to", PERSIST], {
+    cwd: ROOT,
+    env: { ...quietEnv, CI: "true" },
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+  if (r.status !== 0) {
+    console.error(`start: D1 migrations failed (exit ${r.status ?? r.signal})`);
+    process.exit(r.status || 1);
+  }
+}
+
+/**
+ * Provisions a dev device and mints a token for it, so the banner can show an
+ * authenticated example. vars: the values from .dev.vars (ADMIN_TOKEN, ...).
+ */
+async function bootstrapDevAccount(baseUrl, vars) {
+  // The identity milestone fills this in (provision a device via the admin API, mint a token).
+  return undefined;
+}
+
+async function waitForHealth(baseUrl, child) {
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) return false;
+    try {
+      const res = await fetch(`${baseUrl}/health`);
+      if (res.ok) return true;
+    } catch {
+      // not up yet
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+function banner(baseUrl, anonymousAccount, extra) {
+  const lines = [
+    "",
+    "MQTT broker is up",
+    `  MQTT over WebSocket:  ws://127.0.0.1:${port}/mqtt`,
+    `  HTTP:                 ${baseUrl}  (health: ${baseUrl}/health)`,
+    anonymousAccount
+      ? `  Anonymous clients land in account "${anonymousAccount}" (ANONYMOUS_ACCOUNT in wrangler.toml)`
+      : "  Anonymous access is off (ANONYMOUS_ACCOUNT is empty in wrangler.toml)",
+    "",
+    "  Try it (two terminals):",
+    `    npx mqtt sub -l ws -h 127.0.0.1 -p ${port} --path /mqtt -t 'demo/#' -v`,
+    `    npx mqtt pub -l ws -h 127.0.0.1 -p ${port} --path /mqtt -t demo/hello -m hi`,
+    ...(extra ?? []),
+    "",
+    "  Ctrl-C stops the broker.",
+    "",
+  ];
+  console.log(lines.join("\n"));
+}
+
+/** ANONYMOUS_ACCOUNT from wrangler.toml's [vars] (for the banner only). */
+function anonymousAccountFromToml() {
+  try {
+    const toml = readFileSync(join(ROOT, "wrangler.toml"), "utf8");
+    const m = /^\s*ANONYMOUS_ACCOUNT\s*=\s*"([^"]*)"/m.exec(toml);
+    return m ? m[1] : "";
+  } catch {
+    return "";
+  }
+}
+
+const vars = ensureDevVars();
+applyMigrations();
+
+const child = spawn(
+  WRANGLER,
+  [
+    "dev",
+    "--ip",
+    "127.0.0.1",
+    "--port",
+    String(port),
+    "--persist-to",
+    PERSIST,
+    "--show-interactive-dev-session=false",
+  ],
+  { cwd: ROOT, env: quietEnv, stdio: "inherit" },
+);
+
+for (const sig of ["SIGINT", "SIGTERM"]) {
+  process.on(sig, () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(sig);
+  });
+}
+child.on("error", (err) => {
+  console.error(`start: could not run wrangler: ${err.message}`);
+  process.exit(1);
+});
+child.on("exit", (code, signal) => {
+  if (signal) process.exit(128 + ({ SIGINT: 2, SIGTERM: 15, SIGKILL: 9 }[signal] ?? 1));
+  process.exit(code ?? 1);
+});
+
+const baseUrl = `http://127.0.0.1:${port}`;
+if (await waitForHealth(baseUrl, child)) {
+  let extra;
+  try {
+    extra = await bootstrapDevAccount(baseUrl, vars);
+  } catch (err) {
+    console.error(`start: dev account bootstrap failed: ${err instanceof Error ? err.message : err}`);
+  }
+  banner(baseUrl, anonymousAccountFromToml(), Array.isArray(extra) ? extra : undefined);
+}

@@ -1,0 +1,98 @@
+import { describe, it, expect, inject } from "vitest";
+import { RawClient, encode } from "../helpers/raw";
+import { collect, connect, end, subscribe, uid, waitFor } from "../helpers/mqtt";
+
+describe("WebSocket byte stream", () => {
+  it("reassembles a PUBLISH split across two frames, also inside the length field", async () => {
+    const topic = `t/${uid()}`;
+    const sub = await connect({ clientId: uid() });
+    const got = collect(sub);
+    await subscribe(sub, topic, 1);
+    const raw = await RawClient.open();
+    await raw.connect(uid("raw"));
+    const payload = "x".repeat(300); // two-byte remaining length
+    const bytes = encode({ cmd: "publish", topic, payload, qos: 1, messageId: 7, retain: false, dup: false });
+    raw.sendBytes(bytes.subarray(0, 2)); // fixed header byte + first length byte
+    await new Promise((r) => setTimeout(r, 50));
+    raw.sendBytes(bytes.subarray(2, 40));
+    await new Promise((r) => setTimeout(r, 50));
+    raw.sendBytes(bytes.subarray(40));
+    const ack = await raw.next("puback");
+    expect(ack).toMatchObject({ cmd: "puback", messageId: 7 });
+    await waitFor(() => got.length === 1, "the split message");
+    expect(got[0]?.payload).toBe(payload);
+    raw.close();
+    await end(sub);
+  });
+
+  it("handles two PUBLISHes and a PINGREQ coalesced in one frame", async () => {
+    const topic = `t/${uid()}`;
+    const sub = await connect({ clientId: uid() });
+    const got = collect(sub);
+    await subscribe(sub, topic, 1);
+    const raw = await RawClient.open();
+    await raw.connect(uid("raw"));
+    const a = encode({ cmd: "publish", topic, payload: "a", qos: 1, messageId: 1, retain: false, dup: false });
+    const b = encode({ cmd: "publish", topic, payload: "b", qos: 0, retain: false, dup: false });
+    const p = encode({ cmd: "pingreq" });
+    const all = new Uint8Array(a.length + b.length + p.length);
+    all.set(a, 0);
+    all.set(b, a.length);
+    all.set(p, a.length + b.length);
+    raw.sendBytes(all);
+    await raw.next("puback");
+    await raw.next("pingresp");
+    await waitFor(() => got.length === 2, "both messages");
+    expect(got.map((m) => m.payload)).toEqual(["a", "b"]);
+    raw.close();
+    await end(sub);
+  });
+
+  it("accepts CONNECT and SUBSCRIBE in the same frame", async () => {
+    const raw = await RawClient.open();
+    const topic = `t/${uid()}`;
+    const c = encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 30, clientId: uid() });
+    const s = encode({ cmd: "subscribe", messageId: 3, subscriptions: [{ topic, qos: 1 }] });
+    const both = new Uint8Array(c.length + s.length);
+    both.set(c, 0);
+    both.set(s, c.length);
+    raw.sendBytes(both);
+    expect(await raw.next("connack")).toMatchObject({ returnCode: 0 });
+    expect(await raw.next("suback")).toMatchObject({ messageId: 3, granted: [1] });
+    raw.close();
+  });
+
+  it("closes a connection whose first packet is not CONNECT", async () => {
+    const raw = await RawClient.open();
+    raw.send({ cmd: "pingreq" });
+    await raw.waitClosed();
+  });
+
+  it("closes a connection that sends a second CONNECT", async () => {
+    const raw = await RawClient.open();
+    await raw.connect(uid());
+    raw.send({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 30, clientId: uid() });
+    await raw.waitClosed();
+  });
+
+  it("closes on a text frame", async () => {
+    const raw = await RawClient.open();
+    await raw.connect(uid());
+    raw.sendText("hello");
+    await raw.waitClosed();
+  });
+
+  it("closes before buffering a packet whose remaining length exceeds the limit", async () => {
+    const raw = await RawClient.open();
+    await raw.connect(uid());
+    // PUBLISH header announcing ~2 MiB, with only the header sent.
+    raw.sendBytes(new Uint8Array([0x30, 0x80, 0x80, 0x80, 0x01]));
+    await raw.waitClosed();
+  });
+
+  it("answers a plain HTTP GET /mqtt with 426 and a JSON error", async () => {
+    const res = await fetch(inject("brokerUrl") + "/mqtt");
+    expect(res.status).toBe(426);
+    expect(await res.json()).toMatchObject({ error: { code: "upgrade_required" } });
+  });
+});

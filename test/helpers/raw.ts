@@ -1,0 +1,81 @@
+import WebSocket from "ws";
+import mqttPacket, { type Packet } from "mqtt-packet";
+import { inject } from "vitest";
+
+/**
+ * A packet-level MQTT client over a raw WebSocket: the test decides exactly which bytes
+ * go in which frame, and sees every packet and the close.
+ */
+export class RawClient {
+  readonly packets: Packet[] = [];
+  closed: { code: number; reason: string } | null = null;
+  private readonly parser = mqttPacket.parser({ protocolVersion: 4 });
+
+  private constructor(private readonly ws: WebSocket) {
+    this.parser.on("packet", (p: Packet) => this.packets.push(p));
+    ws.on("message", (data: Buffer) => this.parser.parse(data));
+    ws.on("close", (code: number, reason: Buffer) => (this.closed = { code, reason: reason.toString() }));
+  }
+
+  static open(url = inject("brokerWsUrl"), protocol: string | string[] = "mqtt"): Promise<RawClient> {
+    return new Promise((ok, fail) => {
+      const ws = new WebSocket(url, protocol);
+      ws.once("open", () => ok(new RawClient(ws)));
+      ws.once("error", fail);
+    });
+  }
+
+  /** Sends raw bytes as one WebSocket frame. */
+  sendBytes(bytes: Uint8Array): void {
+    this.ws.send(bytes);
+  }
+
+  sendText(text: string): void {
+    this.ws.send(text);
+  }
+
+  send(packet: Packet): void {
+    this.ws.send(encode(packet));
+  }
+
+  /** Waits for the next packet matching `cmd` (already received ones count once). */
+  async next(cmd: Packet["cmd"], ms = 10_000): Promise<Packet> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const i = this.packets.findIndex((p) => p.cmd === cmd);
+      if (i >= 0) return this.packets.splice(i, 1)[0] as Packet;
+      if (this.closed) throw new Error(`closed (${this.closed.code}) while waiting for ${cmd}`);
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${cmd}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  async waitClosed(ms = 10_000): Promise<{ code: number; reason: string }> {
+    const deadline = Date.now() + ms;
+    while (!this.closed) {
+      if (Date.now() > deadline) throw new Error("timed out waiting for the broker to close the socket");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    return this.closed;
+  }
+
+  /** Drops the TCP connection without a close frame (network loss). */
+  terminate(): void {
+    this.ws.terminate();
+  }
+
+  close(): void {
+    this.ws.close();
+  }
+
+  /** CONNECT and wait for CONNACK. */
+  async connect(clientId: string, extra: Partial<mqttPacket.IConnectPacket> = {}): Promise<mqttPacket.IConnackPacket> {
+    this.send({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 60, clientId, ...extra });
+    const ack = await this.next("connack");
+    return ack as mqttPacket.IConnackPacket;
+  }
+}
+
+export function encode(packet: Packet): Uint8Array {
+  return new Uint8Array(mqttPacket.generate(packet, { protocolVersion: 4 }));
+}
