@@ -1,4 +1,7 @@
 import { defineConfig } from "vitest/config";
+import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-pool-workers";
+
+const migrations = await readD1Migrations("./migrations");
 
 export default defineConfig({
   test: {
@@ -8,6 +11,22 @@ export default defineConfig({
           name: "unit",
           environment: "node",
           include: ["test/unit/**/*.test.ts"],
+        },
+      },
+      {
+        plugins: [
+          cloudflareTest({
+            main: "./src/index.ts",
+            wrangler: { configPath: "./wrangler.toml" },
+            miniflare: { bindings: { TEST_MIGRATIONS: migrations } },
+          }),
+        ],
+        test: {
+          name: "worker",
+          include: ["test/worker/**/*.test.ts"],
+          setupFiles: ["test/worker/setup.ts"],
+          // mqtt-packet's readable-stream dependency fails to load unbundled in the pool.
+          deps: { optimizer: { ssr: { enabled: true, include: ["mqtt-packet"] } } },
         },
       },
       {

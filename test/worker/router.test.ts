@@ -1,0 +1,70 @@
+import { describe, it, expect } from "vitest";
+import { abortAllDurableObjects, env, runInDurableObject, runDurableObjectAlarm } from "cloudflare:test";
+import type { Env } from "../../src/env";
+import { routerStub, sessionStub } from "../../src/env";
+import type { Message } from "../../src/router/messages";
+
+const E = env as unknown as Env;
+const bytes = (s: string): Uint8Array => new TextEncoder().encode(s);
+const msg = (topic: string, payload: string, qos: 0 | 1 = 1, retain = false): Message => ({ topic, payload: bytes(payload), qos, retain });
+
+describe("TopicRouter in workerd", () => {
+  it("persists subscriptions, targets and retained messages and rebuilds them after a restart of the object", async () => {
+    const account = `acc-${crypto.randomUUID()}`;
+    const router = routerStub(E, account);
+    await router.attach("c1", E.CONNECTION.newUniqueId().toString(), false);
+    await router.subscribe("c1", [{ filter: "a/+", qos: 1 }, { filter: "#", qos: 0 }], 100);
+    await router.publish(account, [msg("a/b", "kept", 1, true)]);
+    expect(await router.stats()).toEqual({ subscriptions: 2, sessions: 1, retained: 1 });
+
+    await runInDurableObject(router, async (_instance, state) => {
+      const keys = [...(await state.storage.list()).keys()].sort();
+      expect(keys.some((k) => k.startsWith("s:c1\u0000"))).toBe(true);
+      expect(keys).toContain("t:c1");
+      expect(keys).toContain("r:a/b");
+    });
+    // Drop every object's in-memory state as an eviction would; the constructor reloads from storage.
+    await abortAllDurableObjects();
+    const fresh = routerStub(E, account);
+    expect(await fresh.stats()).toEqual({ subscriptions: 2, sessions: 1, retained: 1 });
+    const { retained } = await fresh.subscribe("c2", [{ filter: "a/#", qos: 1 }], 100);
+    expect(retained.map((m) => [m.topic, new TextDecoder().decode(m.payload), m.retain])).toEqual([["a/b", "kept", true]]);
+  });
+
+  it("refuses subscriptions beyond the per-session limit", async () => {
+    const router = routerStub(E, `acc-${crypto.randomUUID()}`);
+    const r = await router.subscribe("c", [{ filter: "a", qos: 0 }, { filter: "b", qos: 0 }, { filter: "a", qos: 1 }, { filter: "c", qos: 0 }], 2);
+    expect(r.granted).toEqual([true, true, true, false]);
+  });
+
+  it("queues QoS 1 (not QoS 0) for an offline persistent session, bounded, and expires the session by alarm", async () => {
+    const account = `acc-${crypto.randomUUID()}`;
+    const router = routerStub(E, account);
+    const conn = E.CONNECTION.newUniqueId().toString();
+    const session = sessionStub(E, account, "p1");
+    await session.attach(account, "p1", conn, false);
+    await router.attach("p1", conn, false);
+    await router.subscribe("p1", [{ filter: "x/#", qos: 1 }], 100);
+    await router.detach("p1", conn, true);
+    await session.detach(conn, [], true);
+    await router.publish(account, [msg("x/1", "a", 1), msg("x/2", "b", 0), msg("x/3", "c", 1)]);
+    expect(await session.stats()).toEqual({ online: false, persistent: true, queued: 2, dropped: 0 });
+
+    // Session expiry: the alarm forgets the session here and at the router.
+    expect(await runDurableObjectAlarm(session)).toBe(true);
+    expect(await session.stats()).toBeNull();
+    expect((await router.stats()).subscriptions).toBe(0);
+  });
+
+  it("a detach from a connection that no longer owns the session is ignored", async () => {
+    const account = `acc-${crypto.randomUUID()}`;
+    const router = routerStub(E, account);
+    const oldConn = E.CONNECTION.newUniqueId().toString();
+    const newConn = E.CONNECTION.newUniqueId().toString();
+    await router.attach("c", oldConn, false);
+    await router.subscribe("c", [{ filter: "t", qos: 1 }], 10);
+    await router.attach("c", newConn, false);
+    await router.detach("c", oldConn, false); // late detach of the taken-over connection
+    expect(await router.stats()).toMatchObject({ subscriptions: 1, sessions: 1 });
+  });
+});
