@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `npm test`: typecheck, then the vitest `unit` and `e2e` projects, one after the other.
+// `npm test`: typecheck, then the vitest `unit`, `worker` and `e2e` projects, one after the other.
 // Every step runs even if an earlier one failed. Extra arguments go to vitest, e.g.
 // `npm test -- test/e2e/pubsub.test.ts`; a project that then matches no file is skipped.
 // The last line printed is `N passed, N failed` (typecheck counts as one test); the exit
@@ -12,7 +12,7 @@ import { fileURLToPath } from "node:url";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const BIN = join(ROOT, "node_modules/.bin");
-const PROJECTS = ["unit", "e2e"];
+const PROJECTS = ["unit", "worker", "e2e"];
 const extraArgs = process.argv.slice(2);
 
 const env = {
