@@ -18,7 +18,14 @@ export default defineConfig({
           cloudflareTest({
             main: "./src/index.ts",
             wrangler: { configPath: "./wrangler.toml" },
-            miniflare: { bindings: { TEST_MIGRATIONS: migrations } },
+            miniflare: {
+              bindings: {
+                TEST_MIGRATIONS: migrations,
+                ADMIN_TOKEN: "test-admin-token",
+                JWT_SECRET: "test-jwt-secret-0123456789abcdef0123456789abcdef",
+                DEVICE_PEPPER: "test-device-pepper",
+              },
+            },
           }),
         ],
         test: {

@@ -9,6 +9,15 @@ export interface Env {
   ROUTER: DurableObjectNamespace<TopicRouter>;
   DB: D1Database;
 
+  /** Secrets (wrangler secret put / .dev.vars). */
+  ADMIN_TOKEN?: string;
+  JWT_SECRET?: string;
+  /** Server-side key of the device password HMAC. */
+  DEVICE_PEPPER?: string;
+  /** A JWKS document (JSON) for RS256/ES256 tokens, or its URL. */
+  JWT_JWKS?: string;
+  JWT_JWKS_URL?: string;
+
   ANONYMOUS_ACCOUNT?: string;
   MAX_PAYLOAD_BYTES?: string;
   MAX_CLIENT_ID_BYTES?: string;

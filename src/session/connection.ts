@@ -71,6 +71,7 @@ export class MqttConnection extends DurableObject<Env> {
   private publishQueue: PendingPublish[] = [];
   private routing = false;
   private ending: Promise<Message[]> | null = null;
+  private willSuppressed = false;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -189,6 +190,17 @@ export class MqttConnection extends DurableObject<Env> {
     const meta = await readConnMeta(this.ctx.storage);
     if (!meta || meta.clientId !== clientId) return [];
     return this.end("takenOver", { handBack: false });
+  }
+
+  /**
+   * Closes this connection now for `cause` (admin kick, disabled device, expired token).
+   * Returns false when there was no live connection.
+   */
+  async kick(cause: CloseCause, publishWill = true): Promise<boolean> {
+    if (!this.socket() || this.ending) return false;
+    if (!publishWill) this.willSuppressed = true;
+    await this.end(cause);
+    return true;
   }
 
   // ---------------------------------------------------------------- inbound bytes
@@ -552,7 +564,7 @@ export class MqttConnection extends DurableObject<Env> {
     let leftovers: Message[] = [];
     if (meta) {
       const { account, clientId, clean } = meta;
-      if (info.publishWill && meta.will) {
+      if (info.publishWill && meta.will && !this.willSuppressed) {
         await routerStub(this.env, account)
           .publish(account, [meta.will])
           .catch((err: unknown) => log("error", "mqtt.will_failed", { clientId, error: errorMessage(err) }));

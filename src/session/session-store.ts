@@ -3,6 +3,7 @@ import { connectionStub, routerStub, type Env } from "../env";
 import { getConfig } from "../config";
 import { errorMessage, log } from "../log";
 import type { DeliverResult, Message } from "../router/messages";
+import type { CloseCause } from "../protocol/codes";
 
 /** Persistent state of one MQTT session, apart from its subscriptions (the router owns those). */
 interface SessionMeta {
@@ -137,6 +138,13 @@ export class MqttSession extends DurableObject<Env> {
     }
     // A connection taken over while unreachable hands its messages back late: they still belong here.
     if (leftovers.length > 0 && meta.persistent) await this.enqueue(meta.clientId, leftovers);
+  }
+
+  /** Closes the session's live connection, if any (admin kick, disabled or deleted device). */
+  async kick(cause: CloseCause, publishWill = true): Promise<boolean> {
+    const owner = this.meta?.owner;
+    if (!owner) return false;
+    return connectionStub(this.env, owner).kick(cause, publishWill);
   }
 
   /** Queue length and drop count, for tests and the admin API. */
