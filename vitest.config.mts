@@ -24,6 +24,7 @@ export default defineConfig({
                 ADMIN_TOKEN: "test-admin-token",
                 JWT_SECRET: "test-jwt-secret-0123456789abcdef0123456789abcdef",
                 DEVICE_PEPPER: "test-device-pepper",
+                ANONYMOUS_ACCOUNT: "dev",
               },
             },
           }),

@@ -1,8 +1,10 @@
 import { Hono } from "hono";
 import type { Env } from "../env";
 import { errorMessage, log } from "../log";
+import { adminApi } from "./admin";
 import { jsonError } from "./errors";
 import { mqttUpgrade } from "./mqtt-upgrade";
+import { httpPublish } from "./publish";
 
 /** The Worker's HTTP surface. */
 export const app = new Hono<{ Bindings: Env }>();
@@ -10,6 +12,9 @@ export const app = new Hono<{ Bindings: Env }>();
 app.get("/mqtt", mqttUpgrade);
 
 app.get("/health", (c) => c.json({ ok: true }));
+app.route("/admin/v1", adminApi);
+
+app.post("/api/v1/messages", httpPublish);
 
 app.notFound((c) => jsonError(c, 404, "not_found", `no route for ${c.req.method} ${new URL(c.req.url).pathname}`));
 

@@ -1,48 +1,107 @@
 import type { Config } from "../config";
+import type { Env } from "../env";
 import { ConnackCode, type CloseCause } from "../protocol/codes";
 import type { IConnectPacket } from "../protocol/codec";
-import { utf8ByteLength, validateTopicName } from "../topics/topic";
 import { toBytes } from "../protocol/bytes";
+import { utf8ByteLength, validateTopicName } from "../topics/topic";
+import { canPublish } from "../topics/acl";
 import type { Message } from "../router/messages";
+import {
+  anonymousIdentity,
+  authenticateDevicePassword,
+  authenticateToken,
+  looksLikeJwt,
+  type AuthFailure,
+  type AuthResult,
+  type Identity,
+} from "../auth/identity";
+import { timingSafeEqualString } from "../auth/passwords";
+
+/** Browser flow (Xively seed): the JWT rides in a cookie, the CSRF token is the MQTT password. */
+export interface BrowserCredentials {
+  token: string;
+  csrf: string;
+}
+
+export type ConnectionMode = "single" | "multi";
 
 export type ConnectDecision =
-  | { ok: true; account: string; clientId: string; will: Message | null }
-  | { ok: false; code: ConnackCode; cause: CloseCause; reason: string };
+  | { ok: true; identity: Identity; clientId: string; mode: ConnectionMode; will: Message | null; willDenied: boolean }
+  /** `code` null: the CONNECT itself is malformed; close without CONNACK [MQTT-3.1.4-1]. */
+  | { ok: false; code: ConnackCode | null; cause: CloseCause; reason: string };
 
-function refuse(code: ConnackCode, cause: CloseCause, reason: string): ConnectDecision {
+function refuse(code: ConnackCode | null, cause: CloseCause, reason: string): ConnectDecision {
   return { ok: false, code, cause, reason };
 }
 
+const FAILURE_CODES: Record<AuthFailure, ConnackCode> = {
+  bad_credentials: ConnackCode.BadUserNameOrPassword,
+  expired: ConnackCode.NotAuthorized,
+  disabled: ConnackCode.NotAuthorized,
+  anonymous_disabled: ConnackCode.NotAuthorized,
+};
+
+/** Credentials per the identity table of the SPEC: device password, JWT, browser cookie + CSRF, or none. */
+async function authenticate(packet: IConnectPacket, env: Env, config: Config, browser: BrowserCredentials | null): Promise<AuthResult> {
+  const username = packet.username;
+  if (username === undefined) return anonymousIdentity(config.anonymousAccount);
+  const password = packet.password === undefined ? "" : new TextDecoder().decode(packet.password);
+  if (browser && password !== "" && timingSafeEqualString(password, browser.csrf)) {
+    return authenticateToken(env, browser.token, username);
+  }
+  if (looksLikeJwt(password)) return authenticateToken(env, password, username);
+  return authenticateDevicePassword(env, username, password);
+}
+
 /**
- * The CONNECT steps that decide acceptance, in spec order: client id, will, credentials.
- * Pure: the connection object applies the decision.
+ * The CONNECT steps that decide acceptance, in order: packet consistency, credentials,
+ * client id, will. The connection object applies the decision.
  */
-export function authenticateConnect(packet: IConnectPacket, config: Config): ConnectDecision {
+export async function authenticateConnect(
+  packet: IConnectPacket,
+  env: Env,
+  config: Config,
+  browser: BrowserCredentials | null,
+): Promise<ConnectDecision> {
+  // [MQTT-3.1.2-22]: a password without a user name is a malformed CONNECT.
+  if (packet.username === undefined && packet.password !== undefined) {
+    return refuse(null, "protocolError", "password without user name");
+  }
   const clean = packet.clean !== false;
   let clientId = packet.clientId ?? "";
-  if (clientId === "") {
-    // [MQTT-3.1.3-8]: an empty client id needs clean session; [MQTT-3.1.3-6]: the server assigns one.
-    if (!clean) return refuse(ConnackCode.IdentifierRejected, "invalidClientId", "empty client id requires clean session");
-    clientId = `auto-${crypto.randomUUID()}`;
+  if (clientId === "" && !clean) {
+    // [MQTT-3.1.3-8]: an empty client id needs clean session.
+    return refuse(ConnackCode.IdentifierRejected, "invalidClientId", "empty client id requires clean session");
+  }
+
+  const auth = await authenticate(packet, env, config, browser);
+  if (!auth.ok) return refuse(FAILURE_CODES[auth.failure], "notAuthorized", auth.failure);
+  const { identity } = auth;
+
+  if (identity.kind === "device") {
+    // A device's client id is its device id (single-connection mode); empty means "the device id".
+    if (clientId === "") clientId = identity.id;
+    if (clientId !== identity.id) return refuse(ConnackCode.IdentifierRejected, "invalidClientId", "device client id must be the device id");
+  } else if (clientId === "") {
+    clientId = `auto-${crypto.randomUUID()}`; // [MQTT-3.1.3-6]
   }
   if (utf8ByteLength(clientId) > config.limits.maxClientIdBytes) {
     return refuse(ConnackCode.IdentifierRejected, "invalidClientId", "client id too long");
   }
+  const mode: ConnectionMode = identity.kind === "user" && clientId !== identity.id ? "multi" : "single";
 
   let will: Message | null = null;
+  let willDenied = false;
   if (packet.will) {
     if (validateTopicName(packet.will.topic, config.limits) !== null) {
-      return refuse(ConnackCode.NotAuthorized, "invalidTopic", "invalid will topic");
+      return refuse(null, "invalidTopic", "invalid will topic");
     }
     const payload = toBytes(packet.will.payload ?? "");
-    if (payload.byteLength > config.limits.maxPayloadBytes) {
-      return refuse(ConnackCode.NotAuthorized, "tooLarge", "will payload too large");
-    }
-    will = { topic: packet.will.topic, payload, qos: packet.will.qos === 0 ? 0 : 1, retain: packet.will.retain === true };
+    if (payload.byteLength > config.limits.maxPayloadBytes) return refuse(null, "tooLarge", "will payload too large");
+    // A will the ACL would refuse is dropped at CONNECT: it could never be published.
+    if (canPublish(identity.acl, packet.will.topic)) {
+      will = { topic: packet.will.topic, payload, qos: packet.will.qos === 0 ? 0 : 1, retain: packet.will.retain === true };
+    } else willDenied = true;
   }
-
-  // Credentials: until the identity layer lands, anonymous clients land in the configured account.
-  const account = config.anonymousAccount;
-  if (account === undefined) return refuse(ConnackCode.NotAuthorized, "notAuthorized", "anonymous access is off");
-  return { ok: true, account, clientId, will };
+  return { ok: true, identity, clientId, mode, will, willDenied };
 }

@@ -17,6 +17,9 @@ import {
 import { CLOSE_CAUSES, ConnackCode, SUBACK_FAILURE, type CloseCause } from "../protocol/codes";
 import { toBytes } from "../protocol/bytes";
 import { validateTopicFilter, validateTopicName } from "../topics/topic";
+import { canPublish, canSubscribe } from "../topics/acl";
+import { readCookie } from "../auth/jwt";
+import { CSRF_COOKIE, TOKEN_COOKIE } from "../auth/cookies";
 import type { DeliverResult, Message, QoS, SubscriptionRequest } from "../router/messages";
 import { authenticateConnect } from "./connect";
 import { keepAliveDeadline, clampKeepAlive } from "./keepalive";
@@ -26,6 +29,7 @@ import {
   CONNECT_TIMEOUT_MS,
   readAttachment,
   readConnMeta,
+  readBrowserCredentials,
   readOutRecord,
   outKey,
   OUT_PREFIX,
@@ -35,7 +39,8 @@ import {
 } from "./state";
 
 interface PendingPublish {
-  message: Message;
+  /** null: denied by the ACL, acknowledged without routing. */
+  message: Message | null;
   packetId: number | undefined;
 }
 
@@ -71,6 +76,8 @@ export class MqttConnection extends DurableObject<Env> {
   private publishQueue: PendingPublish[] = [];
   private routing = false;
   private ending: Promise<Message[]> | null = null;
+  /** Identity and will from CONNECT; loaded lazily after a wake. */
+  private meta: ConnMeta | null = null;
   private willSuppressed = false;
 
   constructor(ctx: DurableObjectState, env: Env) {
@@ -100,8 +107,13 @@ export class MqttConnection extends DurableObject<Env> {
       addr: request.headers.get("cf-connecting-ip") ?? "",
       rx: null,
       rxStored: false,
+      expiresAt: null,
     };
     this.saveAttachment(server, att);
+    const cookies = request.headers.get("cookie");
+    const token = readCookie(cookies, TOKEN_COOKIE);
+    const csrf = readCookie(cookies, CSRF_COOKIE);
+    if (token && csrf) await this.ctx.storage.put("browser", { token, csrf });
     await this.ctx.storage.setAlarm(now + CONNECT_TIMEOUT_MS);
     const headers = new Headers();
     const protocol = request.headers.get("x-mqtt-subprotocol");
@@ -155,6 +167,11 @@ export class MqttConnection extends DurableObject<Env> {
       const deadline = keepAliveDeadline(att.lastSeen, att.keepAlive);
       if (deadline !== null && now >= deadline) {
         await this.close(ws, "keepAliveTimeout");
+        return;
+      }
+      if (att.expiresAt !== null && now >= att.expiresAt) {
+        // The token this connection authenticated with has expired.
+        await this.close(ws, "notAuthorized");
         return;
       }
       await this.scheduleAlarm(att);
@@ -287,19 +304,25 @@ export class MqttConnection extends DurableObject<Env> {
       this.send(ws, att, { cmd: "connack", returnCode: ConnackCode.UnacceptableProtocolVersion, sessionPresent: false });
       return this.close(ws, "protocolError", { quiet: true });
     }
-    const decision = authenticateConnect(packet, this.config);
+    const browser = readBrowserCredentials(await this.ctx.storage.get("browser"));
+    if (browser) await this.ctx.storage.delete("browser");
+    const decision = await authenticateConnect(packet, this.env, this.config, browser);
     if (!decision.ok) {
-      log("info", "mqtt.connect_refused", { clientId: packet.clientId, code: decision.code, reason: decision.reason });
-      this.send(ws, att, { cmd: "connack", returnCode: decision.code, sessionPresent: false });
+      log("info", "mqtt.connect_refused", { clientId: packet.clientId, code: decision.code, reason: decision.reason, addr: att.addr });
+      if (decision.code !== null) this.send(ws, att, { cmd: "connack", returnCode: decision.code, sessionPresent: false });
       return this.close(ws, decision.cause, { quiet: true });
     }
-    const { account, clientId, will } = decision;
+    const { identity, clientId, will } = decision;
+    const account = identity.account;
+    if (decision.willDenied) log("info", "mqtt.will_denied", { account, clientId, topic: packet.will?.topic });
     const clean = packet.clean !== false;
     att.account = account;
     att.clientId = clientId;
     att.clean = clean;
+    att.expiresAt = identity.expiresAt;
     att.keepAlive = clampKeepAlive(packet.keepalive ?? 0, this.config.limits);
-    const meta: ConnMeta = { account, clientId, clean, will, protocolVersion: version };
+    const meta: ConnMeta = { account, clientId, clean, will, protocolVersion: version, identity };
+    this.meta = meta;
     await this.ctx.storage.put("meta", meta);
     this.saveAttachment(ws, att);
 
@@ -318,7 +341,7 @@ export class MqttConnection extends DurableObject<Env> {
     att.lastSeen = Date.now();
     this.saveAttachment(ws, att);
     await this.scheduleAlarm(att);
-    log("info", "mqtt.connect", { account, clientId, clean, sessionPresent, keepAlive: att.keepAlive, addr: att.addr });
+    log("info", "mqtt.connect", { account, clientId, identity: identity.id, kind: identity.kind, clean, sessionPresent, keepAlive: att.keepAlive, addr: att.addr });
 
     // Messages that arrived during the handshake (offline queue, takeover hand-over) go out now.
     const early = this.early;
@@ -343,7 +366,14 @@ export class MqttConnection extends DurableObject<Env> {
     const payload = toBytes(packet.payload);
     if (payload.byteLength > limits.maxPayloadBytes) return this.close(ws, "tooLarge");
     if (packet.qos > 0 && !packet.messageId) return this.close(ws, "protocolError"); // [MQTT-2.3.1-1]
-    const message: Message = { topic: packet.topic, payload, qos: packet.qos === 0 ? 0 : 1, retain: packet.retain };
+    const { identity } = await this.loadMeta();
+    let message: Message | null = { topic: packet.topic, payload, qos: packet.qos === 0 ? 0 : 1, retain: packet.retain };
+    if (!canPublish(identity.acl, packet.topic)) {
+      // 3.1.1 has no negative PUBACK: a denied QoS 1 publish is acknowledged and dropped,
+      // in order with the others [MQTT-4.6.0-2].
+      log("info", "mqtt.publish_denied", { account: att.account, clientId: att.clientId, topic: packet.topic });
+      message = null;
+    }
     this.publishQueue.push({ message, packetId: packet.qos > 0 ? packet.messageId : undefined });
     if (packet.qos === 2) this.qos2Pending.add(packet.messageId ?? 0);
     if (!this.routing) void this.flushPublishes(ws, att);
@@ -363,7 +393,8 @@ export class MqttConnection extends DurableObject<Env> {
       while (this.publishQueue.length > 0 && !this.ending) {
         const batch = this.publishQueue;
         this.publishQueue = [];
-        await routerStub(this.env, att.account).publish(att.account, batch.map((p) => p.message));
+        const messages = batch.flatMap((p) => (p.message ? [p.message] : []));
+        if (messages.length > 0) await routerStub(this.env, att.account).publish(att.account, messages);
         for (const { packetId } of batch) {
           if (packetId === undefined) continue;
           if (this.qos2Pending.delete(packetId)) this.send(ws, att, { cmd: "pubrec", messageId: packetId });
@@ -383,12 +414,18 @@ export class MqttConnection extends DurableObject<Env> {
 
   private async onSubscribe(ws: WebSocket, att: Attachment, packet: ISubscribePacket): Promise<void> {
     if (!packet.messageId) return this.close(ws, "protocolError");
+    const { identity } = await this.loadMeta();
     const codes: number[] = [];
     const valid: SubscriptionRequest[] = [];
     const slot: number[] = [];
     for (const sub of packet.subscriptions) {
       // Shared subscriptions are a later milestone: refused per filter for now.
       if (validateTopicFilter(sub.topic, this.config.limits) !== null || sub.topic.startsWith("$share/")) {
+        codes.push(SUBACK_FAILURE);
+        continue;
+      }
+      if (!canSubscribe(identity.acl, sub.topic)) {
+        log("info", "mqtt.subscribe_denied", { account: att.account, clientId: att.clientId, filter: sub.topic });
         codes.push(SUBACK_FAILURE);
         continue;
       }
@@ -606,6 +643,14 @@ export class MqttConnection extends DurableObject<Env> {
 
   // ---------------------------------------------------------------- socket state
 
+  private async loadMeta(): Promise<ConnMeta> {
+    if (this.meta) return this.meta;
+    const meta = await readConnMeta(this.ctx.storage);
+    if (!meta) throw new Error("connected socket without identity in storage");
+    this.meta = meta;
+    return meta;
+  }
+
   private socket(): WebSocket | undefined {
     return this.ctx.getWebSockets()[0];
   }
@@ -658,8 +703,10 @@ export class MqttConnection extends DurableObject<Env> {
   }
 
   private async scheduleAlarm(att: Attachment): Promise<void> {
+    let next = Date.now() + LIVENESS_CHECK_MS;
     const deadline = keepAliveDeadline(att.lastSeen, att.keepAlive);
-    const liveness = Date.now() + LIVENESS_CHECK_MS;
-    await this.ctx.storage.setAlarm(deadline === null ? liveness : Math.min(deadline, liveness));
+    if (deadline !== null) next = Math.min(next, deadline);
+    if (att.expiresAt !== null) next = Math.min(next, att.expiresAt);
+    await this.ctx.storage.setAlarm(next);
   }
 }

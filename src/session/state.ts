@@ -5,6 +5,7 @@
  */
 import type { ProtocolVersion } from "../protocol/codec";
 import type { Message } from "../router/messages";
+import type { Identity } from "../auth/identity";
 
 /** Partial packets up to this size ride in the attachment; larger ones go to storage. */
 export const ATTACHMENT_RX_MAX = 1024;
@@ -23,6 +24,8 @@ export interface Attachment {
   keepAlive: number;
   protocolVersion: ProtocolVersion;
   openedAt: number;
+  /** When the credentials expire (JWT exp, ms), or null. */
+  expiresAt: number | null;
   /** Last time a packet arrived, to about a second (updated at most once a second). */
   lastSeen: number;
   addr: string;
@@ -37,6 +40,7 @@ export interface ConnMeta {
   clean: boolean;
   will: Message | null;
   protocolVersion: ProtocolVersion;
+  identity: Identity;
 }
 
 /** A QoS 1 message for the client: pid 0 = waiting for room in the in-flight window. */
@@ -65,9 +69,11 @@ export function readAttachment(v: unknown): Attachment | null {
   if (typeof v.keepAlive !== "number" || !isVersion(v.protocolVersion)) return null;
   if (typeof v.openedAt !== "number" || typeof v.lastSeen !== "number" || typeof v.addr !== "string") return null;
   if (!(v.rx === null || v.rx instanceof Uint8Array) || typeof v.rxStored !== "boolean") return null;
+  if (!(v.expiresAt === null || typeof v.expiresAt === "number")) return null;
   return {
     v: 1, phase: v.phase, account: v.account, clientId: v.clientId, clean: v.clean, keepAlive: v.keepAlive,
     protocolVersion: v.protocolVersion, openedAt: v.openedAt, lastSeen: v.lastSeen, addr: v.addr, rx: v.rx, rxStored: v.rxStored,
+    expiresAt: v.expiresAt,
   };
 }
 
@@ -75,8 +81,26 @@ export async function readConnMeta(storage: DurableObjectStorage): Promise<ConnM
   const v = await storage.get("meta");
   if (!isObj(v) || typeof v.account !== "string" || typeof v.clientId !== "string" || typeof v.clean !== "boolean") return null;
   if (!isVersion(v.protocolVersion)) return null;
+  const identity = readIdentity(v.identity);
+  if (!identity) return null;
   const will = isMessage(v.will) ? v.will : null;
-  return { account: v.account, clientId: v.clientId, clean: v.clean, will, protocolVersion: v.protocolVersion };
+  return { account: v.account, clientId: v.clientId, clean: v.clean, will, protocolVersion: v.protocolVersion, identity };
+}
+
+const isStringArray = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === "string");
+
+function readIdentity(v: unknown): Identity | null {
+  if (!isObj(v) || (v.kind !== "device" && v.kind !== "user" && v.kind !== "anonymous")) return null;
+  if (typeof v.account !== "string" || typeof v.id !== "string") return null;
+  if (!(v.expiresAt === null || typeof v.expiresAt === "number")) return null;
+  const acl = v.acl;
+  if (!isObj(acl) || !isStringArray(acl.pub) || !isStringArray(acl.sub)) return null;
+  return { kind: v.kind, account: v.account, id: v.id, acl: { pub: acl.pub, sub: acl.sub }, expiresAt: v.expiresAt };
+}
+
+/** Browser credentials from the upgrade request's cookies, kept until CONNECT. */
+export function readBrowserCredentials(v: unknown): { token: string; csrf: string } | null {
+  return isObj(v) && typeof v.token === "string" && typeof v.csrf === "string" ? { token: v.token, csrf: v.csrf } : null;
 }
 
 export function readOutRecord(v: unknown): OutRecord | null {

@@ -1,5 +1,6 @@
 import { describe, it, expect } from "vitest";
 import { collect, connect, end, settle, subscribe, uid, waitFor } from "../helpers/mqtt";
+import { privileged } from "../helpers/admin";
 
 describe("publish and subscribe", () => {
   it("delivers QoS 0 and QoS 1 between two clients", async () => {
@@ -52,7 +53,7 @@ describe("publish and subscribe", () => {
     const sub = await connect({ clientId: uid() });
     const got = collect(sub);
     await subscribe(sub, [`${base}/+/temp`, `${base}/#`, "#", "+/x"], 0);
-    const pub = await connect({ clientId: uid() });
+    const pub = await privileged();
     await pub.publishAsync(`${base}/kitchen/temp`, "a");
     await pub.publishAsync(`${base}`, "b"); // `base/#` matches its parent level
     await pub.publishAsync(`$SYS/${base}/x`, "c"); // not matched by `#` [MQTT-4.7.2-1]
@@ -74,7 +75,7 @@ describe("publish and subscribe", () => {
     const got = collect(sub);
     const topic = `$SYS/${uid()}/y`;
     await subscribe(sub, "$SYS/#", 0);
-    const pub = await connect({ clientId: uid() });
+    const pub = await privileged();
     await pub.publishAsync(topic, "s");
     await waitFor(() => got.some((m) => m.topic === topic), "the $SYS message");
     await end(sub, pub);

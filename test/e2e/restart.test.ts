@@ -1,5 +1,5 @@
 import { describe, it, expect, afterAll } from "vitest";
-import { killBroker, startBroker, stopBroker, type Broker } from "../helpers/broker";
+import { TEST_VARS, killBroker, startBroker, stopBroker, type Broker } from "../helpers/broker";
 import { connect, connectCollecting, end, subscribe, uid, waitFor } from "../helpers/mqtt";
 import { RawClient } from "../helpers/raw";
 
@@ -15,7 +15,7 @@ describe("restart of the runtime", () => {
   });
 
   it("keeps acknowledged QoS 1 messages (offline queue and unacknowledged in-flight) and retained messages", async () => {
-    broker = await startBroker();
+    broker = await startBroker({ vars: TEST_VARS });
     const ws = broker.wsUrl;
     const offlineId = uid("offline");
     const onlineId = uid("online");
@@ -41,7 +41,7 @@ describe("restart of the runtime", () => {
 
     await killBroker(broker);
     on.terminate();
-    broker = await startBroker({ port: broker.port, persistDir: broker.persistDir });
+    broker = await startBroker({ port: broker.port, persistDir: broker.persistDir, vars: TEST_VARS });
 
     const a = await connectCollecting({ clientId: offlineId, clean: false }, ws);
     expect(a.sessionPresent).toBe(true);

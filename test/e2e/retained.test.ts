@@ -1,5 +1,6 @@
 import { describe, it, expect } from "vitest";
 import { collect, connect, end, settle, subscribe, uid, waitFor } from "../helpers/mqtt";
+import { privileged } from "../helpers/admin";
 
 describe("retained messages", () => {
   it("are set, replaced, delivered on a wildcard subscribe with the retain flag, and deleted by an empty payload", async () => {
@@ -48,7 +49,7 @@ describe("retained messages", () => {
   });
 
   it("is not delivered to a # subscriber for $ topics", async () => {
-    const pub = await connect({ clientId: uid() });
+    const pub = await privileged();
     const topic = `$SYS/${uid()}`;
     await pub.publishAsync(topic, "hidden", { qos: 1, retain: true });
     const sub = await connect({ clientId: uid() });

@@ -7,6 +7,19 @@ import { createServer } from "node:net";
 const ROOT = resolve(import.meta.dirname, "../..");
 const WRANGLER = join(ROOT, "node_modules/.bin/wrangler");
 
+/**
+ * The shared broker's settings: anonymous access on (account `anon`) for the protocol
+ * tests, fixed secrets for the identity tests, a small offline queue for the bound test.
+ */
+export const TEST_VARS = {
+  ANONYMOUS_ACCOUNT: "anon",
+  ADMIN_TOKEN: "e2e-admin-token",
+  JWT_SECRET: "e2e-jwt-secret-0123456789abcdef0123456789abcdef",
+  DEVICE_PEPPER: "e2e-device-pepper",
+  KEEPALIVE_MIN_SECONDS: "0",
+  MAX_QUEUED_MESSAGES: "50",
+};
+
 export interface Broker {
   port: number;
   url: string;

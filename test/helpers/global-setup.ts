@@ -1,18 +1,23 @@
 import type { TestProject } from "vitest/node";
-import { startBroker, stopBroker, type Broker } from "./broker";
+import { TEST_VARS, startBroker, stopBroker, type Broker } from "./broker";
 
 declare module "vitest" {
   export interface ProvidedContext {
     brokerUrl: string;
     brokerWsUrl: string;
+    adminToken: string;
+    jwtSecret: string;
   }
 }
 
 let broker: Broker | undefined;
 
+
 /** One shared broker (wrangler dev) for the e2e files; tests that restart it start their own. */
 export async function setup(project: TestProject): Promise<void> {
-  broker = await startBroker({ vars: { KEEPALIVE_MIN_SECONDS: "0", MAX_QUEUED_MESSAGES: "50" } });
+  broker = await startBroker({ vars: TEST_VARS });
+  project.provide("adminToken", TEST_VARS.ADMIN_TOKEN);
+  project.provide("jwtSecret", TEST_VARS.JWT_SECRET);
   project.provide("brokerUrl", broker.url);
   project.provide("brokerWsUrl", broker.wsUrl);
 }

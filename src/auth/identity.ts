@@ -1,0 +1,69 @@
+import type { Env } from "../env";
+import { ACCOUNT_WIDE_ACL, deviceAcl, type Acl } from "../topics/acl";
+import { jwtConfigFromEnv, verifyToken } from "./jwt";
+import { authenticateDevice } from "./registry";
+
+/** Who is connecting or calling, after authentication. */
+export interface Identity {
+  kind: "device" | "user" | "anonymous";
+  account: string;
+  /** Device id, JWT `sub`, or "anonymous": the key of the connection-limit rules. */
+  id: string;
+  acl: Acl;
+  /** When the credentials stop being valid (JWT `exp`, ms since epoch), else null. */
+  expiresAt: number | null;
+}
+
+export type AuthFailure =
+  /** Unknown device, wrong password, token that does not verify: CONNACK 4 / HTTP 401. */
+  | "bad_credentials"
+  /** Valid but expired token: CONNACK 5 / HTTP 401 token_expired. */
+  | "expired"
+  /** Disabled device: CONNACK 5 / HTTP 403. */
+  | "disabled"
+  /** No credentials and anonymous access off: CONNACK 5 / HTTP 401. */
+  | "anonymous_disabled";
+
+export type AuthResult = { ok: true; identity: Identity } | { ok: false; failure: AuthFailure };
+
+/** Three base64url segments: the shape of a compact JWS. Device passwords are one segment. */
+export function looksLikeJwt(s: string): boolean {
+  return /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(s);
+}
+
+/** A device by id and password, against the D1 registry; the account comes from the registry. */
+export async function authenticateDevicePassword(env: Env, deviceId: string, password: string): Promise<AuthResult> {
+  const pepper = env.DEVICE_PEPPER;
+  if (!pepper) return { ok: false, failure: "bad_credentials" };
+  const result = await authenticateDevice(env.DB, pepper, deviceId, password);
+  if (!result.ok) return { ok: false, failure: result.reason === "disabled" ? "disabled" : "bad_credentials" };
+  const { accountId } = result.device;
+  return { ok: true, identity: { kind: "device", account: accountId, id: deviceId, acl: deviceAcl(accountId, deviceId), expiresAt: null } };
+}
+
+/**
+ * A user or application by JWT. `expectedSubject`, when given (the MQTT user name),
+ * must equal the token's `sub`.
+ */
+export async function authenticateToken(env: Env, token: string, expectedSubject?: string): Promise<AuthResult> {
+  const verified = await verifyToken(token, jwtConfigFromEnv(env));
+  if (!verified.ok) return { ok: false, failure: verified.reason === "expired" ? "expired" : "bad_credentials" };
+  const { claims } = verified;
+  if (expectedSubject !== undefined && claims.sub !== expectedSubject) return { ok: false, failure: "bad_credentials" };
+  return {
+    ok: true,
+    identity: { kind: "user", account: claims.acc, id: claims.sub, acl: claims.acl ?? ACCOUNT_WIDE_ACL, expiresAt: claims.exp * 1000 },
+  };
+}
+
+/**
+ * Anonymous clients (a development convenience, like mosquitto's allow_anonymous) may do
+ * what an account-wide token may, and also watch the account's `$SYS/` events.
+ */
+const ANONYMOUS_ACL: Acl = Object.freeze({ pub: ACCOUNT_WIDE_ACL.pub, sub: Object.freeze([...ACCOUNT_WIDE_ACL.sub, "$SYS/#"]) as string[] });
+
+/** The configured anonymous account, or a refusal when anonymous access is off. */
+export function anonymousIdentity(anonymousAccount: string | undefined): AuthResult {
+  if (anonymousAccount === undefined) return { ok: false, failure: "anonymous_disabled" };
+  return { ok: true, identity: { kind: "anonymous", account: anonymousAccount, id: "anonymous", acl: ANONYMOUS_ACL, expiresAt: null } };
+}

@@ -1,0 +1,29 @@
+/**
+ * Minting HS256 JWTs: the admin API's stand-in for an external identity service, and the
+ * tokens tests and the dev bootstrap connect with. Verification lives in `jwt.ts`.
+ */
+
+import { SignJWT } from "jose";
+
+/** What a minted token says: who (`sub`), in which account (`acc`), for how long, and optional topic ACLs. */
+export interface MintTokenInput {
+  subject: string;
+  accountId: string;
+  ttlSeconds: number;
+  acl?: { pub: string[]; sub: string[] };
+}
+
+/** Signs a token with HS256 under the UTF-8 bytes of `secret`; `exp` is now + `ttlSeconds`. */
+export async function mintToken(secret: string, input: MintTokenInput): Promise<{ token: string; expiresAt: Date }> {
+  const iat = Math.floor(Date.now() / 1000);
+  const exp = iat + input.ttlSeconds;
+  const claims: Record<string, unknown> = { acc: input.accountId };
+  if (input.acl) claims.acl = { pub: input.acl.pub, sub: input.acl.sub };
+  const token = await new SignJWT(claims)
+    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
+    .setSubject(input.subject)
+    .setIssuedAt(iat)
+    .setExpirationTime(exp)
+    .sign(new TextEncoder().encode(secret));
+  return { token, expiresAt: new Date(exp * 1000) };
+}
