@@ -28,3 +28,10 @@ export type DeliveryTarget =
 
 /** Result of handing a batch to a connection object. */
 export type DeliverResult = "ok" | "gone";
+
+/** Guard for a Message read back from storage or RPC. */
+export function isMessage(v: unknown): v is Message {
+  if (typeof v !== "object" || v === null) return false;
+  const m = v as Record<string, unknown>;
+  return typeof m.topic === "string" && m.payload instanceof Uint8Array && (m.qos === 0 || m.qos === 1 || m.qos === 2) && typeof m.retain === "boolean";
+}

@@ -2,7 +2,7 @@ import { DurableObject } from "cloudflare:workers";
 import { connectionStub, routerStub, type Env } from "../env";
 import { getConfig } from "../config";
 import { errorMessage, log } from "../log";
-import type { DeliverResult, Message } from "../router/messages";
+import { isMessage, type DeliverResult, type Message } from "../router/messages";
 import type { CloseCause } from "../protocol/codes";
 
 /** Persistent state of one MQTT session, apart from its subscriptions (the router owns those). */
@@ -17,12 +17,6 @@ interface SessionMeta {
   tail: number;
   /** Messages dropped because the offline queue was full (oldest first). */
   dropped: number;
-}
-
-function isMessage(v: unknown): v is Message {
-  if (typeof v !== "object" || v === null) return false;
-  const m = v as Record<string, unknown>;
-  return typeof m.topic === "string" && m.payload instanceof Uint8Array && (m.qos === 0 || m.qos === 1 || m.qos === 2) && typeof m.retain === "boolean";
 }
 
 function isMeta(v: unknown): v is SessionMeta {

@@ -4,7 +4,7 @@
  * through a guard.
  */
 import type { ProtocolVersion } from "../protocol/codec";
-import type { Message } from "../router/messages";
+import { isMessage, type Message } from "../router/messages";
 import type { Identity } from "../auth/identity";
 
 /** Partial packets up to this size ride in the attachment; larger ones go to storage. */
@@ -56,11 +56,6 @@ export const outKey = (seq: number): string => `${OUT_PREFIX}${seq.toString().pa
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => typeof v === "object" && v !== null;
 const isVersion = (v: unknown): v is ProtocolVersion => v === 3 || v === 4 || v === 5;
-
-export function isMessage(v: unknown): v is Message {
-  return isObj(v) && typeof v.topic === "string" && v.payload instanceof Uint8Array &&
-    (v.qos === 0 || v.qos === 1 || v.qos === 2) && typeof v.retain === "boolean";
-}
 
 export function readAttachment(v: unknown): Attachment | null {
   if (!isObj(v) || v.v !== 1) return null;

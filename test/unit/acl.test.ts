@@ -9,6 +9,7 @@ import {
   type Acl,
 } from "../../src/topics/acl";
 import { topicMatches, validateTopicFilter } from "../../src/topics/topic";
+import { mulberry32 as rng } from "../helpers/random";
 
 /** (granted, requested, covered) */
 const COVERS: ReadonlyArray<readonly [string, string, boolean]> = [
@@ -144,17 +145,6 @@ function allTopics(levels: readonly string[], maxDepth: number): string[] {
   return out.filter((t) => t.length > 0);
 }
 
-/** mulberry32 */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 // `z` is used by no filter: it witnesses "`+` is wider than any literal". Topics go one level
 // deeper than filters so a `#` (or `a/+` vs `a/+/+`) difference always has a witness.

@@ -9,6 +9,7 @@ import {
   type Packet,
   type ProtocolVersion,
 } from "../../src/protocol/codec";
+import { mulberry32 } from "../helpers/random";
 
 /** Byte helper for annotated vectors: numbers are bytes, strings are their ASCII bytes. */
 function bytes(...parts: Array<number | string>): Uint8Array {
@@ -466,16 +467,6 @@ describe("concatBytes", () => {
   });
 });
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomPacket(rand: () => number): Packet {
   const int = (n: number): number => Math.floor(rand() * n);

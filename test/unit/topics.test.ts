@@ -9,6 +9,7 @@ import {
   type TopicLimits,
 } from "../../src/topics/topic";
 import { SubscriptionTrie } from "../../src/topics/trie";
+import { mulberry32 } from "../helpers/random";
 
 /** (filter, topic, expected) — shared by the naive matcher and the trie. */
 const CASES: ReadonlyArray<readonly [string, string, boolean]> = [
@@ -169,16 +170,6 @@ describe("SubscriptionTrie", () => {
   });
 });
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe("SubscriptionTrie randomized vs topicMatches", () => {
   const rand = mulberry32(0xc0ffee);
