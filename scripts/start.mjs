@@ -14,6 +14,10 @@ const WRANGLER = join(ROOT, "node_modules/.bin/wrangler");
 const DEV_VARS = join(ROOT, ".dev.vars");
 const PERSIST = ".wrangler/state";
 const SECRET_KEYS = ["ADMIN_TOKEN", "JWT_SECRET", "DEVICE_PEPPER"];
+const DEV_CREDENTIALS = join(ROOT, PERSIST, "dev-device.json");
+const DEV_ACCOUNT = "dev";
+const DEV_DEVICE = "dev-device";
+const DEV_USER = "dev-user";
 
 const port = Number(process.env.PORT || 8787);
 if (!Number.isInteger(port) || port <= 0 || port > 65535) {
@@ -84,8 +88,57 @@ function applyMigrations() {
  * authenticated example. vars: the values from .dev.vars (ADMIN_TOKEN, ...).
  */
 async function bootstrapDevAccount(baseUrl, vars) {
-  // The identity milestone fills this in (provision a device via the admin API, mint a token).
-  return undefined;
+  const api = async (method, path, body) => {
+    const res = await fetch(`${baseUrl}/admin/v1${path}`, {
+      method,
+      headers: { authorization: `Bearer ${vars.ADMIN_TOKEN}`, "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    return { status: res.status, json: text ? JSON.parse(text) : null };
+  };
+  // The device's password is shown once by the API; keep it beside the local state so a
+  // second `npm start` prints the same credentials.
+  let saved = null;
+  try {
+    saved = JSON.parse(readFileSync(DEV_CREDENTIALS, "utf8"));
+  } catch {
+    saved = null;
+  }
+  const existing = await api("GET", `/accounts/${DEV_ACCOUNT}/devices/${DEV_DEVICE}`);
+  let device;
+  if (existing.status === 200 && saved && saved.deviceId === DEV_DEVICE && typeof saved.password === "string") {
+    device = saved;
+  } else {
+    if (existing.status === 200) await api("DELETE", `/accounts/${DEV_ACCOUNT}/devices/${DEV_DEVICE}`);
+    const created = await api("POST", `/accounts/${DEV_ACCOUNT}/devices`, { deviceId: DEV_DEVICE });
+    if (created.status !== 201) throw new Error(`creating the dev device: ${created.status} ${JSON.stringify(created.json)}`);
+    device = created.json;
+    writeFileSync(DEV_CREDENTIALS, JSON.stringify(device, null, 2) + "\n", { mode: 0o600 });
+  }
+  const grants = { pub: ["#"], sub: ["#", "$SYS/#"] };
+  const minted = await api("POST", `/accounts/${DEV_ACCOUNT}/tokens`, { subject: DEV_USER, ttlSeconds: 86400, acl: grants });
+  if (minted.status !== 201) throw new Error(`minting the dev token: ${minted.status} ${JSON.stringify(minted.json)}`);
+  const token = minted.json.token;
+  const ws = `ws://127.0.0.1:${port}/mqtt`;
+  const topic = `xi/blue/v1/${DEV_ACCOUNT}/d/${device.deviceId}/hello`;
+  const basic = Buffer.from(`${device.deviceId}:${device.password}`).toString("base64");
+  return [
+    "",
+    `  Development account "${DEV_ACCOUNT}":`,
+    `    device    id ${device.deviceId}   password ${device.password}   (client id = user name = device id)`,
+    `    user      ${DEV_USER}, token valid 24 h (user name ${DEV_USER}, password = the token):`,
+    `              ${token}`,
+    "",
+    "  Watch everything in the account as the user (terminal 1):",
+    `    npx mqtt sub -l ws -h 127.0.0.1 -p ${port} --path /mqtt -i ${DEV_USER} -u ${DEV_USER} -P '${token}' -t '#' -v`,
+    "  Publish as the device (terminal 2):",
+    `    npx mqtt pub -l ws -h 127.0.0.1 -p ${port} --path /mqtt -i ${device.deviceId} -u ${device.deviceId} -P '${device.password}' -t ${topic} -m hi`,
+    "  Publish over HTTP as the device:",
+    `    curl -X POST '${baseUrl}/api/v1/messages?topic=${topic}&qos=1' -H 'Authorization: Basic ${basic}' --data-binary hi`,
+    "  MQTT.js:",
+    `    mqtt.connect("${ws}", { clientId: "${device.deviceId}", username: "${device.deviceId}", password: "${device.password}" })`,
+  ];
 }
 
 async function waitForHealth(baseUrl, child) {
@@ -110,10 +163,6 @@ function banner(baseUrl, anonymousAccount, extra) {
     anonymousAccount
       ? `  Anonymous clients land in account "${anonymousAccount}" (ANONYMOUS_ACCOUNT in wrangler.toml)`
       : "  Anonymous access is off (ANONYMOUS_ACCOUNT is empty in wrangler.toml)",
-    "",
-    "  Try it (two terminals):",
-    `    npx mqtt sub -l ws -h 127.0.0.1 -p ${port} --path /mqtt -t 'demo/#' -v`,
-    `    npx mqtt pub -l ws -h 127.0.0.1 -p ${port} --path /mqtt -t demo/hello -m hi`,
     ...(extra ?? []),
     "",
     "  Ctrl-C stops the broker.",
