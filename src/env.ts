@@ -17,6 +17,8 @@ export interface Env {
   /** A JWKS document (JSON) for RS256/ES256 tokens, or its URL. */
   JWT_JWKS?: string;
   JWT_JWKS_URL?: string;
+  /** Shared secret of the TCP bridge (bridge/): lets it forward the device's address. */
+  BRIDGE_TOKEN?: string;
 
   ANONYMOUS_ACCOUNT?: string;
   MAX_PAYLOAD_BYTES?: string;

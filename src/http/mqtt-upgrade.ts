@@ -1,6 +1,29 @@
 import type { Context } from "hono";
 import type { Env } from "../env";
 import { jsonError } from "./errors";
+import { timingSafeEqualString } from "../auth/passwords";
+
+/** Headers from the Worker to the connection object: the client's address and transport. */
+export const ADDR_HEADER = "x-mqtt-client-addr";
+export const TRANSPORT_HEADER = "x-mqtt-transport";
+/** Headers a trusted TCP bridge sets (bridge/): the device's address, behind `x-bridge-token`. */
+export const BRIDGE_TOKEN_HEADER = "x-bridge-token";
+export const BRIDGE_ADDR_HEADER = "x-bridge-client-addr";
+
+/**
+ * The client's address: the bridge's forwarded device address when the request carries the
+ * shared `BRIDGE_TOKEN` (otherwise any client could claim any address), else the address
+ * the edge saw.
+ */
+function clientAddress(c: Context<{ Bindings: Env }>): { addr: string; transport: "ws" | "tcp" } {
+  const edge = c.req.header("cf-connecting-ip") ?? "";
+  const token = c.env.BRIDGE_TOKEN;
+  const presented = c.req.header(BRIDGE_TOKEN_HEADER);
+  if (token && presented && timingSafeEqualString(presented, token)) {
+    return { addr: c.req.header(BRIDGE_ADDR_HEADER) ?? edge, transport: "tcp" };
+  }
+  return { addr: edge, transport: "ws" };
+}
 
 /** Subprotocols we speak, in order of preference (MQTT 3.1 clients ask for `mqttv3.1`). */
 const SUBPROTOCOLS = ["mqtt", "mqttv3.1"];
@@ -23,8 +46,12 @@ export async function mqttUpgrade(c: Context<{ Bindings: Env }>): Promise<Respon
     return jsonError(c, 400, "unsupported_subprotocol", `supported subprotocols: ${SUBPROTOCOLS.join(", ")}`);
   }
   const headers = new Headers(c.req.raw.headers);
+  // Internal headers for the connection object: whatever the client sent under these names is replaced.
   headers.delete("x-mqtt-subprotocol");
   if (chosen) headers.set("x-mqtt-subprotocol", chosen);
+  const peer = clientAddress(c);
+  headers.set(ADDR_HEADER, peer.addr);
+  headers.set(TRANSPORT_HEADER, peer.transport);
   const stub = c.env.CONNECTION.get(c.env.CONNECTION.newUniqueId());
   return stub.fetch(new Request(c.req.raw.url, { method: "GET", headers }));
 }

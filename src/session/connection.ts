@@ -20,6 +20,7 @@ import { validateTopicFilter, validateTopicName } from "../topics/topic";
 import { canPublish, canSubscribe } from "../topics/acl";
 import { readCookie } from "../auth/jwt";
 import { CSRF_COOKIE, TOKEN_COOKIE } from "../auth/cookies";
+import { ADDR_HEADER, TRANSPORT_HEADER } from "../http/mqtt-upgrade";
 import type { DeliverResult, Message, QoS, SubscriptionRequest } from "../router/messages";
 import { authenticateConnect } from "./connect";
 import { keepAliveDeadline, clampKeepAlive } from "./keepalive";
@@ -104,7 +105,8 @@ export class MqttConnection extends DurableObject<Env> {
       protocolVersion: 4,
       openedAt: now,
       lastSeen: now,
-      addr: request.headers.get("cf-connecting-ip") ?? "",
+      addr: request.headers.get(ADDR_HEADER) ?? "",
+      transport: request.headers.get(TRANSPORT_HEADER) === "tcp" ? "tcp" : "ws",
       rx: null,
       rxStored: false,
       expiresAt: null,

@@ -29,6 +29,8 @@ export interface Attachment {
   /** Last time a packet arrived, to about a second (updated at most once a second). */
   lastSeen: number;
   addr: string;
+  /** "tcp" when the client came through the trusted TCP bridge. */
+  transport: "ws" | "tcp";
   rx: Uint8Array | null;
   rxStored: boolean;
 }
@@ -65,10 +67,11 @@ export function readAttachment(v: unknown): Attachment | null {
   if (typeof v.openedAt !== "number" || typeof v.lastSeen !== "number" || typeof v.addr !== "string") return null;
   if (!(v.rx === null || v.rx instanceof Uint8Array) || typeof v.rxStored !== "boolean") return null;
   if (!(v.expiresAt === null || typeof v.expiresAt === "number")) return null;
+  if (v.transport !== "ws" && v.transport !== "tcp") return null;
   return {
     v: 1, phase: v.phase, account: v.account, clientId: v.clientId, clean: v.clean, keepAlive: v.keepAlive,
     protocolVersion: v.protocolVersion, openedAt: v.openedAt, lastSeen: v.lastSeen, addr: v.addr, rx: v.rx, rxStored: v.rxStored,
-    expiresAt: v.expiresAt,
+    expiresAt: v.expiresAt, transport: v.transport,
   };
 }
 
