@@ -18,6 +18,8 @@ export interface Limits {
 
 export interface Config {
   limits: Limits;
+  /** Simultaneous multi-connection-mode connections per JWT identity. */
+  maxMultiConnections: number;
   /** Account that anonymous clients land in; undefined when anonymous access is off. */
   anonymousAccount: string | undefined;
 }
@@ -64,7 +66,11 @@ export function getConfig(env: Env): Config {
     sessionExpirySeconds: int(env.SESSION_EXPIRY_SECONDS, DEFAULT_LIMITS.sessionExpirySeconds, 1),
   };
   const anon = env.ANONYMOUS_ACCOUNT?.trim();
-  const config: Config = { limits, anonymousAccount: anon ? anon : undefined };
+  const config: Config = {
+    limits,
+    maxMultiConnections: int(env.MAX_MULTI_CONNECTIONS, 100, 1),
+    anonymousAccount: anon ? anon : undefined,
+  };
   cached = { env, config };
   return config;
 }

@@ -1,12 +1,14 @@
 import type { MqttConnection } from "./session/connection";
 import type { MqttSession } from "./session/session-store";
 import type { TopicRouter } from "./router/router";
+import type { ConnectionLimiter } from "./limits/connection-limiter";
 
 /** Bindings and vars from wrangler.toml (vars arrive as strings; config.ts parses them). */
 export interface Env {
   CONNECTION: DurableObjectNamespace<MqttConnection>;
   SESSION: DurableObjectNamespace<MqttSession>;
   ROUTER: DurableObjectNamespace<TopicRouter>;
+  LIMITER: DurableObjectNamespace<ConnectionLimiter>;
   DB: D1Database;
 
   /** Secrets (wrangler secret put / .dev.vars). */
@@ -31,6 +33,7 @@ export interface Env {
   MAX_QUEUED_MESSAGES?: string;
   MAX_INFLIGHT?: string;
   SESSION_EXPIRY_SECONDS?: string;
+  MAX_MULTI_CONNECTIONS?: string;
 }
 
 /** The connection object that terminates one WebSocket, by its hex id. */
@@ -46,6 +49,11 @@ export function sessionStub(env: Env, account: string, clientId: string): Durabl
 /** The topic router of one account. */
 export function routerStub(env: Env, account: string): DurableObjectStub<TopicRouter> {
   return env.ROUTER.get(env.ROUTER.idFromName(account));
+}
+
+/** The connection-limit object of one identity (account + device id or JWT subject). */
+export function limiterStub(env: Env, account: string, identity: string): DurableObjectStub<ConnectionLimiter> {
+  return env.LIMITER.get(env.LIMITER.idFromName(sessionName(account, identity)));
 }
 
 /** Client ids are free text; the NUL separator cannot occur in a valid MQTT string [MQTT-1.5.3-2]. */

@@ -7,5 +7,6 @@ import { app } from "./http/app";
 export { MqttConnection } from "./session/connection";
 export { MqttSession } from "./session/session-store";
 export { TopicRouter } from "./router/router";
+export { ConnectionLimiter } from "./limits/connection-limiter";
 
 export default app;

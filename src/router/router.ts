@@ -68,18 +68,25 @@ export class TopicRouter extends DurableObject<Env> {
     }
   }
 
-  /** A connection took over a session: route its messages to `conn`. A clean session starts with no subscriptions. */
-  async attach(clientId: string, conn: string, clean: boolean): Promise<void> {
+  /**
+   * A connection took over a session: route its messages to `conn`. A clean session starts
+   * with no subscriptions. `announce` (the monitoring Connect event) is published after,
+   * in the same call.
+   */
+  async attach(account: string, clientId: string, conn: string, clean: boolean, announce: Message[] = []): Promise<void> {
     if (clean) this.removeAllSubscriptions(clientId);
     this.setTarget(clientId, { conn, persistent: !clean });
+    if (announce.length > 0) await this.publish(account, announce);
   }
 
   /**
    * The connection `conn` ended. A persistent session keeps its subscriptions and its
    * messages go to its session object; a clean one is forgotten. Ignored when another
-   * connection already owns the session (takeover raced with the close).
+   * connection already owns the session (takeover raced with the close). `announce` (the
+   * will and the monitoring Disconnect event) is published first, in the same call.
    */
-  async detach(clientId: string, conn: string, persistent: boolean): Promise<void> {
+  async detach(account: string, clientId: string, conn: string, persistent: boolean, announce: Message[] = []): Promise<void> {
+    if (announce.length > 0) await this.publish(account, announce);
     const current = this.targets.get(clientId);
     if (!current || current.conn !== conn) return;
     if (persistent) this.setTarget(clientId, { conn: null, persistent: true });

@@ -1,5 +1,7 @@
 import { DurableObject } from "cloudflare:workers";
-import { routerStub, sessionStub, type Env } from "../env";
+import { limiterStub, routerStub, sessionStub, type Env } from "../env";
+import type { ClaimResult } from "../limits/connection-limiter";
+import { connectEvent, disconnectEvent, failedConnectEvent, protocolName, type ConnectionFacts } from "../monitoring/events";
 import { getConfig, type Config } from "../config";
 import { errorMessage, log } from "../log";
 import {
@@ -110,6 +112,7 @@ export class MqttConnection extends DurableObject<Env> {
       rx: null,
       rxStored: false,
       expiresAt: null,
+      traffic: { readBytes: 0, readMsg: 0, writeBytes: 0, writeMsg: 0 },
     };
     this.saveAttachment(server, att);
     const cookies = request.headers.get("cookie");
@@ -198,6 +201,7 @@ export class MqttConnection extends DurableObject<Env> {
     const att = this.attachment(ws);
     if (att.phase === "closing" || att.clientId !== clientId) return "gone";
     await this.accept(ws, att, messages);
+    this.saveAttachment(ws, att); // traffic counters
     return "ok";
   }
 
@@ -222,6 +226,17 @@ export class MqttConnection extends DurableObject<Env> {
     return true;
   }
 
+  /** For the connection limiter: does this object still hold the socket of `clientId`? */
+  async isAlive(clientId: string): Promise<boolean> {
+    const ws = this.socket();
+    if (!ws || this.ending) {
+      // Socket gone without a close event (runtime restart): end the session now.
+      if (!ws && !this.ending) await this.ctx.storage.setAlarm(Date.now());
+      return false;
+    }
+    return this.attachment(ws).clientId === clientId;
+  }
+
   // ---------------------------------------------------------------- inbound bytes
 
   private async onData(ws: WebSocket, data: ArrayBuffer | string): Promise<void> {
@@ -235,17 +250,12 @@ export class MqttConnection extends DurableObject<Env> {
     const prev = await this.loadRx(att);
     const bytes = concatBytes(prev, new Uint8Array(data));
     const { frames, rest, error } = readFrames(bytes, this.config.limits.maxPacketBytes);
-    const now = Date.now();
-    let dirty = false;
-    if (now - att.lastSeen >= 1000) {
-      att.lastSeen = now;
-      dirty = true;
-    }
-    if (error === undefined && (rest.byteLength > 0 || prev.byteLength > 0)) {
-      await this.saveRx(att, rest);
-      dirty = true;
-    }
-    if (dirty) this.saveAttachment(ws, att);
+    att.lastSeen = Date.now();
+    att.traffic.readBytes += data.byteLength;
+    att.traffic.readMsg += frames.length;
+    if (error === undefined && (rest.byteLength > 0 || prev.byteLength > 0)) await this.saveRx(att, rest);
+    // The attachment carries the keep-alive clock and the counters across hibernation.
+    this.saveAttachment(ws, att);
 
     for (const frame of frames) {
       if (this.ending || att.phase === "closing") return;
@@ -323,7 +333,34 @@ export class MqttConnection extends DurableObject<Env> {
     att.clean = clean;
     att.expiresAt = identity.expiresAt;
     att.keepAlive = clampKeepAlive(packet.keepalive ?? 0, this.config.limits);
-    const meta: ConnMeta = { account, clientId, clean, will, protocolVersion: version, identity };
+    const meta: ConnMeta = {
+      account, clientId, clean, will, protocolVersion: version, identity,
+      addr: att.addr, transport: att.transport, connectedAt: Date.now(),
+    };
+    const facts = connectionFacts(meta);
+
+    // JWT identities pass the connection-limit object (single/multi mode rules). Devices are
+    // single-mode by construction (client id = device id = session key): the session
+    // object's takeover is their limit. Anonymous clients are not limited.
+    if (identity.kind === "user") {
+      const claim = await limiterStub(this.env, account, identity.id)
+        .claim(this.id, clientId, decision.mode, this.config.maxMultiConnections)
+        .catch((err: unknown): ClaimResult | null => {
+          log("error", "mqtt.limiter_failed", { clientId, error: errorMessage(err) });
+          return null;
+        });
+      if (!claim || !claim.ok) {
+        const cause: CloseCause = !claim ? "serverError" : claim.reason === "full" ? "tooManyConnections" : "notAuthorized";
+        const code = claim?.ok === false && claim.reason === "mixed" ? ConnackCode.NotAuthorized : ConnackCode.ServerUnavailable;
+        const reason = !claim ? "connection limiter unavailable" : claim.reason === "full" ? "too many connections" : "identity connected in the other connection mode";
+        log("info", "mqtt.connect_refused", { account, clientId, identity: identity.id, code, reason });
+        await routerStub(this.env, account)
+          .publish(account, [failedConnectEvent(facts, Date.now(), CLOSE_CAUSES[cause].monitorCode, reason)])
+          .catch(() => undefined);
+        this.send(ws, att, { cmd: "connack", returnCode: code, sessionPresent: false });
+        return this.close(ws, cause, { quiet: true });
+      }
+    }
     this.meta = meta;
     await this.ctx.storage.put("meta", meta);
     this.saveAttachment(ws, att);
@@ -331,7 +368,7 @@ export class MqttConnection extends DurableObject<Env> {
     let sessionPresent: boolean;
     try {
       ({ sessionPresent } = await sessionStub(this.env, account, clientId).attach(account, clientId, this.id, clean));
-      await routerStub(this.env, account).attach(clientId, this.id, clean);
+      await routerStub(this.env, account).attach(account, clientId, this.id, clean, [connectEvent(facts, meta.connectedAt)]);
     } catch (err) {
       log("error", "mqtt.connect_failed", { clientId, error: errorMessage(err) });
       this.send(ws, att, { cmd: "connack", returnCode: ConnackCode.ServerUnavailable, sessionPresent: false });
@@ -602,19 +639,24 @@ export class MqttConnection extends DurableObject<Env> {
     const meta = await readConnMeta(this.ctx.storage);
     let leftovers: Message[] = [];
     if (meta) {
-      const { account, clientId, clean } = meta;
-      if (info.publishWill && meta.will && !this.willSuppressed) {
-        await routerStub(this.env, account)
-          .publish(account, [meta.will])
-          .catch((err: unknown) => log("error", "mqtt.will_failed", { clientId, error: errorMessage(err) }));
-      }
+      const { account, clientId, clean, identity } = meta;
+      // The will first [MQTT-3.1.2-8], then the monitoring event, in the detach call.
+      const announce: Message[] = [];
+      if (info.publishWill && meta.will && !this.willSuppressed) announce.push(meta.will);
+      const traffic = ws ? this.attachment(ws).traffic : { readBytes: 0, readMsg: 0, writeBytes: 0, writeMsg: 0 };
+      announce.push(disconnectEvent(connectionFacts(meta), Date.now(), info.monitorCode, info.reason, traffic));
       if (!clean) {
         const out = await this.loadOut();
         leftovers = [...out.values()].map((r) => (r.pid > 0 ? { ...r.message, dup: true } : r.message));
       }
       await routerStub(this.env, account)
-        .detach(clientId, this.id, !clean)
+        .detach(account, clientId, this.id, !clean, announce)
         .catch((err: unknown) => log("error", "mqtt.detach_failed", { clientId, error: errorMessage(err) }));
+      if (identity.kind === "user") {
+        await limiterStub(this.env, account, identity.id)
+          .release(this.id, clientId)
+          .catch((err: unknown) => log("error", "mqtt.release_failed", { clientId, error: errorMessage(err) }));
+      }
       if (handBack) {
         await sessionStub(this.env, account, clientId)
           .detach(this.id, leftovers, !clean)
@@ -698,7 +740,10 @@ export class MqttConnection extends DurableObject<Env> {
 
   private send(ws: WebSocket, att: Attachment, packet: Packet): void {
     try {
-      ws.send(encodePacket(packet, att.protocolVersion));
+      const bytes = encodePacket(packet, att.protocolVersion);
+      att.traffic.writeBytes += bytes.byteLength;
+      att.traffic.writeMsg++;
+      ws.send(bytes);
     } catch (err) {
       log("warn", "mqtt.send_failed", { clientId: att.clientId, error: errorMessage(err) });
     }
@@ -711,4 +756,14 @@ export class MqttConnection extends DurableObject<Env> {
     if (att.expiresAt !== null) next = Math.min(next, att.expiresAt);
     await this.ctx.storage.setAlarm(next);
   }
+}
+
+function connectionFacts(meta: ConnMeta): ConnectionFacts {
+  return {
+    clientId: meta.clientId,
+    user: meta.identity.id,
+    addr: meta.addr,
+    protocol: protocolName(meta.protocolVersion, meta.transport),
+    connectedAt: meta.connectedAt,
+  };
 }

@@ -6,6 +6,7 @@
 import type { ProtocolVersion } from "../protocol/codec";
 import { isMessage, type Message } from "../router/messages";
 import type { Identity } from "../auth/identity";
+import type { TrafficCounters } from "../monitoring/events";
 
 /** Partial packets up to this size ride in the attachment; larger ones go to storage. */
 export const ATTACHMENT_RX_MAX = 1024;
@@ -33,6 +34,8 @@ export interface Attachment {
   transport: "ws" | "tcp";
   rx: Uint8Array | null;
   rxStored: boolean;
+  /** Monitoring counters (Disconnect event): bytes and MQTT packets each way. */
+  traffic: TrafficCounters;
 }
 
 /** Identity and will of the connection, in storage from CONNECT until the connection ends. */
@@ -43,6 +46,9 @@ export interface ConnMeta {
   will: Message | null;
   protocolVersion: ProtocolVersion;
   identity: Identity;
+  addr: string;
+  transport: "ws" | "tcp";
+  connectedAt: number;
 }
 
 /** A QoS 1 message for the client: pid 0 = waiting for room in the in-flight window. */
@@ -68,10 +74,13 @@ export function readAttachment(v: unknown): Attachment | null {
   if (!(v.rx === null || v.rx instanceof Uint8Array) || typeof v.rxStored !== "boolean") return null;
   if (!(v.expiresAt === null || typeof v.expiresAt === "number")) return null;
   if (v.transport !== "ws" && v.transport !== "tcp") return null;
+  const t = v.traffic;
+  if (!isObj(t) || typeof t.readBytes !== "number" || typeof t.readMsg !== "number" || typeof t.writeBytes !== "number" || typeof t.writeMsg !== "number") return null;
   return {
     v: 1, phase: v.phase, account: v.account, clientId: v.clientId, clean: v.clean, keepAlive: v.keepAlive,
     protocolVersion: v.protocolVersion, openedAt: v.openedAt, lastSeen: v.lastSeen, addr: v.addr, rx: v.rx, rxStored: v.rxStored,
     expiresAt: v.expiresAt, transport: v.transport,
+    traffic: { readBytes: t.readBytes, readMsg: t.readMsg, writeBytes: t.writeBytes, writeMsg: t.writeMsg },
   };
 }
 
@@ -81,8 +90,12 @@ export async function readConnMeta(storage: DurableObjectStorage): Promise<ConnM
   if (!isVersion(v.protocolVersion)) return null;
   const identity = readIdentity(v.identity);
   if (!identity) return null;
+  if (typeof v.addr !== "string" || (v.transport !== "ws" && v.transport !== "tcp") || typeof v.connectedAt !== "number") return null;
   const will = isMessage(v.will) ? v.will : null;
-  return { account: v.account, clientId: v.clientId, clean: v.clean, will, protocolVersion: v.protocolVersion, identity };
+  return {
+    account: v.account, clientId: v.clientId, clean: v.clean, will, protocolVersion: v.protocolVersion, identity,
+    addr: v.addr, transport: v.transport, connectedAt: v.connectedAt,
+  };
 }
 
 const isStringArray = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === "string");

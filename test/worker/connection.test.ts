@@ -80,7 +80,7 @@ describe("MqttConnection in workerd", () => {
     const session = sessionStub(E, account, "crashed");
     await session.attach(account, "crashed", deadConn, false);
     const router = routerStub(E, account);
-    await router.attach("crashed", deadConn, false);
+    await router.attach(account, "crashed", deadConn, false);
     await router.subscribe("crashed", [{ filter: "c/#", qos: 1 }], 10);
     await router.publish(account, [{ topic: "c/1", payload: new Uint8Array([1]), qos: 1, retain: false }]);
     expect(await session.stats()).toEqual({ online: false, persistent: true, queued: 1, dropped: 0 });

@@ -12,7 +12,7 @@ describe("TopicRouter in workerd", () => {
   it("persists subscriptions, targets and retained messages and rebuilds them after a restart of the object", async () => {
     const account = `acc-${crypto.randomUUID()}`;
     const router = routerStub(E, account);
-    await router.attach("c1", E.CONNECTION.newUniqueId().toString(), false);
+    await router.attach(account, "c1", E.CONNECTION.newUniqueId().toString(), false);
     await router.subscribe("c1", [{ filter: "a/+", qos: 1 }, { filter: "#", qos: 0 }], 100);
     await router.publish(account, [msg("a/b", "kept", 1, true)]);
     expect(await router.stats()).toEqual({ subscriptions: 2, sessions: 1, retained: 1 });
@@ -43,9 +43,9 @@ describe("TopicRouter in workerd", () => {
     const conn = E.CONNECTION.newUniqueId().toString();
     const session = sessionStub(E, account, "p1");
     await session.attach(account, "p1", conn, false);
-    await router.attach("p1", conn, false);
+    await router.attach(account, "p1", conn, false);
     await router.subscribe("p1", [{ filter: "x/#", qos: 1 }], 100);
-    await router.detach("p1", conn, true);
+    await router.detach(account, "p1", conn, true);
     await session.detach(conn, [], true);
     await router.publish(account, [msg("x/1", "a", 1), msg("x/2", "b", 0), msg("x/3", "c", 1)]);
     expect(await session.stats()).toEqual({ online: false, persistent: true, queued: 2, dropped: 0 });
@@ -61,10 +61,10 @@ describe("TopicRouter in workerd", () => {
     const router = routerStub(E, account);
     const oldConn = E.CONNECTION.newUniqueId().toString();
     const newConn = E.CONNECTION.newUniqueId().toString();
-    await router.attach("c", oldConn, false);
+    await router.attach(account, "c", oldConn, false);
     await router.subscribe("c", [{ filter: "t", qos: 1 }], 10);
-    await router.attach("c", newConn, false);
-    await router.detach("c", oldConn, false); // late detach of the taken-over connection
+    await router.attach(account, "c", newConn, false);
+    await router.detach(account, "c", oldConn, false); // late detach of the taken-over connection
     expect(await router.stats()).toMatchObject({ subscriptions: 1, sessions: 1 });
   });
 });
