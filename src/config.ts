@@ -9,6 +9,12 @@ export interface Limits {
   maxTopicBytes: number;
   maxTopicLevels: number;
   maxSubscriptions: number;
+  /** Topic filters in one SUBSCRIBE; the ones past it get SUBACK 0x80. */
+  maxFiltersPerSubscribe: number;
+  /** Sustained PUBLISH packets per second per connection (token bucket refill rate). */
+  publishRatePerSecond: number;
+  /** Token bucket size: how many publishes may arrive at once after a quiet period. */
+  publishBurst: number;
   keepAliveMinSeconds: number;
   keepAliveMaxSeconds: number;
   maxQueuedMessages: number;
@@ -31,6 +37,9 @@ export const DEFAULT_LIMITS: Limits = {
   maxTopicBytes: 256,
   maxTopicLevels: 16,
   maxSubscriptions: 100,
+  maxFiltersPerSubscribe: 32,
+  publishRatePerSecond: 100,
+  publishBurst: 200,
   keepAliveMinSeconds: 0,
   keepAliveMaxSeconds: 3600,
   maxQueuedMessages: 1000,
@@ -59,6 +68,9 @@ export function getConfig(env: Env): Config {
     maxClientIdBytes: int(env.MAX_CLIENT_ID_BYTES, DEFAULT_LIMITS.maxClientIdBytes, 1),
     maxTopicLevels: int(env.MAX_TOPIC_LEVELS, DEFAULT_LIMITS.maxTopicLevels, 1),
     maxSubscriptions: int(env.MAX_SUBSCRIPTIONS, DEFAULT_LIMITS.maxSubscriptions, 1),
+    maxFiltersPerSubscribe: int(env.MAX_FILTERS_PER_SUBSCRIBE, DEFAULT_LIMITS.maxFiltersPerSubscribe, 1),
+    publishRatePerSecond: int(env.PUBLISH_RATE_PER_SECOND, DEFAULT_LIMITS.publishRatePerSecond, 1),
+    publishBurst: int(env.PUBLISH_BURST, DEFAULT_LIMITS.publishBurst, 1),
     keepAliveMinSeconds: int(env.KEEPALIVE_MIN_SECONDS, DEFAULT_LIMITS.keepAliveMinSeconds),
     keepAliveMaxSeconds: int(env.KEEPALIVE_MAX_SECONDS, DEFAULT_LIMITS.keepAliveMaxSeconds, 1),
     maxQueuedMessages: int(env.MAX_QUEUED_MESSAGES, DEFAULT_LIMITS.maxQueuedMessages, 1),

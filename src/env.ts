@@ -1,6 +1,7 @@
 import type { MqttConnection } from "./session/connection";
 import type { MqttSession } from "./session/session-store";
 import type { TopicRouter } from "./router/router";
+import { meterStub } from "./metrics";
 import type { ConnectionLimiter } from "./limits/connection-limiter";
 
 /** Bindings and vars from wrangler.toml (vars arrive as strings; config.ts parses them). */
@@ -33,27 +34,32 @@ export interface Env {
   MAX_QUEUED_MESSAGES?: string;
   MAX_INFLIGHT?: string;
   SESSION_EXPIRY_SECONDS?: string;
+  /** "1": count billable units for `npm run bench` (src/metrics.ts, GET /__bench/counters). */
+  BENCH_COUNTERS?: string;
   MAX_MULTI_CONNECTIONS?: string;
+  MAX_FILTERS_PER_SUBSCRIBE?: string;
+  PUBLISH_RATE_PER_SECOND?: string;
+  PUBLISH_BURST?: string;
 }
 
 /** The connection object that terminates one WebSocket, by its hex id. */
 export function connectionStub(env: Env, connId: string): DurableObjectStub<MqttConnection> {
-  return env.CONNECTION.get(env.CONNECTION.idFromString(connId));
+  return meterStub(env, env.CONNECTION.get(env.CONNECTION.idFromString(connId)), "connection");
 }
 
 /** The owner of the persistent state of one MQTT session (account + client id). */
 export function sessionStub(env: Env, account: string, clientId: string): DurableObjectStub<MqttSession> {
-  return env.SESSION.get(env.SESSION.idFromName(sessionName(account, clientId)));
+  return meterStub(env, env.SESSION.get(env.SESSION.idFromName(sessionName(account, clientId))), "session");
 }
 
 /** The topic router of one account. */
 export function routerStub(env: Env, account: string): DurableObjectStub<TopicRouter> {
-  return env.ROUTER.get(env.ROUTER.idFromName(account));
+  return meterStub(env, env.ROUTER.get(env.ROUTER.idFromName(account)), "router");
 }
 
 /** The connection-limit object of one identity (account + device id or JWT subject). */
 export function limiterStub(env: Env, account: string, identity: string): DurableObjectStub<ConnectionLimiter> {
-  return env.LIMITER.get(env.LIMITER.idFromName(sessionName(account, identity)));
+  return meterStub(env, env.LIMITER.get(env.LIMITER.idFromName(sessionName(account, identity))), "limiter");
 }
 
 /** Client ids are free text; the NUL separator cannot occur in a valid MQTT string [MQTT-1.5.3-2]. */

@@ -5,6 +5,7 @@ import { adminApi } from "./admin";
 import { jsonError } from "./errors";
 import { mqttUpgrade } from "./mqtt-upgrade";
 import { httpPublish } from "./publish";
+import { benchApi } from "./bench";
 
 /** The Worker's HTTP surface. */
 export const app = new Hono<{ Bindings: Env }>();
@@ -13,6 +14,7 @@ app.get("/mqtt", mqttUpgrade);
 
 app.get("/health", (c) => c.json({ ok: true }));
 app.route("/admin/v1", adminApi);
+app.route("/__bench", benchApi);
 
 app.post("/api/v1/messages", httpPublish);
 

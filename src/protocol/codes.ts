@@ -46,6 +46,7 @@ export const CLOSE_CAUSES = {
   invalidClientId: { monitorCode: 166, v5Reason: 0x85, wsCode: 1008, publishWill: true, reason: "invalid client id" },
   tooManyConnections: { monitorCode: 173, v5Reason: 0x97, wsCode: 1008, publishWill: true, reason: "too many connections" },
   invalidTopic: { monitorCode: 276, v5Reason: 0x90, wsCode: 1008, publishWill: true, reason: "invalid topic" },
+  rateExceeded: { monitorCode: 92, v5Reason: 0x96, wsCode: 1008, publishWill: true, reason: "publish rate limit exceeded" },
   serverError: { monitorCode: 92, v5Reason: 0x83, wsCode: 1011, publishWill: true, reason: "internal error" },
 } as const satisfies Record<string, CloseCauseInfo>;
 

@@ -5,6 +5,7 @@ import { topicMatches } from "../topics/topic";
 import { log } from "../log";
 import type { DeliveryTarget, Message, QoS, SubscriptionRequest } from "./messages";
 import { retainedKey, subscriptionKey, targetKey, parseSubscriptionKey, KEY } from "./keys";
+import { meterStorage } from "../metrics";
 
 interface TargetRecord {
   conn: string | null;
@@ -49,6 +50,7 @@ export class TopicRouter extends DurableObject<Env> {
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
+    meterStorage(ctx, env, "router");
     void ctx.blockConcurrencyWhile(() => this.load());
   }
 

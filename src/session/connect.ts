@@ -27,11 +27,15 @@ export type ConnectionMode = "single" | "multi";
 
 export type ConnectDecision =
   | { ok: true; identity: Identity; clientId: string; mode: ConnectionMode; will: Message | null; willDenied: boolean }
-  /** `code` null: the CONNECT itself is malformed; close without CONNACK [MQTT-3.1.4-1]. */
-  | { ok: false; code: ConnackCode | null; cause: CloseCause; reason: string };
+  /**
+   * `code` null: the CONNECT itself is malformed; close without CONNACK [MQTT-3.1.4-1].
+   * `identity` is set when the refusal came after authentication (a FailedConnect event
+   * can then go to that account's monitoring topic).
+   */
+  | { ok: false; code: ConnackCode | null; cause: CloseCause; reason: string; identity?: Identity; clientId?: string };
 
-function refuse(code: ConnackCode | null, cause: CloseCause, reason: string): ConnectDecision {
-  return { ok: false, code, cause, reason };
+function refuse(code: ConnackCode | null, cause: CloseCause, reason: string, identity?: Identity, clientId?: string): ConnectDecision {
+  return identity ? { ok: false, code, cause, reason, identity, clientId } : { ok: false, code, cause, reason };
 }
 
 const FAILURE_CODES: Record<AuthFailure, ConnackCode> = {
@@ -81,12 +85,14 @@ export async function authenticateConnect(
   if (identity.kind === "device") {
     // A device's client id is its device id (single-connection mode); empty means "the device id".
     if (clientId === "") clientId = identity.id;
-    if (clientId !== identity.id) return refuse(ConnackCode.IdentifierRejected, "invalidClientId", "device client id must be the device id");
+    if (clientId !== identity.id) {
+      return refuse(ConnackCode.IdentifierRejected, "invalidClientId", "device client id must be the device id", identity, clientId);
+    }
   } else if (clientId === "") {
     clientId = `auto-${crypto.randomUUID()}`; // [MQTT-3.1.3-6]
   }
   if (utf8ByteLength(clientId) > config.limits.maxClientIdBytes) {
-    return refuse(ConnackCode.IdentifierRejected, "invalidClientId", "client id too long");
+    return refuse(ConnackCode.IdentifierRejected, "invalidClientId", "client id too long", identity, clientId.slice(0, 64));
   }
   const mode: ConnectionMode = identity.kind === "user" && clientId !== identity.id ? "multi" : "single";
 
@@ -94,10 +100,10 @@ export async function authenticateConnect(
   let willDenied = false;
   if (packet.will) {
     if (validateTopicName(packet.will.topic, config.limits) !== null) {
-      return refuse(null, "invalidTopic", "invalid will topic");
+      return refuse(null, "invalidTopic", "invalid will topic", identity, clientId);
     }
     const payload = toBytes(packet.will.payload ?? "");
-    if (payload.byteLength > config.limits.maxPayloadBytes) return refuse(null, "tooLarge", "will payload too large");
+    if (payload.byteLength > config.limits.maxPayloadBytes) return refuse(null, "tooLarge", "will payload too large", identity, clientId);
     // A will the ACL would refuse is dropped at CONNECT: it could never be published.
     if (canPublish(identity.acl, packet.will.topic)) {
       will = { topic: packet.will.topic, payload, qos: packet.will.qos === 0 ? 0 : 1, retain: packet.will.retain === true };

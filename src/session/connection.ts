@@ -25,6 +25,8 @@ import { CSRF_COOKIE, TOKEN_COOKIE } from "../auth/cookies";
 import { ADDR_HEADER, TRANSPORT_HEADER } from "../http/mqtt-upgrade";
 import type { DeliverResult, Message, QoS, SubscriptionRequest } from "../router/messages";
 import { authenticateConnect } from "./connect";
+import { fullBucket, take } from "./rate";
+import { count, meterStorage } from "../metrics";
 import { keepAliveDeadline, clampKeepAlive } from "./keepalive";
 import {
   ATTACHMENT_RX_MAX,
@@ -85,6 +87,7 @@ export class MqttConnection extends DurableObject<Env> {
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
+    meterStorage(ctx, env, "connection");
     this.config = getConfig(env);
     this.id = ctx.id.toString();
   }
@@ -93,6 +96,7 @@ export class MqttConnection extends DurableObject<Env> {
 
   /** The WebSocket upgrade, forwarded by the Worker from `GET /mqtt`. */
   override async fetch(request: Request): Promise<Response> {
+    count(this.env, "doFetch", "connection.fetch");
     const pair = new WebSocketPair();
     const [client, server] = [pair[0], pair[1]];
     this.ctx.acceptWebSocket(server);
@@ -113,6 +117,7 @@ export class MqttConnection extends DurableObject<Env> {
       rxStored: false,
       expiresAt: null,
       traffic: { readBytes: 0, readMsg: 0, writeBytes: 0, writeMsg: 0 },
+      bucket: fullBucket(this.config.limits.publishBurst, now),
     };
     this.saveAttachment(server, att);
     const cookies = request.headers.get("cookie");
@@ -127,6 +132,7 @@ export class MqttConnection extends DurableObject<Env> {
   }
 
   override async webSocketMessage(ws: WebSocket, data: ArrayBuffer | string): Promise<void> {
+    count(this.env, "wsIn", "connection");
     const step = this.chain.then(() => this.onData(ws, data));
     this.chain = step.catch((err: unknown) => this.fail(ws, "MqttConnection:webSocketMessage", err));
     return this.chain;
@@ -155,6 +161,7 @@ export class MqttConnection extends DurableObject<Env> {
 
   /** Keep-alive and liveness clock: the one alarm of this object. */
   override async alarm(): Promise<void> {
+    count(this.env, "alarmRun", "connection");
     try {
       const ws = this.socket();
       if (!ws) {
@@ -321,6 +328,15 @@ export class MqttConnection extends DurableObject<Env> {
     const decision = await authenticateConnect(packet, this.env, this.config, browser);
     if (!decision.ok) {
       log("info", "mqtt.connect_refused", { clientId: packet.clientId, code: decision.code, reason: decision.reason, addr: att.addr });
+      if (decision.identity) {
+        const { identity } = decision;
+        const facts: ConnectionFacts = {
+          clientId: decision.clientId ?? "", user: identity.id, addr: att.addr, protocol: protocolName(version, att.transport), connectedAt: null,
+        };
+        await routerStub(this.env, identity.account)
+          .publish(identity.account, [failedConnectEvent(facts, Date.now(), CLOSE_CAUSES[decision.cause].monitorCode, decision.reason)])
+          .catch(() => undefined);
+      }
       if (decision.code !== null) this.send(ws, att, { cmd: "connack", returnCode: decision.code, sessionPresent: false });
       return this.close(ws, decision.cause, { quiet: true });
     }
@@ -397,6 +413,10 @@ export class MqttConnection extends DurableObject<Env> {
 
   private async onPublish(ws: WebSocket, att: Attachment, packet: IPublishPacket): Promise<void> {
     const limits = this.config.limits;
+    if (!take(att.bucket, limits.publishRatePerSecond, limits.publishBurst, Date.now())) {
+      log("warn", "mqtt.rate_exceeded", { account: att.account, clientId: att.clientId, rate: limits.publishRatePerSecond });
+      return this.close(ws, "rateExceeded");
+    }
     const topicError = validateTopicName(packet.topic, limits);
     if (topicError) {
       log("warn", "mqtt.invalid_topic", { clientId: att.clientId, error: topicError });
@@ -457,7 +477,11 @@ export class MqttConnection extends DurableObject<Env> {
     const codes: number[] = [];
     const valid: SubscriptionRequest[] = [];
     const slot: number[] = [];
-    for (const sub of packet.subscriptions) {
+    for (const [i, sub] of packet.subscriptions.entries()) {
+      if (i >= this.config.limits.maxFiltersPerSubscribe) {
+        codes.push(SUBACK_FAILURE);
+        continue;
+      }
       // Shared subscriptions are a later milestone: refused per filter for now.
       if (validateTopicFilter(sub.topic, this.config.limits) !== null || sub.topic.startsWith("$share/")) {
         codes.push(SUBACK_FAILURE);

@@ -4,6 +4,7 @@ import { getConfig } from "../config";
 import { errorMessage, log } from "../log";
 import { isMessage, type DeliverResult, type Message } from "../router/messages";
 import type { CloseCause } from "../protocol/codes";
+import { count, meterStorage } from "../metrics";
 
 /** Persistent state of one MQTT session, apart from its subscriptions (the router owns those). */
 interface SessionMeta {
@@ -41,6 +42,7 @@ export class MqttSession extends DurableObject<Env> {
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
+    meterStorage(ctx, env, "session");
     void ctx.blockConcurrencyWhile(async () => {
       const stored = await ctx.storage.get("meta");
       this.meta = isMeta(stored) ? stored : null;
@@ -150,6 +152,7 @@ export class MqttSession extends DurableObject<Env> {
 
   /** Session expiry for an offline persistent session: forget it everywhere. */
   override async alarm(): Promise<void> {
+    count(this.env, "alarmRun", "session");
     const meta = this.meta;
     if (!meta || meta.owner) return;
     await routerStub(this.env, meta.account).forget(meta.clientId);

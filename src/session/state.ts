@@ -7,6 +7,7 @@ import type { ProtocolVersion } from "../protocol/codec";
 import { isMessage, type Message } from "../router/messages";
 import type { Identity } from "../auth/identity";
 import type { TrafficCounters } from "../monitoring/events";
+import type { Bucket } from "./rate";
 
 /** Partial packets up to this size ride in the attachment; larger ones go to storage. */
 export const ATTACHMENT_RX_MAX = 1024;
@@ -36,6 +37,8 @@ export interface Attachment {
   rxStored: boolean;
   /** Monitoring counters (Disconnect event): bytes and MQTT packets each way. */
   traffic: TrafficCounters;
+  /** Publish rate limiter. */
+  bucket: Bucket;
 }
 
 /** Identity and will of the connection, in storage from CONNECT until the connection ends. */
@@ -74,6 +77,8 @@ export function readAttachment(v: unknown): Attachment | null {
   if (!(v.rx === null || v.rx instanceof Uint8Array) || typeof v.rxStored !== "boolean") return null;
   if (!(v.expiresAt === null || typeof v.expiresAt === "number")) return null;
   if (v.transport !== "ws" && v.transport !== "tcp") return null;
+  const b = v.bucket;
+  if (!isObj(b) || typeof b.tokens !== "number" || typeof b.at !== "number") return null;
   const t = v.traffic;
   if (!isObj(t) || typeof t.readBytes !== "number" || typeof t.readMsg !== "number" || typeof t.writeBytes !== "number" || typeof t.writeMsg !== "number") return null;
   return {
@@ -81,6 +86,7 @@ export function readAttachment(v: unknown): Attachment | null {
     protocolVersion: v.protocolVersion, openedAt: v.openedAt, lastSeen: v.lastSeen, addr: v.addr, rx: v.rx, rxStored: v.rxStored,
     expiresAt: v.expiresAt, transport: v.transport,
     traffic: { readBytes: t.readBytes, readMsg: t.readMsg, writeBytes: t.writeBytes, writeMsg: t.writeMsg },
+    bucket: { tokens: b.tokens, at: b.at },
   };
 }
 
