@@ -125,6 +125,9 @@ async function bootstrapDevAccount(baseUrl, vars) {
   const basic = Buffer.from(`${device.deviceId}:${device.password}`).toString("base64");
   return [
     "",
+    `  Web console (signs in as ${DEV_USER}; the token stays in the URL fragment, never sent to the server):`,
+    `    ${baseUrl}/#token=${encodeURIComponent(token)}&user=${DEV_USER}`,
+    "",
     `  Development account "${DEV_ACCOUNT}":`,
     `    device    id ${device.deviceId}   password ${device.password}   (client id = user name = device id)`,
     `    user      ${DEV_USER}, token valid 24 h (user name ${DEV_USER}, password = the token):`,
