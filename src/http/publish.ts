@@ -30,8 +30,8 @@ async function authenticateRequest(env: Env, header: string | undefined): Promis
 }
 
 /**
- * `POST /api/v1/messages?topic=&qos=0|1&retain=`: the same credentials, ACL, limits and
- * QoS semantics as an MQTT PUBLISH. QoS 1 answers 201 only once every QoS 1 copy is durable.
+ * `POST /api/v1/messages?topic=&qos=0|1|2&retain=`: the same credentials, ACL, limits and
+ * QoS semantics as an MQTT PUBLISH. QoS 1/2 answer 201 only once every copy is durable.
  */
 export async function httpPublish(c: Context<{ Bindings: Env }>): Promise<Response> {
   const { limits } = getConfig(c.env);
@@ -52,7 +52,7 @@ export async function httpPublish(c: Context<{ Bindings: Env }>): Promise<Respon
   const topicError = validateTopicName(topic, limits);
   if (topicError) return jsonError(c, 400, "invalid_topic", `invalid topic: ${topicError}`);
   const qosParam = c.req.query("qos") ?? "0";
-  if (qosParam !== "0" && qosParam !== "1") return jsonError(c, 400, "invalid_qos", "qos must be 0 or 1");
+  if (qosParam !== "0" && qosParam !== "1" && qosParam !== "2") return jsonError(c, 400, "invalid_qos", "qos must be 0, 1 or 2");
   const retainParam = c.req.query("retain") ?? "false";
   if (retainParam !== "true" && retainParam !== "false") return jsonError(c, 400, "invalid_retain", "retain must be true or false");
 
@@ -65,10 +65,10 @@ export async function httpPublish(c: Context<{ Bindings: Env }>): Promise<Respon
     log("info", "http.publish_denied", { account: identity.account, identity: identity.id, topic });
     return jsonError(c, 403, "forbidden", "the ACL does not allow publishing to this topic");
   }
-  const qos = qosParam === "1" ? 1 : 0;
+  const qos = qosParam === "2" ? 2 : qosParam === "1" ? 1 : 0;
   const message: Message = { topic, payload, qos, retain: retainParam === "true" };
   await routerStub(c.env, identity.account).publish(identity.account, [message]);
-  return c.json({ topic, qos, retain: message.retain, bytes: payload.byteLength }, qos === 1 ? 201 : 202);
+  return c.json({ topic, qos, retain: message.retain, bytes: payload.byteLength }, qos > 0 ? 201 : 202);
 }
 
 function tooLarge(c: Context<{ Bindings: Env }>, max: number): Response {

@@ -9,8 +9,20 @@ export interface Message {
   payload: Uint8Array;
   qos: QoS;
   retain: boolean;
-  /** Set on a QoS 1 message that was sent before and is being redelivered [MQTT-3.3.1-1]. */
+  /** Set on a QoS 1/2 message that was sent before and is being redelivered [MQTT-3.3.1-1]. */
   dup?: boolean;
+  /** Hand-over between connections of one session: the packet id the client knows it by. */
+  pid?: number;
+  /** Hand-over: a QoS 2 message whose PUBREC arrived (PUBREL is what to resend). */
+  released?: boolean;
+}
+
+/** Session state one connection passes to the next (takeover, reconnect). */
+export interface Handover {
+  /** Unfinished outbound QoS 1/2 messages, in order, with their packet ids. */
+  messages: Message[];
+  /** Inbound QoS 2 packet ids received but not yet released by PUBREL. */
+  inboundQos2: number[];
 }
 
 /** A subscription request as the router stores it. */

@@ -23,7 +23,8 @@ import { canPublish, canSubscribe } from "../topics/acl";
 import { readCookie } from "../auth/jwt";
 import { CSRF_COOKIE, TOKEN_COOKIE } from "../auth/cookies";
 import { ADDR_HEADER, TRANSPORT_HEADER } from "../http/mqtt-upgrade";
-import type { DeliverResult, Message, QoS, SubscriptionRequest } from "../router/messages";
+import type { DeliverResult, Handover, Message, QoS, SubscriptionRequest } from "../router/messages";
+import { InboundQos2, Outbox, type OutAction } from "./outbox";
 import { authenticateConnect } from "./connect";
 import { fullBucket, take } from "./rate";
 import { count, meterStorage } from "../metrics";
@@ -35,18 +36,15 @@ import {
   readAttachment,
   readConnMeta,
   readBrowserCredentials,
-  readOutRecord,
-  outKey,
-  OUT_PREFIX,
   type Attachment,
   type ConnMeta,
-  type OutRecord,
 } from "./state";
 
 interface PendingPublish {
-  /** null: denied by the ACL, acknowledged without routing. */
+  /** null: denied by the ACL or a QoS 2 retransmission: acknowledged without routing. */
   message: Message | null;
   packetId: number | undefined;
+  qos: QoS;
 }
 
 /**
@@ -70,17 +68,18 @@ export class MqttConnection extends DurableObject<Env> {
   private rx: Uint8Array | undefined;
   /** Serializes packet processing: a CONNECT awaiting its RPCs holds the packets behind it. */
   private chain: Promise<void> = Promise.resolve();
-  /** Outbound QoS 1 index, loaded lazily: connections without QoS 1 traffic never read storage. */
-  private out: Map<number, OutRecord> | null = null;
-  private pidToSeq = new Map<number, number>();
-  private nextSeq = 0;
-  private nextPid = 1;
+  /** Outbound QoS 1/2 flows; storage-backed, loaded lazily. */
+  private readonly outbox: Outbox;
+  /** Inbound QoS 2 packet ids between PUBREC and PUBREL. */
+  private readonly inboundQos2: InboundQos2;
+  /** Inbound QoS 2 ids on their way to the router (not yet in inboundQos2). */
+  private readonly qos2Routing = new Set<number>();
   /** QoS 0 messages delivered before CONNACK went out. */
   private early: Message[] = [];
   /** Publishes waiting for the router call in flight; they travel together in the next one. */
   private publishQueue: PendingPublish[] = [];
   private routing = false;
-  private ending: Promise<Message[]> | null = null;
+  private ending: Promise<Handover> | null = null;
   /** Identity and will from CONNECT; loaded lazily after a wake. */
   private meta: ConnMeta | null = null;
   private willSuppressed = false;
@@ -90,6 +89,8 @@ export class MqttConnection extends DurableObject<Env> {
     meterStorage(ctx, env, "connection");
     this.config = getConfig(env);
     this.id = ctx.id.toString();
+    this.outbox = new Outbox(ctx.storage, this.config.limits.maxInflight);
+    this.inboundQos2 = new InboundQos2(ctx.storage);
   }
 
   // ---------------------------------------------------------------- entry points
@@ -214,11 +215,12 @@ export class MqttConnection extends DurableObject<Env> {
 
   /**
    * Another connection claimed this session [MQTT-3.1.4-2]: close, publish the will, and
-   * return the QoS 1 messages not yet acknowledged so the new connection redelivers them.
+   * return the session state this connection held (unfinished outbound messages with their
+   * packet ids, inbound QoS 2 ids) so the new connection carries on.
    */
-  async takeover(clientId: string): Promise<Message[]> {
+  async takeover(clientId: string): Promise<Handover> {
     const meta = await readConnMeta(this.ctx.storage);
-    if (!meta || meta.clientId !== clientId) return [];
+    if (!meta || meta.clientId !== clientId) return { messages: [], inboundQos2: [] };
     return this.end("takenOver", { handBack: false });
   }
 
@@ -293,10 +295,18 @@ export class MqttConnection extends DurableObject<Env> {
       case "publish":
         return this.onPublish(ws, att, packet);
       case "puback":
-        return this.onPuback(ws, att, packet.messageId);
+        return this.perform(ws, att, await this.outbox.complete(packet.messageId ?? 0, "puback"));
+      case "pubrec":
+        // [MQTT-4.3.3-4]: answer PUBREC with PUBREL, after the state change is durable.
+        if (await this.outbox.received(packet.messageId ?? 0)) this.send(ws, att, { cmd: "pubrel", messageId: packet.messageId });
+        return;
+      case "pubcomp":
+        return this.perform(ws, att, await this.outbox.complete(packet.messageId ?? 0, "pubcomp"));
       case "pubrel":
-        // Inbound QoS 2 completes here; the message was routed on PUBLISH.
-        if (packet.messageId !== undefined) this.send(ws, att, { cmd: "pubcomp", messageId: packet.messageId });
+        // Inbound QoS 2 ends here; the message was routed on PUBLISH. PUBCOMP even for an
+        // unknown id: the client may be resending after our PUBCOMP was lost [MQTT-4.3.3-?].
+        await this.inboundQos2.release(packet.messageId ?? 0);
+        this.send(ws, att, { cmd: "pubcomp", messageId: packet.messageId });
         return;
       case "subscribe":
         return this.onSubscribe(ws, att, packet);
@@ -383,7 +393,9 @@ export class MqttConnection extends DurableObject<Env> {
 
     let sessionPresent: boolean;
     try {
-      ({ sessionPresent } = await sessionStub(this.env, account, clientId).attach(account, clientId, this.id, clean));
+      const attached = await sessionStub(this.env, account, clientId).attach(account, clientId, this.id, clean);
+      sessionPresent = attached.sessionPresent;
+      await this.inboundQos2.add(attached.inboundQos2);
       await routerStub(this.env, account).attach(account, clientId, this.id, clean, [connectEvent(facts, meta.connectedAt)]);
     } catch (err) {
       log("error", "mqtt.connect_failed", { clientId, error: errorMessage(err) });
@@ -401,12 +413,10 @@ export class MqttConnection extends DurableObject<Env> {
     // Messages that arrived during the handshake (offline queue, takeover hand-over) go out now.
     const early = this.early;
     this.early = [];
-    for (const m of early) this.sendPublish(ws, att, m, undefined);
-    await this.loadOut();
-    for (const record of this.out?.values() ?? []) {
-      if (record.pid > 0) this.sendPublish(ws, att, record.message, record.pid);
-    }
-    await this.pump(ws, att);
+    for (const m of early) this.sendPublish(ws, att, m, 0, false);
+    // [MQTT-4.4.0-1]: unfinished flows resume with their original packet ids.
+    this.perform(ws, att, await this.outbox.resend());
+    this.perform(ws, att, await this.outbox.admit());
   }
 
   // ---------------------------------------------------------------- PUBLISH (inbound)
@@ -426,20 +436,23 @@ export class MqttConnection extends DurableObject<Env> {
     if (payload.byteLength > limits.maxPayloadBytes) return this.close(ws, "tooLarge");
     if (packet.qos > 0 && !packet.messageId) return this.close(ws, "protocolError"); // [MQTT-2.3.1-1]
     const { identity } = await this.loadMeta();
-    let message: Message | null = { topic: packet.topic, payload, qos: packet.qos === 0 ? 0 : 1, retain: packet.retain };
+    let message: Message | null = { topic: packet.topic, payload, qos: packet.qos, retain: packet.retain };
     if (!canPublish(identity.acl, packet.topic)) {
-      // 3.1.1 has no negative PUBACK: a denied QoS 1 publish is acknowledged and dropped,
+      // 3.1.1 has no negative PUBACK: a denied QoS 1/2 publish is acknowledged and dropped,
       // in order with the others [MQTT-4.6.0-2].
       log("info", "mqtt.publish_denied", { account: att.account, clientId: att.clientId, topic: packet.topic });
       message = null;
     }
-    this.publishQueue.push({ message, packetId: packet.qos > 0 ? packet.messageId : undefined });
-    if (packet.qos === 2) this.qos2Pending.add(packet.messageId ?? 0);
+    const packetId = packet.qos > 0 ? packet.messageId : undefined;
+    if (packet.qos === 2 && packetId !== undefined) {
+      // A retransmission of a QoS 2 message already received is answered, not routed again
+      // [MQTT-4.3.3-2]: exactly once.
+      if (this.qos2Routing.has(packetId) || (await this.inboundQos2.has(packetId))) message = null;
+      else if (message) this.qos2Routing.add(packetId);
+    }
+    this.publishQueue.push({ message, packetId, qos: packet.qos });
     if (!this.routing) void this.flushPublishes(ws, att);
   }
-
-  /** Inbound QoS 2 packet ids answered with PUBREC (handled at-least-once until QoS 2 lands). */
-  private readonly qos2Pending = new Set<number>();
 
   /**
    * Sends queued publishes to the router, one call at a time: publishes arriving while a
@@ -454,10 +467,13 @@ export class MqttConnection extends DurableObject<Env> {
         this.publishQueue = [];
         const messages = batch.flatMap((p) => (p.message ? [p.message] : []));
         if (messages.length > 0) await routerStub(this.env, att.account).publish(att.account, messages);
-        for (const { packetId } of batch) {
+        // QoS 2 ids are durable before PUBREC goes out, so a retransmission after a crash is still recognized.
+        const qos2 = batch.flatMap((p) => (p.qos === 2 && p.packetId !== undefined ? [p.packetId] : []));
+        await this.inboundQos2.add(qos2);
+        for (const pid of qos2) this.qos2Routing.delete(pid);
+        for (const { packetId, qos } of batch) {
           if (packetId === undefined) continue;
-          if (this.qos2Pending.delete(packetId)) this.send(ws, att, { cmd: "pubrec", messageId: packetId });
-          else this.send(ws, att, { cmd: "puback", messageId: packetId });
+          this.send(ws, att, { cmd: qos === 2 ? "pubrec" : "puback", messageId: packetId });
         }
       }
     } catch (err) {
@@ -492,7 +508,7 @@ export class MqttConnection extends DurableObject<Env> {
         codes.push(SUBACK_FAILURE);
         continue;
       }
-      const qos: QoS = sub.qos >= 1 ? 1 : 0; // QoS 2 requests are granted 1
+      const qos: QoS = sub.qos === 2 ? 2 : sub.qos === 1 ? 1 : 0;
       slot.push(codes.length);
       codes.push(qos);
       valid.push({ filter: sub.topic, qos });
@@ -518,110 +534,39 @@ export class MqttConnection extends DurableObject<Env> {
 
   // ---------------------------------------------------------------- outbound messages
 
-  /** Takes messages for the client: QoS 0 goes out now, QoS 1 is stored, then sent within the window. */
+  /** Takes messages for the client: QoS 0 goes out now; QoS 1/2 are stored, then sent within the window. */
   private async accept(ws: WebSocket, att: Attachment, messages: Message[]): Promise<void> {
     const durable: Message[] = [];
     for (const m of messages) {
       if (m.qos === 0) {
-        if (att.phase === "connected") this.sendPublish(ws, att, m, undefined);
+        if (att.phase === "connected") this.sendPublish(ws, att, m, 0, false);
         else this.early.push(m);
       } else durable.push(m);
     }
     if (durable.length === 0) return;
-    const out = await this.loadOut();
-    const writes: Record<string, OutRecord> = {};
-    let inflight = this.pidToSeq.size;
-    const toSend: OutRecord[] = [];
-    for (const message of durable) {
-      const seq = this.nextSeq++;
-      const pid = inflight < this.config.limits.maxInflight ? this.allocatePid() : 0;
-      const record: OutRecord = { seq, pid, message };
-      if (pid > 0) {
-        inflight++;
-        this.pidToSeq.set(pid, seq);
-        toSend.push(record);
-      }
-      out.set(seq, record);
-      writes[outKey(seq)] = record;
+    const actions = await this.outbox.add(durable);
+    // Before CONNACK nothing is sent: onConnect resends every flow in order afterwards.
+    if (att.phase === "connected") this.perform(ws, att, actions);
+  }
+
+  /** Puts outbox decisions on the wire. */
+  private perform(ws: WebSocket, att: Attachment, actions: OutAction[]): void {
+    for (const action of actions) {
+      if (action.kind === "pubrel") this.send(ws, att, { cmd: "pubrel", messageId: action.pid });
+      else this.sendPublish(ws, att, action.record.message, action.record.pid, action.record.dup);
     }
-    // Written before anything is sent or acknowledged upstream: the output gate holds both
-    // until the write is durable.
-    await this.ctx.storage.put(writes);
-    if (att.phase === "connected") for (const r of toSend) this.sendPublish(ws, att, r.message, r.pid);
   }
 
-  private async onPuback(ws: WebSocket, att: Attachment, pid: number | undefined): Promise<void> {
-    if (pid === undefined) return;
-    await this.loadOut();
-    const seq = this.pidToSeq.get(pid);
-    if (seq === undefined) return; // unknown or duplicate acknowledgement
-    this.pidToSeq.delete(pid);
-    this.out?.delete(seq);
-    await this.ctx.storage.delete(outKey(seq));
-    await this.pump(ws, att);
-  }
-
-  /** Sends queued QoS 1 messages while the in-flight window has room. */
-  private async pump(ws: WebSocket, att: Attachment): Promise<void> {
-    const out = this.out;
-    if (!out || att.phase !== "connected") return;
-    const writes: Record<string, OutRecord> = {};
-    const toSend: OutRecord[] = [];
-    for (const record of out.values()) {
-      if (this.pidToSeq.size >= this.config.limits.maxInflight) break;
-      if (record.pid > 0) continue;
-      record.pid = this.allocatePid();
-      this.pidToSeq.set(record.pid, record.seq);
-      writes[outKey(record.seq)] = record;
-      toSend.push(record);
-    }
-    if (toSend.length === 0) return;
-    await this.ctx.storage.put(writes);
-    for (const r of toSend) this.sendPublish(ws, att, r.message, r.pid);
-  }
-
-  private sendPublish(ws: WebSocket, att: Attachment, m: Message, pid: number | undefined): void {
+  private sendPublish(ws: WebSocket, att: Attachment, m: Message, pid: number, dup: boolean): void {
     this.send(ws, att, {
       cmd: "publish",
       topic: m.topic,
       payload: m.payload instanceof Buffer ? m.payload : Buffer.from(m.payload.buffer, m.payload.byteOffset, m.payload.byteLength),
-      qos: pid === undefined ? 0 : 1,
+      qos: pid === 0 ? 0 : m.qos,
       retain: m.retain,
-      dup: m.dup === true && pid !== undefined, // [MQTT-3.3.1-3]: DUP only on redelivery
-      messageId: pid,
+      dup: dup && pid !== 0, // [MQTT-3.3.1-2]: DUP only on a redelivery of QoS > 0
+      messageId: pid === 0 ? undefined : pid,
     });
-  }
-
-  private allocatePid(): number {
-    // Packet ids 1..65535 [MQTT-2.3.1-1], skipping ids still in flight.
-    for (let i = 0; i < 65535; i++) {
-      const pid = this.nextPid;
-      this.nextPid = pid >= 65535 ? 1 : pid + 1;
-      if (!this.pidToSeq.has(pid)) return pid;
-    }
-    throw new Error("no free packet id");
-  }
-
-  private async loadOut(): Promise<Map<number, OutRecord>> {
-    if (this.out) return this.out;
-    const out = new Map<number, OutRecord>();
-    const stored = await this.ctx.storage.list({ prefix: OUT_PREFIX });
-    let maxPid = 0;
-    for (const value of stored.values()) {
-      const record = readOutRecord(value);
-      if (!record) continue;
-      out.set(record.seq, record);
-      this.nextSeq = Math.max(this.nextSeq, record.seq + 1);
-      if (record.pid > 0) {
-        this.pidToSeq.set(record.pid, record.seq);
-        maxPid = Math.max(maxPid, record.pid);
-      }
-    }
-    if (!this.out) {
-      this.out = out;
-      this.nextPid = maxPid >= 65535 ? 1 : maxPid + 1;
-    }
-    return this.out;
   }
 
   // ---------------------------------------------------------------- closing
@@ -641,13 +586,13 @@ export class MqttConnection extends DurableObject<Env> {
    * calls for it [MQTT-3.1.2-8], detaches from the router and the session object (handing
    * unacknowledged QoS 1 messages back to a persistent session), and clears storage.
    */
-  private end(cause: CloseCause, opts: { handBack?: boolean } = {}): Promise<Message[]> {
+  private end(cause: CloseCause, opts: { handBack?: boolean } = {}): Promise<Handover> {
     if (this.ending) return this.ending;
     this.ending = this.finish(cause, opts.handBack !== false);
     return this.ending;
   }
 
-  private async finish(cause: CloseCause, handBack: boolean): Promise<Message[]> {
+  private async finish(cause: CloseCause, handBack: boolean): Promise<Handover> {
     const info = CLOSE_CAUSES[cause];
     const ws = this.socket();
     if (ws) {
@@ -661,7 +606,7 @@ export class MqttConnection extends DurableObject<Env> {
       }
     }
     const meta = await readConnMeta(this.ctx.storage);
-    let leftovers: Message[] = [];
+    const handover: Handover = { messages: [], inboundQos2: [] };
     if (meta) {
       const { account, clientId, clean, identity } = meta;
       // The will first [MQTT-3.1.2-8], then the monitoring event, in the detach call.
@@ -670,8 +615,8 @@ export class MqttConnection extends DurableObject<Env> {
       const traffic = ws ? this.attachment(ws).traffic : { readBytes: 0, readMsg: 0, writeBytes: 0, writeMsg: 0 };
       announce.push(disconnectEvent(connectionFacts(meta), Date.now(), info.monitorCode, info.reason, traffic));
       if (!clean) {
-        const out = await this.loadOut();
-        leftovers = [...out.values()].map((r) => (r.pid > 0 ? { ...r.message, dup: true } : r.message));
+        handover.messages = await this.outbox.handover();
+        handover.inboundQos2 = await this.inboundQos2.all();
       }
       await routerStub(this.env, account)
         .detach(account, clientId, this.id, !clean, announce)
@@ -683,16 +628,16 @@ export class MqttConnection extends DurableObject<Env> {
       }
       if (handBack) {
         await sessionStub(this.env, account, clientId)
-          .detach(this.id, leftovers, !clean)
+          .detach(this.id, handover, !clean)
           .catch((err: unknown) => log("error", "mqtt.session_detach_failed", { clientId, error: errorMessage(err) }));
       }
       log("info", "mqtt.disconnect", { account, clientId, cause, code: info.monitorCode });
     }
     await this.ctx.storage.deleteAlarm();
     await this.ctx.storage.deleteAll();
-    this.out = new Map();
-    this.pidToSeq.clear();
-    return leftovers;
+    this.outbox.reset();
+    this.inboundQos2.reset();
+    return handover;
   }
 
   private async fail(ws: WebSocket, where: string, err: unknown): Promise<void> {

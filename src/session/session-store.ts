@@ -2,7 +2,7 @@ import { DurableObject } from "cloudflare:workers";
 import { connectionStub, routerStub, type Env } from "../env";
 import { getConfig } from "../config";
 import { errorMessage, log } from "../log";
-import { isMessage, type DeliverResult, type Message } from "../router/messages";
+import { isMessage, type DeliverResult, type Handover, type Message } from "../router/messages";
 import type { CloseCause } from "../protocol/codes";
 import { count, meterStorage } from "../metrics";
 
@@ -18,13 +18,16 @@ interface SessionMeta {
   tail: number;
   /** Messages dropped because the offline queue was full (oldest first). */
   dropped: number;
+  /** Inbound QoS 2 packet ids received and not yet released, kept for the next connection. */
+  inboundQos2: number[];
 }
 
 function isMeta(v: unknown): v is SessionMeta {
   if (typeof v !== "object" || v === null) return false;
   const m = v as Record<string, unknown>;
   return typeof m.account === "string" && typeof m.clientId === "string" && (typeof m.owner === "string" || m.owner === null) &&
-    typeof m.persistent === "boolean" && typeof m.head === "number" && typeof m.tail === "number" && typeof m.dropped === "number";
+    typeof m.persistent === "boolean" && typeof m.head === "number" && typeof m.tail === "number" && typeof m.dropped === "number" &&
+    Array.isArray(m.inboundQos2) && m.inboundQos2.every((x) => typeof x === "number");
 }
 
 const queueKey = (seq: number): string => `q:${seq.toString().padStart(16, "0")}`;
@@ -52,9 +55,10 @@ export class MqttSession extends DurableObject<Env> {
   /**
    * A new connection `conn` claims the session. Closes the previous connection
    * (takeover [MQTT-3.1.4-2]), then hands the queued messages to the new one, durably,
-   * before answering. Returns whether a persistent session was present [MQTT-3.2.2-2].
+   * before answering. Returns whether a persistent session was present [MQTT-3.2.2-2] and the
+   * inbound QoS 2 packet ids the new connection must still recognize.
    */
-  async attach(account: string, clientId: string, conn: string, clean: boolean): Promise<{ sessionPresent: boolean }> {
+  async attach(account: string, clientId: string, conn: string, clean: boolean): Promise<{ sessionPresent: boolean; inboundQos2: number[] }> {
     const prev = this.meta;
     const sessionPresent = !clean && prev !== null && prev.persistent;
     const meta: SessionMeta = {
@@ -65,15 +69,17 @@ export class MqttSession extends DurableObject<Env> {
       head: prev?.head ?? 0,
       tail: prev?.tail ?? 0,
       dropped: prev?.dropped ?? 0,
+      inboundQos2: [],
     };
     // Owner first: messages arriving while the old connection closes are forwarded to the new one.
     this.saveMeta(meta);
     await this.ctx.storage.deleteAlarm();
 
-    let carried: Message[] = [];
+    let carried: Handover = { messages: [], inboundQos2: prev?.inboundQos2 ?? [] };
     if (prev?.owner && prev.owner !== conn) {
       try {
-        carried = await connectionStub(this.env, prev.owner).takeover(clientId);
+        const taken = await connectionStub(this.env, prev.owner).takeover(clientId);
+        carried = { messages: taken.messages, inboundQos2: [...new Set([...carried.inboundQos2, ...taken.inboundQos2])] };
       } catch (err) {
         // The old object is unreachable; its alarm later hands its messages back through detach().
         log("warn", "session.takeover_failed", { clientId, error: errorMessage(err) });
@@ -82,14 +88,14 @@ export class MqttSession extends DurableObject<Env> {
 
     if (clean) {
       await this.clearQueue(meta);
-      return { sessionPresent };
+      return { sessionPresent, inboundQos2: [] };
     }
-    const queued = carried.concat(await this.readQueue(meta));
+    const queued = carried.messages.concat(await this.readQueue(meta));
     if (queued.length > 0) {
       const result = await connectionStub(this.env, conn).deliver(clientId, queued);
       if (result === "ok") await this.clearQueue(meta);
     }
-    return { sessionPresent };
+    return { sessionPresent, inboundQos2: carried.inboundQos2 };
   }
 
   /**
@@ -116,10 +122,10 @@ export class MqttSession extends DurableObject<Env> {
   }
 
   /**
-   * The connection `conn` ended. `leftovers` are the QoS 1 messages it had not seen
-   * acknowledged: they stay with a persistent session.
+   * The connection `conn` ended. `handover` holds the messages it had not finished and the
+   * inbound QoS 2 ids: they stay with a persistent session.
    */
-  async detach(conn: string, leftovers: Message[], persistent: boolean): Promise<void> {
+  async detach(conn: string, handover: Handover, persistent: boolean): Promise<void> {
     const meta = this.meta;
     if (!meta) return;
     if (meta.owner === conn) {
@@ -129,11 +135,12 @@ export class MqttSession extends DurableObject<Env> {
         return;
       }
       meta.owner = null;
+      meta.inboundQos2 = handover.inboundQos2;
       this.saveMeta(meta);
       this.scheduleExpiry();
     }
     // A connection taken over while unreachable hands its messages back late: they still belong here.
-    if (leftovers.length > 0 && meta.persistent) await this.enqueue(meta.clientId, leftovers);
+    if (handover.messages.length > 0 && meta.persistent) await this.enqueue(meta.clientId, handover.messages);
   }
 
   /** Closes the session's live connection, if any (admin kick, disabled or deleted device). */

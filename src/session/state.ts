@@ -54,16 +54,6 @@ export interface ConnMeta {
   connectedAt: number;
 }
 
-/** A QoS 1 message for the client: pid 0 = waiting for room in the in-flight window. */
-export interface OutRecord {
-  seq: number;
-  pid: number;
-  message: Message;
-}
-
-export const OUT_PREFIX = "o:";
-export const outKey = (seq: number): string => `${OUT_PREFIX}${seq.toString().padStart(16, "0")}`;
-
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => typeof v === "object" && v !== null;
 const isVersion = (v: unknown): v is ProtocolVersion => v === 3 || v === 4 || v === 5;
@@ -120,7 +110,3 @@ export function readBrowserCredentials(v: unknown): { token: string; csrf: strin
   return isObj(v) && typeof v.token === "string" && typeof v.csrf === "string" ? { token: v.token, csrf: v.csrf } : null;
 }
 
-export function readOutRecord(v: unknown): OutRecord | null {
-  if (!isObj(v) || typeof v.seq !== "number" || typeof v.pid !== "number" || !isMessage(v.message)) return null;
-  return { seq: v.seq, pid: v.pid, message: v.message };
-}

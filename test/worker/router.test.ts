@@ -46,7 +46,7 @@ describe("TopicRouter in workerd", () => {
     await router.attach(account, "p1", conn, false);
     await router.subscribe("p1", [{ filter: "x/#", qos: 1 }], 100);
     await router.detach(account, "p1", conn, true);
-    await session.detach(conn, [], true);
+    await session.detach(conn, { messages: [], inboundQos2: [] }, true);
     await router.publish(account, [msg("x/1", "a", 1), msg("x/2", "b", 0), msg("x/3", "c", 1)]);
     expect(await session.stats()).toEqual({ online: false, persistent: true, queued: 2, dropped: 0 });
 

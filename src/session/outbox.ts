@@ -1,0 +1,255 @@
+import type { Message } from "../router/messages";
+
+/**
+ * A QoS 1/2 message for the client, durable in the connection object's storage.
+ * - `queued`: waiting for room in the in-flight window (pid 0);
+ * - `sent`: PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2);
+ * - `released`: QoS 2 PUBREL sent, waiting for PUBCOMP.
+ */
+export interface OutRecord {
+  seq: number;
+  pid: number;
+  state: "queued" | "sent" | "released";
+  /** Sent before (on this or an earlier connection): a resend sets DUP [MQTT-3.3.1-1]. */
+  dup: boolean;
+  message: Message;
+}
+
+export const OUT_PREFIX = "o:";
+const outKey = (seq: number): string => `${OUT_PREFIX}${seq.toString().padStart(16, "0")}`;
+
+/** What to put on the wire for one record. */
+export type OutAction = { kind: "publish"; record: OutRecord } | { kind: "pubrel"; pid: number };
+
+function isRecord(v: unknown): v is OutRecord {
+  if (typeof v !== "object" || v === null) return false;
+  const r = v as Record<string, unknown>;
+  const m = r.message as Record<string, unknown> | null;
+  return (
+    typeof r.seq === "number" && typeof r.pid === "number" && typeof r.dup === "boolean" &&
+    (r.state === "queued" || r.state === "sent" || r.state === "released") &&
+    typeof m === "object" && m !== null && typeof m.topic === "string" && m.payload instanceof Uint8Array &&
+    (m.qos === 1 || m.qos === 2) && typeof m.retain === "boolean"
+  );
+}
+
+/**
+ * The outbound QoS 1 and QoS 2 flows of one connection [MQTT-4.3.2, MQTT-4.3.3]: packet
+ * identifiers, the in-flight window, and the state of each message, written to storage
+ * before anything is sent. Loaded lazily: connections without QoS > 0 traffic never read
+ * storage. Packet ids survive a hand-over to the next connection of the session, so
+ * redelivery uses the original ids [MQTT-4.4.0-1].
+ */
+export class Outbox {
+  private records: Map<number, OutRecord> | null = null;
+  private readonly byPid = new Map<number, OutRecord>();
+  private nextSeq = 0;
+  private nextPid = 1;
+
+  constructor(
+    private readonly storage: DurableObjectStorage,
+    private readonly maxInflight: number,
+  ) {}
+
+  /** Number of messages sent and not yet completed. */
+  get inflight(): number {
+    return this.byPid.size;
+  }
+
+  async load(): Promise<Map<number, OutRecord>> {
+    if (this.records) return this.records;
+    const records = new Map<number, OutRecord>();
+    const stored = await this.storage.list({ prefix: OUT_PREFIX });
+    let maxPid = 0;
+    for (const value of stored.values()) {
+      if (!isRecord(value)) continue;
+      records.set(value.seq, value);
+      this.nextSeq = Math.max(this.nextSeq, value.seq + 1);
+      if (value.pid > 0) {
+        this.byPid.set(value.pid, value);
+        maxPid = Math.max(maxPid, value.pid);
+      }
+    }
+    // A concurrent load may have finished first; keep the first.
+    if (!this.records) {
+      this.records = records;
+      this.nextPid = maxPid >= 65535 ? 1 : maxPid + 1;
+    }
+    return this.records;
+  }
+
+  /**
+   * Stores QoS > 0 messages (QoS 0 is not the outbox's business) and returns what can go
+   * out now within the window. A message handed over from an earlier connection keeps its
+   * packet id and state (`pid`, `released`).
+   */
+  async add(messages: Message[]): Promise<OutAction[]> {
+    const records = await this.load();
+    const writes: Record<string, OutRecord> = {};
+    const actions: OutAction[] = [];
+    for (const message of messages) {
+      const seq = this.nextSeq++;
+      let record: OutRecord;
+      const { pid: hintPid, released, ...plain } = message;
+      if (hintPid !== undefined && hintPid > 0 && !this.byPid.has(hintPid)) {
+        record = { seq, pid: hintPid, state: released ? "released" : "sent", dup: true, message: plain };
+        this.byPid.set(hintPid, record);
+      } else if (this.byPid.size < this.maxInflight) {
+        const pid = this.allocatePid();
+        record = { seq, pid, state: "sent", dup: message.dup === true, message: plain };
+        this.byPid.set(pid, record);
+      } else {
+        record = { seq, pid: 0, state: "queued", dup: message.dup === true, message: plain };
+      }
+      records.set(seq, record);
+      writes[outKey(seq)] = record;
+      if (record.state === "sent") actions.push({ kind: "publish", record });
+      else if (record.state === "released") actions.push({ kind: "pubrel", pid: record.pid });
+    }
+    // Written before anything is sent or acknowledged upstream: the output gate holds both
+    // until the write is durable.
+    if (actions.length > 0 || Object.keys(writes).length > 0) await this.storage.put(writes);
+    return actions;
+  }
+
+  /**
+   * PUBACK (QoS 1) or PUBCOMP (QoS 2) for `pid`: the message is done. Returns the queued
+   * messages that now fit the window. Unknown ids (duplicates) are ignored.
+   */
+  async complete(pid: number, ack: "puback" | "pubcomp"): Promise<OutAction[]> {
+    await this.load();
+    const record = this.byPid.get(pid);
+    if (!record) return [];
+    const expected = ack === "puback" ? record.message.qos === 1 : record.state === "released";
+    if (!expected) return [];
+    this.byPid.delete(pid);
+    this.records?.delete(record.seq);
+    await this.storage.delete(outKey(record.seq));
+    return this.admit();
+  }
+
+  /** PUBREC for a QoS 2 message: now released; the caller sends PUBREL [MQTT-4.3.3-4]. */
+  async received(pid: number): Promise<boolean> {
+    await this.load();
+    const record = this.byPid.get(pid);
+    if (!record || record.message.qos !== 2) return false;
+    if (record.state !== "released") {
+      record.state = "released";
+      await this.storage.put(outKey(record.seq), record);
+    }
+    return true;
+  }
+
+  /** Everything in flight, in order, as it must be resent on a new connection [MQTT-4.4.0-1]. */
+  async resend(): Promise<OutAction[]> {
+    const records = await this.load();
+    const actions: OutAction[] = [];
+    for (const record of records.values()) {
+      if (record.state === "sent") actions.push({ kind: "publish", record });
+      else if (record.state === "released") actions.push({ kind: "pubrel", pid: record.pid });
+    }
+    return actions;
+  }
+
+  /** Queued messages that now fit the in-flight window, with their new packet ids. */
+  async admit(): Promise<OutAction[]> {
+    const records = this.records;
+    if (!records) return [];
+    const writes: Record<string, OutRecord> = {};
+    const actions: OutAction[] = [];
+    for (const record of records.values()) {
+      if (this.byPid.size >= this.maxInflight) break;
+      if (record.state !== "queued") continue;
+      record.pid = this.allocatePid();
+      record.state = "sent";
+      this.byPid.set(record.pid, record);
+      writes[outKey(record.seq)] = record;
+      actions.push({ kind: "publish", record });
+    }
+    if (actions.length > 0) await this.storage.put(writes);
+    return actions;
+  }
+
+  /**
+   * The messages to hand to the session's next connection: in-flight ones keep their
+   * packet id and state, and are marked for DUP.
+   */
+  async handover(): Promise<Message[]> {
+    const records = await this.load();
+    return [...records.values()].map((r) =>
+      r.state === "queued" ? r.message : { ...r.message, dup: true, pid: r.pid, released: r.state === "released" },
+    );
+  }
+
+  /** Forget everything in memory (the caller clears storage). */
+  reset(): void {
+    this.records = new Map();
+    this.byPid.clear();
+  }
+
+  private allocatePid(): number {
+    // Packet ids 1..65535 [MQTT-2.3.1-1], skipping ids still in flight.
+    for (let i = 0; i < 65535; i++) {
+      const pid = this.nextPid;
+      this.nextPid = pid >= 65535 ? 1 : pid + 1;
+      if (!this.byPid.has(pid)) return pid;
+    }
+    throw new Error("no free packet id");
+  }
+}
+
+export const INBOUND_PREFIX = "i:";
+
+/**
+ * Packet ids of inbound QoS 2 messages received (routed, PUBREC sent) and not yet
+ * released by the client's PUBREL: a retransmitted PUBLISH with one of these ids is not
+ * routed again [MQTT-4.3.3-2]. Durable; handed to the session's next connection.
+ */
+export class InboundQos2 {
+  private ids: Set<number> | null = null;
+
+  constructor(private readonly storage: DurableObjectStorage) {}
+
+  async load(): Promise<Set<number>> {
+    if (this.ids) return this.ids;
+    const stored = await this.storage.list({ prefix: INBOUND_PREFIX });
+    const ids = new Set<number>();
+    for (const key of stored.keys()) {
+      const pid = Number(key.slice(INBOUND_PREFIX.length));
+      if (Number.isInteger(pid)) ids.add(pid);
+    }
+    if (!this.ids) this.ids = ids;
+    return this.ids;
+  }
+
+  async has(pid: number): Promise<boolean> {
+    return (await this.load()).has(pid);
+  }
+
+  async add(pids: number[]): Promise<void> {
+    if (pids.length === 0) return;
+    const ids = await this.load();
+    const writes: Record<string, true> = {};
+    for (const pid of pids) {
+      ids.add(pid);
+      writes[`${INBOUND_PREFIX}${pid}`] = true;
+    }
+    await this.storage.put(writes);
+  }
+
+  /** PUBREL: the exchange is over; true when the id was known. */
+  async release(pid: number): Promise<boolean> {
+    const ids = await this.load();
+    if (!ids.delete(pid)) return false;
+    await this.storage.delete(`${INBOUND_PREFIX}${pid}`);
+    return true;
+  }
+
+  async all(): Promise<number[]> {
+    return [...(await this.load())];
+  }
+
+  reset(): void {
+    this.ids = new Set();
+  }
+}
