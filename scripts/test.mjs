@@ -1,14 +1,17 @@
 #!/usr/bin/env node
-// `npm test`: typecheck, then the vitest `unit`, `worker` and `e2e` projects, one after the other.
+// `npm test`: typecheck, the deploy bundle (`wrangler deploy --dry-run`), the Env types check
+// (scripts/env-types.mjs), then the vitest `unit`, `worker` and `e2e` projects, one after the other.
 // Every step runs even if an earlier one failed. Extra arguments go to vitest, e.g.
-// `npm test -- test/e2e/pubsub.test.ts`; a project that then matches no file is skipped.
-// The last line printed is `N passed, N failed` (typecheck counts as one test); the exit
-// code is 0 only if nothing failed and something passed.
+// `npm test -- test/e2e/pubsub.test.ts`; a project that then matches no file is skipped, and so
+// are the bundle and types steps. The last line printed is `N passed, N failed` (typecheck,
+// bundle and types count as one test each); the exit code is 0 only if nothing failed and
+// something passed.
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { checkEnvTypes } from "./env-types.mjs";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const BIN = join(ROOT, "node_modules/.bin");
@@ -46,7 +49,30 @@ try {
     note: tscCode === 0 ? "ok" : `tsc exited ${tscCode}`,
   });
 
-  // 2. vitest projects.
+  // 2. the deploy bundle and the Env types: one test each (skipped when running chosen files).
+  if (extraArgs.length === 0) {
+    console.log("\n=== bundle: wrangler deploy --dry-run --outdir <tmp> ===");
+    const bundleCode = run(join(BIN, "wrangler"), ["deploy", "--dry-run", "--outdir", join(tmp, "bundle")]);
+    results.push({
+      name: "bundle",
+      passed: bundleCode === 0 ? 1 : 0,
+      failed: bundleCode === 0 ? 0 : 1,
+      note: bundleCode === 0 ? "ok" : `wrangler deploy --dry-run exited ${bundleCode}`,
+    });
+
+    console.log("\n=== env types: wrangler types vs src/env.ts ===");
+    const types = checkEnvTypes(env);
+    if (types.ok) console.log(`src/env.ts matches wrangler.toml (${types.names.length} bindings)`);
+    else console.error(types.problems.join("\n"));
+    results.push({
+      name: "env types",
+      passed: types.ok ? 1 : 0,
+      failed: types.ok ? 0 : 1,
+      note: types.ok ? "ok" : `${types.problems.length} difference(s)`,
+    });
+  }
+
+  // 3. vitest projects.
   for (const project of PROJECTS) {
     const reportFile = join(tmp, `${project}.json`);
     const args = [
