@@ -4,7 +4,7 @@
  */
 
 import { Hono, type Context } from "hono";
-import { sessionStub, type Env } from "../env";
+import { routerStub, sessionStub, type Env } from "../env";
 import { isValidAccountId, timingSafeEqualString } from "../auth/passwords";
 import { createDevice, deleteDevice, getDevice, listDevices, setDeviceDisabled, type Device } from "../auth/registry";
 import { mintToken } from "../auth/tokens";
@@ -141,6 +141,14 @@ adminApi.delete("/accounts/:accountId/clients/:clientId", async (c) => {
   const closed = await sessionStub(c.env, c.req.param("accountId"), c.req.param("clientId")).kick("adminKick", publishWill);
   if (!closed) return jsonError(c, 404, "client_not_connected", "no live connection with this client id");
   return c.body(null, 204);
+});
+
+adminApi.get("/accounts/:accountId/shared/:group", async (c) => {
+  const accountId = c.req.param("accountId");
+  const group = c.req.param("group");
+  const filters = await routerStub(c.env, accountId).sharedGroup(group);
+  if (filters.length === 0) return jsonError(c, 404, "shared_group_not_found", "no shared subscription with this group name");
+  return c.json({ accountId, group, subscriptions: filters });
 });
 
 /** The admin API's view of a device: never the password hash. */

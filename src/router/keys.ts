@@ -3,6 +3,7 @@ export const KEY = {
   subscription: "s:",
   target: "t:",
   retained: "r:",
+  groupQueue: "g:",
 } as const;
 
 // NUL cannot appear in a client id or a filter [MQTT-1.5.3-2], so it separates them unambiguously.
@@ -23,4 +24,9 @@ export function targetKey(clientId: string): string {
 
 export function retainedKey(topic: string): string {
   return `${KEY.retained}${topic}`;
+}
+
+/** A shared group's queued message (the value names the group). */
+export function groupQueueKey(seq: number): string {
+  return `${KEY.groupQueue}${seq.toString().padStart(16, "0")}`;
 }

@@ -15,6 +15,8 @@ export interface Message {
   pid?: number;
   /** Hand-over: a QoS 2 message whose PUBREC arrived (PUBREL is what to resend). */
   released?: boolean;
+  /** Delivered through this shared group (router key): redistributed if the member leaves unfinished. */
+  share?: string;
 }
 
 /** Session state one connection passes to the next (takeover, reconnect). */

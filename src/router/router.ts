@@ -1,10 +1,12 @@
 import { DurableObject } from "cloudflare:workers";
 import { connectionStub, sessionStub, type Env } from "../env";
 import { SubscriptionTrie } from "../topics/trie";
-import { topicMatches } from "../topics/topic";
+import { parseSharedFilter, topicMatches } from "../topics/topic";
+import { getConfig } from "../config";
+import { SharedGroups, isSharedKey, sharedKey } from "./shared";
 import { log } from "../log";
-import type { DeliveryTarget, Message, QoS, SubscriptionRequest } from "./messages";
-import { retainedKey, subscriptionKey, targetKey, parseSubscriptionKey, KEY } from "./keys";
+import { isMessage, type DeliveryTarget, type Message, type QoS, type SubscriptionRequest } from "./messages";
+import { groupQueueKey, retainedKey, subscriptionKey, targetKey, parseSubscriptionKey, KEY } from "./keys";
 import { meterStorage } from "../metrics";
 
 interface TargetRecord {
@@ -27,6 +29,12 @@ function isTarget(v: unknown): v is TargetRecord {
   return (typeof r.conn === "string" || r.conn === null) && typeof r.persistent === "boolean";
 }
 
+function isGroupQueued(v: unknown): v is { key: string; message: Message } {
+  if (typeof v !== "object" || v === null) return false;
+  const r = v as Record<string, unknown>;
+  return typeof r.key === "string" && isMessage(r.message);
+}
+
 function isRetained(v: unknown): v is RetainedRecord {
   if (typeof v !== "object" || v === null) return false;
   const r = v as Record<string, unknown>;
@@ -47,6 +55,10 @@ export class TopicRouter extends DurableObject<Env> {
   private readonly filtersByClient = new Map<string, Set<string>>();
   private readonly targets = new Map<string, TargetRecord>();
   private readonly retained = new Map<string, RetainedRecord>();
+  private readonly shared = new SharedGroups();
+  /** Group key -> QoS 1/2 messages waiting for a member to come back; storage `g:<seq>`. */
+  private readonly groupQueues = new Map<string, Array<{ seq: number; message: Message }>>();
+  private nextGroupSeq = 0;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -68,6 +80,13 @@ export class TopicRouter extends DurableObject<Env> {
     for (const [key, value] of retained) {
       if (isRetained(value)) this.retained.set(key.slice(KEY.retained.length), value);
     }
+    const queued = await this.ctx.storage.list({ prefix: KEY.groupQueue });
+    for (const [key, value] of queued) {
+      const seq = Number(key.slice(KEY.groupQueue.length));
+      if (!isGroupQueued(value) || !Number.isInteger(seq)) continue;
+      this.queueFor(value.key).push({ seq, message: value.message });
+      this.nextGroupSeq = Math.max(this.nextGroupSeq, seq + 1);
+    }
   }
 
   /**
@@ -79,6 +98,15 @@ export class TopicRouter extends DurableObject<Env> {
     if (clean) this.removeAllSubscriptions(clientId);
     this.setTarget(clientId, { conn, persistent: !clean });
     if (announce.length > 0) await this.publish(account, announce);
+    // A member coming back takes what its shared groups queued while no member was online.
+    for (const key of this.shared.keysOf(clientId)) {
+      const queue = this.groupQueues.get(key);
+      const qos = this.shared.get(key)?.members.get(clientId);
+      if (!queue || queue.length === 0 || qos === undefined) continue;
+      this.groupQueues.delete(key);
+      void this.ctx.storage.delete(queue.map((q) => groupQueueKey(q.seq)));
+      await this.deliverTo(account, clientId, queue.map((q) => ({ ...q.message, qos: minQoS(q.message.qos, qos), share: key })));
+    }
   }
 
   /**
@@ -87,12 +115,26 @@ export class TopicRouter extends DurableObject<Env> {
    * connection already owns the session (takeover raced with the close). `announce` (the
    * will and the monitoring Disconnect event) is published first, in the same call.
    */
-  async detach(account: string, clientId: string, conn: string, persistent: boolean, announce: Message[] = []): Promise<void> {
+  async detach(
+    account: string,
+    clientId: string,
+    conn: string,
+    persistent: boolean,
+    announce: Message[] = [],
+    orphans: Message[] = [],
+  ): Promise<void> {
     if (announce.length > 0) await this.publish(account, announce);
     const current = this.targets.get(clientId);
-    if (!current || current.conn !== conn) return;
-    if (persistent) this.setTarget(clientId, { conn: null, persistent: true });
-    else this.forgetNow(clientId);
+    if (current && current.conn === conn) {
+      if (persistent) this.setTarget(clientId, { conn: null, persistent: true });
+      else this.forgetNow(clientId);
+    }
+    // Shared-subscription messages the leaving member never finished go to another member.
+    if (orphans.length > 0) {
+      const perClient = new Map<string, Message[]>();
+      for (const m of orphans) if (m.share) this.routeShared(m.share, { ...m, dup: false }, perClient, clientId);
+      await this.deliverAll(account, perClient);
+    }
   }
 
   /** A persistent session expired: drop its subscriptions and target. */
@@ -123,6 +165,8 @@ export class TopicRouter extends DurableObject<Env> {
       this.addSubscription(clientId, filter, qos);
       void this.ctx.storage.put(subscriptionKey(clientId, filter), qos);
       granted.push(true);
+      // Shared subscriptions get no retained messages on subscribe (MQTT 5 §4.8.2).
+      if (parseSharedFilter(filter)) continue;
       // [MQTT-3.8.4-3]: a repeated subscription replaces the old one and resends retained messages.
       for (const [topic, record] of this.retained) {
         if (!topicMatches(filter, topic)) continue;
@@ -148,6 +192,10 @@ export class TopicRouter extends DurableObject<Env> {
       // One copy per session even when several of its filters match, at the highest granted QoS.
       const best = new Map<string, QoS>();
       for (const { key, value } of this.trie.match(message.topic)) {
+        if (isSharedKey(key)) {
+          this.routeShared(key, message, perClient);
+          continue;
+        }
         const prev = best.get(key);
         if (prev === undefined || value > prev) best.set(key, value);
       }
@@ -163,6 +211,64 @@ export class TopicRouter extends DurableObject<Env> {
         else perClient.set(clientId, [copy]);
       }
     }
+    await this.deliverAll(account, perClient);
+  }
+
+  /** A shared group's state, for the admin API. */
+  async sharedGroup(group: string): Promise<Array<{ filter: string; members: Array<{ clientId: string; qos: QoS; online: boolean }>; queued: number }>> {
+    const out: Array<{ filter: string; members: Array<{ clientId: string; qos: QoS; online: boolean }>; queued: number }> = [];
+    for (const [key, g] of this.shared.entries()) {
+      if (g.group !== group) continue;
+      out.push({
+        filter: g.filter,
+        members: [...g.members].map(([clientId, qos]) => ({ clientId, qos, online: this.isOnline(clientId) })),
+        queued: this.groupQueues.get(key)?.length ?? 0,
+      });
+    }
+    return out;
+  }
+
+  private isOnline(clientId: string): boolean {
+    return Boolean(this.targets.get(clientId)?.conn);
+  }
+
+  /**
+   * One copy of `message` for one member of the shared group `key`: the next online member
+   * in round-robin order. With no member online, QoS 1/2 messages wait in the group's queue
+   * if a member has a persistent session (bounded like a session's queue), else are dropped.
+   */
+  private routeShared(key: string, message: Message, perClient: Map<string, Message[]>, exclude?: string): void {
+    const member = this.shared.pick(key, (id) => this.isOnline(id), exclude);
+    if (member) {
+      const copy: Message = { topic: message.topic, payload: message.payload, qos: minQoS(message.qos, member.qos), retain: false, share: key };
+      const list = perClient.get(member.clientId);
+      if (list) list.push(copy);
+      else perClient.set(member.clientId, [copy]);
+      return;
+    }
+    const group = this.shared.get(key);
+    if (message.qos === 0 || !group) return;
+    const anyPersistent = [...group.members.keys()].some((id) => this.targets.get(id)?.persistent && id !== exclude);
+    if (!anyPersistent) return;
+    const queue = this.queueFor(key);
+    const seq = this.nextGroupSeq++;
+    const stored: Message = { topic: message.topic, payload: message.payload, qos: message.qos, retain: false };
+    queue.push({ seq, message: stored });
+    void this.ctx.storage.put(groupQueueKey(seq), { key, message: stored });
+    const max = getConfig(this.env).limits.maxQueuedMessages;
+    while (queue.length > max) {
+      const dropped = queue.shift();
+      if (dropped) void this.ctx.storage.delete(groupQueueKey(dropped.seq));
+    }
+  }
+
+  private queueFor(key: string): Array<{ seq: number; message: Message }> {
+    let queue = this.groupQueues.get(key);
+    if (!queue) this.groupQueues.set(key, (queue = []));
+    return queue;
+  }
+
+  private async deliverAll(account: string, perClient: Map<string, Message[]>): Promise<void> {
     const calls: Promise<void>[] = [];
     for (const [clientId, batch] of perClient) calls.push(this.deliverTo(account, clientId, batch));
     await Promise.all(calls);
@@ -213,14 +319,27 @@ export class TopicRouter extends DurableObject<Env> {
   }
 
   private addSubscription(clientId: string, filter: string, qos: QoS): void {
-    this.trie.add(filter, clientId, qos);
+    const shared = parseSharedFilter(filter);
+    if (shared) {
+      if (this.shared.join(shared.group, shared.filter, clientId, qos)) this.trie.add(shared.filter, sharedKey(shared.group, shared.filter), 0);
+    } else this.trie.add(filter, clientId, qos);
     let set = this.filtersByClient.get(clientId);
     if (!set) this.filtersByClient.set(clientId, (set = new Set()));
     set.add(filter);
   }
 
   private removeSubscription(clientId: string, filter: string): void {
-    this.trie.remove(filter, clientId);
+    const shared = parseSharedFilter(filter);
+    if (shared) {
+      if (this.shared.leave(shared.group, shared.filter, clientId)) {
+        const key = sharedKey(shared.group, shared.filter);
+        this.trie.remove(shared.filter, key);
+        // No member left: its queued messages have nowhere to go.
+        const queue = this.groupQueues.get(key);
+        if (queue) void this.ctx.storage.delete(queue.map((q) => groupQueueKey(q.seq)));
+        this.groupQueues.delete(key);
+      }
+    } else this.trie.remove(filter, clientId);
     const set = this.filtersByClient.get(clientId);
     if (set) {
       set.delete(filter);

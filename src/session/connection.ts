@@ -498,8 +498,7 @@ export class MqttConnection extends DurableObject<Env> {
         codes.push(SUBACK_FAILURE);
         continue;
       }
-      // Shared subscriptions are a later milestone: refused per filter for now.
-      if (validateTopicFilter(sub.topic, this.config.limits) !== null || sub.topic.startsWith("$share/")) {
+      if (validateTopicFilter(sub.topic, this.config.limits) !== null) {
         codes.push(SUBACK_FAILURE);
         continue;
       }
@@ -614,12 +613,16 @@ export class MqttConnection extends DurableObject<Env> {
       if (info.publishWill && meta.will && !this.willSuppressed) announce.push(meta.will);
       const traffic = ws ? this.attachment(ws).traffic : { readBytes: 0, readMsg: 0, writeBytes: 0, writeMsg: 0 };
       announce.push(disconnectEvent(connectionFacts(meta), Date.now(), info.monitorCode, info.reason, traffic));
+      // A persistent session keeps its unfinished messages; a clean one gives its unfinished
+      // shared-subscription messages back to their groups (not the QoS 2 ones already received).
+      const unfinished = await this.outbox.handover();
+      const orphans = clean ? unfinished.filter((m) => m.share !== undefined && !m.released) : [];
       if (!clean) {
-        handover.messages = await this.outbox.handover();
+        handover.messages = unfinished;
         handover.inboundQos2 = await this.inboundQos2.all();
       }
       await routerStub(this.env, account)
-        .detach(account, clientId, this.id, !clean, announce)
+        .detach(account, clientId, this.id, !clean, announce, orphans)
         .catch((err: unknown) => log("error", "mqtt.detach_failed", { clientId, error: errorMessage(err) }));
       if (identity.kind === "user") {
         await limiterStub(this.env, account, identity.id)
