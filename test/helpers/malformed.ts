@@ -1,0 +1,385 @@
+/**
+ * Byte-level table of protocol-rule violations the codec refuses ({@link MALFORMED}), with, for
+ * each rule, valid neighbours that must still decode ({@link VALID_NEIGHBOURS}), CONNECTs with
+ * an unsupported protocol level (answered with CONNACK 0x01, not refused as malformed:
+ * {@link UNSUPPORTED_LEVELS}), and server-to-client packets that decode so the session can
+ * refuse them itself ({@link SERVER_ONLY}).
+ *
+ * Shared by the codec unit tests, the session end-to-end tests and the fuzz test. Plain data and
+ * byte builders only: no imports beyond types, usable in Node and in workerd.
+ *
+ * A case's `spec` is the rule id that `decodePacket`'s error starts with (MQTT 3.1.1 numbering),
+ * e.g. `MQTT-2.2.2-1` for the error `[MQTT-2.2.2-1]: ...`. A non-CONNECT case is meant to be
+ * sent after a successful CONNECT of the case's `version` (see {@link isConnectFrame}).
+ */
+import type { ProtocolVersion } from "../../src/protocol/codec";
+
+export interface WireCase {
+  name: string;
+  /** The rule id, without brackets: the codec's error contains `[${spec}]`. */
+  spec: string;
+  /** Protocol version of the connection the frame is sent on (a CONNECT declares its own). */
+  version: ProtocolVersion;
+  /** Exactly one complete frame, fixed header included. */
+  bytes: Uint8Array;
+}
+
+// ------------------------------------------------------------------ byte builders
+
+/** A part of a frame body: a byte, bytes, or (via the helpers below) encoded fields. */
+export type Part = number | readonly number[] | Uint8Array;
+
+function flatten(parts: readonly Part[]): number[] {
+  const out: number[] = [];
+  for (const p of parts) {
+    if (typeof p === "number") out.push(p);
+    else for (const b of p) out.push(b);
+  }
+  return out;
+}
+
+/** Remaining Length / variable byte integer encoding. */
+export function varint(n: number): number[] {
+  const out: number[] = [];
+  do {
+    let b = n % 128;
+    n = Math.floor(n / 128);
+    if (n > 0) b |= 0x80;
+    out.push(b);
+  } while (n > 0);
+  return out;
+}
+
+export function u16(n: number): number[] {
+  return [(n >> 8) & 0xff, n & 0xff];
+}
+
+/** Raw bytes of a text (UTF-8), no length prefix. */
+export function utf8(text: string): number[] {
+  return Array.from(new TextEncoder().encode(text));
+}
+
+/** A length-prefixed string field: text is UTF-8 encoded; raw bytes are taken as they are. */
+export function str(value: string | readonly number[]): number[] {
+  const body = typeof value === "string" ? utf8(value) : [...value];
+  return [...u16(body.length), ...body];
+}
+
+/** One complete frame: first byte (type << 4 | flags), then the body with its Remaining Length. */
+export function frame(first: number, ...body: Part[]): Uint8Array {
+  const bytes = flatten(body);
+  return Uint8Array.from([first, ...varint(bytes.length), ...bytes]);
+}
+
+/** A 5.0 property block (length prefix included) from encoded properties. */
+export function props(...properties: Part[]): number[] {
+  const bytes = flatten(properties);
+  return [...varint(bytes.length), ...bytes];
+}
+
+/** 5.0 property encoders (ids per MQTT 5.0 §2.2.2.2). */
+export const prop = {
+  contentType: (v: string | readonly number[]): number[] => [0x03, ...str(v)],
+  responseTopic: (v: string | readonly number[]): number[] => [0x08, ...str(v)],
+  correlationData: (v: readonly number[]): number[] => [0x09, ...str(v)],
+  reasonString: (v: string | readonly number[]): number[] => [0x1f, ...str(v)],
+  user: (name: string | readonly number[], value: string | readonly number[]): number[] => [0x26, ...str(name), ...str(value)],
+  messageExpiry: (seconds: number): number[] => [0x02, (seconds >>> 24) & 0xff, (seconds >> 16) & 0xff, (seconds >> 8) & 0xff, seconds & 0xff],
+};
+
+export interface ConnectSpec {
+  /** Protocol level byte; default 4. */
+  level?: number;
+  /** Protocol name; default "MQIsdp" for level 3, "MQTT" otherwise. Raw bytes allowed. */
+  name?: string | readonly number[];
+  /** Connect flags byte, taken as is; default: clean session plus the flags the fields imply. */
+  flags?: number;
+  keepAlive?: number;
+  /** 5.0 CONNECT properties (encoded); default empty when level is 5. */
+  properties?: readonly number[];
+  clientId?: string | readonly number[];
+  will?: { topic: string | readonly number[]; payload?: readonly number[]; qos?: number; retain?: boolean; properties?: readonly number[] };
+  username?: string | readonly number[];
+  password?: readonly number[];
+}
+
+/**
+ * A CONNECT frame. Fields are written when present, whatever `flags` says, so a frame can
+ * contradict its own flags on purpose.
+ */
+export function connect(spec: ConnectSpec = {}): Uint8Array {
+  const level = spec.level ?? 4;
+  const v5 = (level & 0x7f) === 5;
+  const implied = 0x02
+    | (spec.will ? 0x04 | ((spec.will.qos ?? 0) << 3) | (spec.will.retain ? 0x20 : 0) : 0)
+    | (spec.username !== undefined ? 0x80 : 0)
+    | (spec.password !== undefined ? 0x40 : 0);
+  const body: Part[] = [
+    str(spec.name ?? (level === 3 ? "MQIsdp" : "MQTT")),
+    level,
+    spec.flags ?? implied,
+    u16(spec.keepAlive ?? 60),
+  ];
+  if (v5) body.push(spec.properties ?? props());
+  body.push(str(spec.clientId ?? "c1"));
+  if (spec.will) {
+    if (v5) body.push(spec.will.properties ?? props());
+    body.push(str(spec.will.topic), str(spec.will.payload ?? utf8("bye")));
+  }
+  if (spec.username !== undefined) body.push(str(spec.username));
+  if (spec.password !== undefined) body.push(str(spec.password));
+  return frame(0x10, ...body);
+}
+
+/** PUBLISH: QoS 0 has no packet identifier; 5.0 gets an (empty by default) property block. */
+export function publish(opts: {
+  topic: string | readonly number[];
+  qos?: number;
+  id?: number;
+  payload?: readonly number[];
+  version?: ProtocolVersion;
+  properties?: readonly number[];
+  flags?: number;
+}): Uint8Array {
+  const qos = opts.qos ?? 0;
+  const body: Part[] = [str(opts.topic)];
+  if (qos > 0) body.push(u16(opts.id ?? 1));
+  if (opts.version === 5) body.push(opts.properties ?? props());
+  body.push(opts.payload ?? utf8("hi"));
+  return frame(0x30 | (opts.flags ?? qos << 1), ...body);
+}
+
+/** SUBSCRIBE with (filter, options byte) pairs. */
+export function subscribe(id: number, filters: ReadonlyArray<readonly [string | readonly number[], number]>, version?: ProtocolVersion, first = 0x82): Uint8Array {
+  const body: Part[] = [u16(id)];
+  if (version === 5) body.push(props());
+  for (const [filter, options] of filters) body.push(str(filter), options);
+  return frame(first, ...body);
+}
+
+export function unsubscribe(id: number, filters: ReadonlyArray<string | readonly number[]>, version?: ProtocolVersion, first = 0xa2): Uint8Array {
+  const body: Part[] = [u16(id)];
+  if (version === 5) body.push(props());
+  for (const filter of filters) body.push(str(filter));
+  return frame(first, ...body);
+}
+
+/** True for a CONNECT frame; every other case is sent after a CONNECT of the case's version. */
+export function isConnectFrame(bytes: Uint8Array): boolean {
+  return bytes[0]! >> 4 === 1;
+}
+
+export function hex(bytes: Uint8Array): string {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join(" ");
+}
+
+// ------------------------------------------------------------------ invalid UTF-8 samples
+
+/** Ill-formed UTF-8 byte sequences, each inside an otherwise fine topic. */
+const BAD_UTF8 = {
+  /** 0xFF never appears in UTF-8. */
+  ff: [0x61, 0xff, 0x62],
+  /** Overlong "/" (C0 AF). */
+  overlong: [0x61, 0xc0, 0xaf, 0x62],
+  /** Overlong U+0000 (C0 80): still not allowed as a way around the U+0000 rule. */
+  overlongNul: [0x61, 0xc0, 0x80],
+  /** U+D800 encoded in UTF-8 (ED A0 80): surrogates are not characters. */
+  surrogate: [0x61, 0xed, 0xa0, 0x80],
+  /** U+DFFF encoded (ED BF BF). */
+  lowSurrogate: [0xed, 0xbf, 0xbf, 0x61],
+  /** A 3-byte sequence cut short at the end of the string. */
+  truncated: [0x61, 0xe2, 0x82],
+  /** Above U+10FFFF (F4 90 80 80). */
+  tooHigh: [0xf4, 0x90, 0x80, 0x80],
+  /** A lone continuation byte. */
+  continuation: [0x80, 0x61],
+} as const;
+
+// ------------------------------------------------------------------ the tables
+
+const V = (name: string, spec: string, version: ProtocolVersion, bytes: Uint8Array): WireCase => ({ name, spec, version, bytes });
+
+/** Protocol-rule violations: `decodePacket` returns `{ ok: false }` with `[spec]` in the error. */
+export const MALFORMED: readonly WireCase[] = [
+  // Fixed-header flags [MQTT-2.2.2-1] / [MQTT-2.2.2-2].
+  V("CONNECT with header flags 0001", "MQTT-2.2.2-1", 4, Uint8Array.from([0x11, ...connect().subarray(1)])),
+  V("CONNACK with header flags 0010", "MQTT-2.2.2-1", 4, frame(0x22, 0, 0)),
+  V("PUBACK with header flags 0010", "MQTT-2.2.2-1", 4, frame(0x42, u16(1))),
+  V("PUBREC with header flags 0001", "MQTT-2.2.2-1", 4, frame(0x51, u16(1))),
+  V("PUBREL with header flags 0000", "MQTT-2.2.2-1", 4, frame(0x60, u16(1))),
+  V("PUBREL with header flags 0011", "MQTT-2.2.2-1", 4, frame(0x63, u16(1))),
+  V("PUBCOMP with header flags 1000", "MQTT-2.2.2-1", 4, frame(0x78, u16(1))),
+  V("SUBSCRIBE with header flags 0000", "MQTT-2.2.2-1", 4, subscribe(1, [["a", 0]], 4, 0x80)),
+  V("SUBSCRIBE with header flags 1010", "MQTT-2.2.2-1", 4, subscribe(1, [["a", 0]], 4, 0x8a)),
+  V("SUBACK with header flags 0001", "MQTT-2.2.2-1", 4, frame(0x91, u16(1), 0)),
+  V("UNSUBSCRIBE with header flags 0000", "MQTT-2.2.2-1", 4, unsubscribe(1, ["a"], 4, 0xa0)),
+  V("UNSUBSCRIBE with header flags 0011", "MQTT-2.2.2-1", 4, unsubscribe(1, ["a"], 4, 0xa3)),
+  V("UNSUBACK with header flags 0010", "MQTT-2.2.2-1", 4, frame(0xb2, u16(1))),
+  V("PINGREQ with header flags 0001", "MQTT-2.2.2-1", 4, frame(0xc1)),
+  V("PINGRESP with header flags 0100", "MQTT-2.2.2-1", 4, frame(0xd4)),
+  V("DISCONNECT with header flags 0010", "MQTT-2.2.2-1", 4, frame(0xe2)),
+  V("5.0 DISCONNECT with header flags 1000", "MQTT-2.2.2-1", 5, frame(0xe8)),
+  V("5.0 AUTH with header flags 0001", "MQTT-2.2.2-1", 5, frame(0xf1, 0x18, props())),
+  V("3.1 PINGREQ with header flags 0010", "MQTT-2.2.2-1", 3, frame(0xc2)),
+  V("PUBLISH QoS 3", "MQTT-3.3.1-4", 4, publish({ topic: "a", qos: 3, id: 1 })),
+  V("PUBLISH QoS 3 with DUP and RETAIN", "MQTT-3.3.1-4", 4, publish({ topic: "a", qos: 3, flags: 0b1111, id: 1 })),
+  V("5.0 PUBLISH QoS 3", "MQTT-3.3.1-4", 5, publish({ topic: "a", qos: 3, id: 1, version: 5 })),
+  V("reserved packet type 0", "§2.2.1", 4, frame(0x00)),
+  V("packet type 15 (AUTH) in 3.1.1", "§2.2.1", 4, frame(0xf0)),
+  V("packet type 15 (AUTH) in 3.1", "§2.2.1", 3, frame(0xf0, 0)),
+
+  // Well-formed UTF-8 [MQTT-1.5.3-1].
+  V("topic name with byte FF", "MQTT-1.5.3-1", 4, publish({ topic: BAD_UTF8.ff })),
+  V("topic name with an overlong '/'", "MQTT-1.5.3-1", 4, publish({ topic: BAD_UTF8.overlong })),
+  V("topic name with an overlong U+0000 (C0 80)", "MQTT-1.5.3-1", 4, publish({ topic: BAD_UTF8.overlongNul })),
+  V("topic name with an encoded surrogate U+D800", "MQTT-1.5.3-1", 4, publish({ topic: BAD_UTF8.surrogate })),
+  V("topic name with an encoded surrogate U+DFFF", "MQTT-1.5.3-1", 4, publish({ topic: BAD_UTF8.lowSurrogate, qos: 1, id: 3 })),
+  V("topic name with a truncated sequence", "MQTT-1.5.3-1", 4, publish({ topic: BAD_UTF8.truncated })),
+  V("topic name above U+10FFFF", "MQTT-1.5.3-1", 4, publish({ topic: BAD_UTF8.tooHigh, qos: 2, id: 9 })),
+  V("topic name with a lone continuation byte", "MQTT-1.5.3-1", 4, publish({ topic: BAD_UTF8.continuation })),
+  V("3.1 topic name with byte FF", "MQTT-1.5.3-1", 3, publish({ topic: BAD_UTF8.ff })),
+  V("second SUBSCRIBE filter with an encoded surrogate", "MQTT-1.5.3-1", 4, subscribe(1, [["ok", 0], [BAD_UTF8.surrogate, 1]])),
+  V("UNSUBSCRIBE filter with byte FF", "MQTT-1.5.3-1", 4, unsubscribe(1, ["ok", BAD_UTF8.ff])),
+  V("CONNECT client id with byte FF", "MQTT-1.5.3-1", 4, connect({ clientId: BAD_UTF8.ff })),
+  V("CONNECT will topic with an overlong '/'", "MQTT-1.5.3-1", 4, connect({ will: { topic: BAD_UTF8.overlong } })),
+  V("CONNECT user name with an encoded surrogate", "MQTT-1.5.3-1", 4, connect({ username: BAD_UTF8.surrogate, password: utf8("pw") })),
+  V("3.1 CONNECT user name with a truncated sequence", "MQTT-1.5.3-1", 3, connect({ level: 3, username: BAD_UTF8.truncated })),
+  V("5.0 CONNECT client id with byte FF", "MQTT-1.5.3-1", 5, connect({ level: 5, clientId: BAD_UTF8.ff })),
+  V("5.0 PUBLISH Content Type with byte FF", "MQTT-1.5.3-1", 5, publish({ topic: "a", version: 5, properties: props(prop.contentType(BAD_UTF8.ff)) })),
+  V("5.0 PUBLISH Response Topic with an encoded surrogate", "MQTT-1.5.3-1", 5, publish({ topic: "a", qos: 1, id: 2, version: 5, properties: props(prop.messageExpiry(5), prop.responseTopic(BAD_UTF8.surrogate)) })),
+  V("5.0 PUBLISH user property name with byte FF", "MQTT-1.5.3-1", 5, publish({ topic: "a", version: 5, properties: props(prop.user(BAD_UTF8.ff, "v")) })),
+  V("5.0 PUBLISH user property value with an overlong '/'", "MQTT-1.5.3-1", 5, publish({ topic: "a", version: 5, properties: props(prop.user("k", "v"), prop.user("k", BAD_UTF8.overlong)) })),
+  V("5.0 CONNECT will Content Type above U+10FFFF", "MQTT-1.5.3-1", 5, connect({ level: 5, will: { topic: "w", properties: props(prop.contentType(BAD_UTF8.tooHigh)) } })),
+  V("5.0 SUBSCRIBE filter with byte FF", "MQTT-1.5.3-1", 5, subscribe(1, [[BAD_UTF8.ff, 0]], 5)),
+  V("5.0 PUBACK Reason String with byte FF", "MQTT-1.5.3-1", 5, frame(0x40, u16(1), 0x10, props(prop.reasonString(BAD_UTF8.ff)))),
+  V("5.0 DISCONNECT Reason String with an encoded surrogate", "MQTT-1.5.3-1", 5, frame(0xe0, 0x00, props(prop.reasonString(BAD_UTF8.surrogate)))),
+
+  // No U+0000 [MQTT-1.5.3-2].
+  V("topic name with U+0000", "MQTT-1.5.3-2", 4, publish({ topic: [0x61, 0x00, 0x62] })),
+  V("topic name that is only U+0000", "MQTT-1.5.3-2", 4, publish({ topic: [0x00], qos: 1, id: 1 })),
+  V("SUBSCRIBE filter with U+0000", "MQTT-1.5.3-2", 4, subscribe(1, [[[0x61, 0x00], 0]])),
+  V("UNSUBSCRIBE filter with U+0000", "MQTT-1.5.3-2", 4, unsubscribe(1, [[0x00, 0x23]])),
+  V("CONNECT client id with U+0000", "MQTT-1.5.3-2", 4, connect({ clientId: [0x63, 0x00] })),
+  V("CONNECT will topic with U+0000", "MQTT-1.5.3-2", 4, connect({ will: { topic: [0x77, 0x00], qos: 1 } })),
+  V("CONNECT user name with U+0000", "MQTT-1.5.3-2", 4, connect({ username: [0x00, 0x75] })),
+  V("5.0 PUBLISH user property value with U+0000", "MQTT-1.5.3-2", 5, publish({ topic: "a", version: 5, properties: props(prop.user("k", [0x00])) })),
+  V("5.0 PUBLISH Content Type with U+0000", "MQTT-1.5.3-2", 5, publish({ topic: "a", version: 5, properties: props(prop.contentType([0x74, 0x00])) })),
+
+  // CONNECT [MQTT-3.1.2-1] / -3 / -11 / -13 / -14 / -15 / -22.
+  V("CONNECT protocol name MQTX", "MQTT-3.1.2-1", 4, connect({ name: "MQTX" })),
+  V("CONNECT protocol name mqtt (lower case)", "MQTT-3.1.2-1", 4, connect({ name: "mqtt" })),
+  V("CONNECT empty protocol name", "MQTT-3.1.2-1", 4, connect({ name: "" })),
+  V("CONNECT protocol name MQTT at level 3", "MQTT-3.1.2-1", 3, connect({ level: 3, name: "MQTT" })),
+  V("CONNECT protocol name MQIsdp at level 4", "MQTT-3.1.2-1", 4, connect({ level: 4, name: "MQIsdp" })),
+  V("CONNECT protocol name MQIsdp at level 5", "MQTT-3.1.2-1", 5, connect({ level: 5, name: "MQIsdp" })),
+  V("CONNECT reserved flag set", "MQTT-3.1.2-3", 4, connect({ flags: 0x03 })),
+  V("5.0 CONNECT reserved flag set", "MQTT-3.1.2-3", 5, connect({ level: 5, flags: 0x01 })),
+  V("3.1 CONNECT reserved flag set", "MQTT-3.1.2-3", 3, connect({ level: 3, flags: 0x03 })),
+  V("CONNECT will QoS 1 without the will flag", "MQTT-3.1.2-13", 4, connect({ flags: 0x0a })),
+  V("CONNECT will QoS 2 without the will flag", "MQTT-3.1.2-13", 4, connect({ flags: 0x12 })),
+  V("CONNECT will retain without the will flag", "MQTT-3.1.2-15", 4, connect({ flags: 0x22 })),
+  V("5.0 CONNECT will retain without the will flag", "MQTT-3.1.2-15", 5, connect({ level: 5, flags: 0x22 })),
+  V("CONNECT will QoS 3", "MQTT-3.1.2-14", 4, connect({ will: { topic: "w", qos: 3 } })),
+  V("5.0 CONNECT will QoS 3", "MQTT-3.1.2-14", 5, connect({ level: 5, will: { topic: "w", qos: 3 } })),
+  V("CONNECT password without user name", "MQTT-3.1.2-22", 4, connect({ password: utf8("pw") })),
+  V("3.1 CONNECT password without user name", "MQTT-3.1.2-22", 3, connect({ level: 3, password: utf8("pw") })),
+
+  // Packet identifier 0 [MQTT-2.3.1-1].
+  V("PUBLISH QoS 1 with packet identifier 0", "MQTT-2.3.1-1", 4, publish({ topic: "a", qos: 1, id: 0 })),
+  V("PUBLISH QoS 2 with packet identifier 0", "MQTT-2.3.1-1", 4, publish({ topic: "a", qos: 2, id: 0 })),
+  V("5.0 PUBLISH QoS 1 with packet identifier 0", "MQTT-2.3.1-1", 5, publish({ topic: "a", qos: 1, id: 0, version: 5 })),
+  V("SUBSCRIBE with packet identifier 0", "MQTT-2.3.1-1", 4, subscribe(0, [["a", 0]])),
+  V("UNSUBSCRIBE with packet identifier 0", "MQTT-2.3.1-1", 4, unsubscribe(0, ["a"])),
+  V("PUBACK with packet identifier 0", "MQTT-2.3.1-1", 4, frame(0x40, u16(0))),
+  V("PUBREC with packet identifier 0", "MQTT-2.3.1-1", 4, frame(0x50, u16(0))),
+  V("PUBREL with packet identifier 0", "MQTT-2.3.1-1", 4, frame(0x62, u16(0))),
+  V("PUBCOMP with packet identifier 0", "MQTT-2.3.1-1", 4, frame(0x70, u16(0))),
+  V("5.0 PUBACK with packet identifier 0 and a reason code", "MQTT-2.3.1-1", 5, frame(0x40, u16(0), 0x10)),
+
+  // SUBSCRIBE / UNSUBSCRIBE payloads [MQTT-3.8.3-3] / [MQTT-3.10.3-2] / [MQTT-3.8.3-4].
+  V("SUBSCRIBE without topic filters", "MQTT-3.8.3-3", 4, subscribe(1, [])),
+  V("5.0 SUBSCRIBE with properties and no topic filter", "MQTT-3.8.3-3", 5, subscribe(1, [], 5)),
+  V("UNSUBSCRIBE without topic filters", "MQTT-3.10.3-2", 4, unsubscribe(1, [])),
+  V("5.0 UNSUBSCRIBE with properties and no topic filter", "MQTT-3.10.3-2", 5, unsubscribe(1, [], 5)),
+  V("SUBSCRIBE requesting QoS 3", "MQTT-3.8.3-4", 4, subscribe(1, [["a", 3]])),
+  V("second SUBSCRIBE filter requesting QoS 3", "MQTT-3.8.3-4", 4, subscribe(1, [["a", 1], ["b", 3]])),
+  V("SUBSCRIBE options with reserved bit 2 set", "MQTT-3.8.3-4", 4, subscribe(1, [["a", 0x04]])),
+  V("SUBSCRIBE options with reserved bit 7 set", "MQTT-3.8.3-4", 4, subscribe(1, [["a", 0x81]])),
+  V("3.1 SUBSCRIBE requesting QoS 3", "MQTT-3.8.3-4", 3, subscribe(1, [["a", 3]])),
+  V("5.0 SUBSCRIBE requesting QoS 3", "MQTT-3.8.3-4", 5, subscribe(1, [["a", 3]], 5)),
+  V("5.0 SUBSCRIBE options with reserved bit 6 set", "MQTT-3.8.3-4", 5, subscribe(1, [["a", 0x40]], 5)),
+];
+
+/** Frames next to a rule that must still decode; `spec` names the rule they border. */
+export const VALID_NEIGHBOURS: readonly WireCase[] = [
+  V("PUBREL with header flags 0010", "MQTT-2.2.2-1", 4, frame(0x62, u16(1))),
+  V("SUBSCRIBE with header flags 0010", "MQTT-2.2.2-1", 4, subscribe(1, [["a", 0]])),
+  V("UNSUBSCRIBE with header flags 0010", "MQTT-2.2.2-1", 4, unsubscribe(1, ["a"])),
+  V("PINGREQ with header flags 0000", "MQTT-2.2.2-1", 4, frame(0xc0)),
+  V("5.0 AUTH with header flags 0000", "MQTT-2.2.2-1", 5, frame(0xf0, 0x18, props())),
+  V("PUBLISH QoS 2 with DUP and RETAIN", "MQTT-3.3.1-4", 4, publish({ topic: "a", qos: 2, flags: 0b1101, id: 1 })),
+  V("5.0 AUTH re-authenticate (type 15 is a packet in 5.0)", "§2.2.1", 5, frame(0xf0, 0x19, props())),
+
+  V("topic name with 2-, 3- and 4-byte characters", "MQTT-1.5.3-1", 4, publish({ topic: "é/€/😀" })),
+  V("topic name with U+FFFD itself (EF BF BD)", "MQTT-1.5.3-1", 4, publish({ topic: "a/\uFFFD" })),
+  V("topic name with U+FEFF and U+10FFFF", "MQTT-1.5.3-1", 4, publish({ topic: "\uFEFFa/\u{10FFFF}" })),
+  V("payload that is not UTF-8 (binary)", "MQTT-1.5.3-1", 4, publish({ topic: "a", payload: [0xff, 0xed, 0xa0, 0x80, 0x00] })),
+  V("U+FFFD in a topic and invalid bytes in the payload", "MQTT-1.5.3-1", 4, publish({ topic: "\uFFFD", qos: 1, id: 4, payload: [0xff] })),
+  V("CONNECT password that is not UTF-8", "MQTT-1.5.3-1", 4, connect({ username: "u", password: [0xff, 0x00, 0xc0] })),
+  V("CONNECT will payload that is not UTF-8", "MQTT-1.5.3-1", 4, connect({ will: { topic: "w", payload: [0xff, 0x00] } })),
+  V("CONNECT client id with U+FFFD and a binary will payload", "MQTT-1.5.3-1", 4, connect({ clientId: "c\uFFFD", will: { topic: "w", payload: [0xff] } })),
+  V("5.0 PUBLISH binary Correlation Data and U+FFFD in a user property", "MQTT-1.5.3-1", 5, publish({ topic: "a", version: 5, properties: props(prop.correlationData([0xff, 0x00]), prop.user("k", "\uFFFD")) })),
+  V("5.0 CONNECT with U+FFFD in a will property", "MQTT-1.5.3-1", 5, connect({ level: 5, will: { topic: "w", properties: props(prop.contentType("\uFFFD")) }, username: "é" })),
+  V("payload with byte 00", "MQTT-1.5.3-2", 4, publish({ topic: "a", payload: [0x00, 0x00] })),
+  V("CONNECT password with byte 00", "MQTT-1.5.3-2", 4, connect({ username: "u", password: [0x00] })),
+
+  V("CONNECT MQIsdp level 3", "MQTT-3.1.2-1", 3, connect({ level: 3 })),
+  V("CONNECT MQTT level 5", "MQTT-3.1.2-1", 5, connect({ level: 5 })),
+  V("CONNECT clean session only", "MQTT-3.1.2-3", 4, connect({ flags: 0x02 })),
+  V("CONNECT with no flags at all", "MQTT-3.1.2-3", 4, connect({ flags: 0x00 })),
+  V("CONNECT will QoS 2 with retain", "MQTT-3.1.2-14", 4, connect({ will: { topic: "w", qos: 2, retain: true } })),
+  V("CONNECT will QoS 0 without retain", "MQTT-3.1.2-13", 4, connect({ will: { topic: "w" } })),
+  V("CONNECT will retain with the will flag", "MQTT-3.1.2-15", 4, connect({ will: { topic: "w", retain: true } })),
+  V("CONNECT user name and password", "MQTT-3.1.2-22", 4, connect({ username: "u", password: utf8("pw") })),
+  V("CONNECT user name without password", "MQTT-3.1.2-22", 4, connect({ username: "u" })),
+  V("5.0 CONNECT password without user name", "MQTT-3.1.2-22", 5, connect({ level: 5, password: utf8("pw") })),
+
+  V("PUBLISH QoS 0 (no packet identifier)", "MQTT-2.3.1-1", 4, publish({ topic: "a" })),
+  V("PUBLISH QoS 1 with packet identifier 1", "MQTT-2.3.1-1", 4, publish({ topic: "a", qos: 1, id: 1 })),
+  V("PUBLISH QoS 2 with packet identifier 65535", "MQTT-2.3.1-1", 4, publish({ topic: "a", qos: 2, id: 65535 })),
+  V("PUBACK with packet identifier 1", "MQTT-2.3.1-1", 4, frame(0x40, u16(1))),
+  V("PUBCOMP with packet identifier 65535", "MQTT-2.3.1-1", 4, frame(0x70, u16(65535))),
+
+  V("SUBSCRIBE with one filter", "MQTT-3.8.3-3", 4, subscribe(7, [["#", 0]])),
+  V("UNSUBSCRIBE with one filter", "MQTT-3.10.3-2", 4, unsubscribe(7, ["#"])),
+  V("SUBSCRIBE requesting QoS 2", "MQTT-3.8.3-4", 4, subscribe(1, [["a", 2]])),
+  V("5.0 SUBSCRIBE with No Local, Retain As Published, Retain Handling 2, QoS 2", "MQTT-3.8.3-4", 5, subscribe(1, [["a", 0x2e]], 5)),
+];
+
+/**
+ * CONNECTs with a valid protocol name and a level the broker does not speak: `decodePacket`
+ * returns `{ ok: false, unsupportedLevel: true }`; the session answers CONNACK 0x01
+ * [MQTT-3.1.2-2]. The level is judged before the flags, so bad flags do not change that.
+ */
+export const UNSUPPORTED_LEVELS: readonly WireCase[] = [
+  V("MQTT level 6", "MQTT-3.1.2-2", 4, connect({ level: 6 })),
+  V("MQTT level 2", "MQTT-3.1.2-2", 4, connect({ level: 2, name: "MQTT" })),
+  V("MQTT level 0", "MQTT-3.1.2-2", 4, connect({ level: 0 })),
+  V("MQTT level 255", "MQTT-3.1.2-2", 4, connect({ level: 255 })),
+  V("MQIsdp level 6", "MQTT-3.1.2-2", 4, connect({ level: 6, name: "MQIsdp" })),
+  V("MQTT bridge-mode level 0x84", "MQTT-3.1.2-2", 4, connect({ level: 0x84 })),
+  V("MQIsdp bridge-mode level 0x83", "MQTT-3.1.2-2", 4, connect({ level: 0x83, name: "MQIsdp" })),
+  V("MQTT level 6 with the reserved flag set", "MQTT-3.1.2-2", 4, connect({ level: 6, flags: 0x01 })),
+  V("MQTT level 6 with nothing after the level", "MQTT-3.1.2-2", 4, frame(0x10, str("MQTT"), 6)),
+];
+
+/** Server-to-client packets: they decode; the session refuses them from a client (rule 7). */
+export const SERVER_ONLY: readonly WireCase[] = [
+  V("CONNACK", "server-only", 4, frame(0x20, 0, 0)),
+  V("SUBACK", "server-only", 4, frame(0x90, u16(1), 0)),
+  V("SUBACK with packet identifier 0", "server-only", 4, frame(0x90, u16(0), 0x80)),
+  V("UNSUBACK", "server-only", 4, frame(0xb0, u16(1))),
+  V("PINGRESP", "server-only", 4, frame(0xd0)),
+  V("5.0 CONNACK", "server-only", 5, frame(0x20, 0, 0, props())),
+  V("5.0 SUBACK", "server-only", 5, frame(0x90, u16(1), props(), 0)),
+];
