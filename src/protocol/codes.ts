@@ -32,6 +32,7 @@ export interface CloseCauseInfo {
 
 export const CLOSE_CAUSES = {
   clientDisconnect: { monitorCode: 0, v5Reason: 0x00, wsCode: 1000, publishWill: false, reason: "client sent DISCONNECT" },
+  clientDisconnectWithWill: { monitorCode: 0, v5Reason: 0x04, wsCode: 1000, publishWill: true, reason: "client sent DISCONNECT with will message" },
   clientClosed: { monitorCode: 91, v5Reason: 0x00, wsCode: 1000, publishWill: true, reason: "connection closed by client" },
   networkLost: { monitorCode: 91, v5Reason: 0x00, wsCode: 1006, publishWill: true, reason: "connection lost" },
   serverClosed: { monitorCode: 92, v5Reason: 0x8b, wsCode: 1001, publishWill: true, reason: "closed by server" },
@@ -46,6 +47,8 @@ export const CLOSE_CAUSES = {
   invalidClientId: { monitorCode: 166, v5Reason: 0x85, wsCode: 1008, publishWill: true, reason: "invalid client id" },
   tooManyConnections: { monitorCode: 173, v5Reason: 0x97, wsCode: 1008, publishWill: true, reason: "too many connections" },
   invalidTopic: { monitorCode: 276, v5Reason: 0x90, wsCode: 1008, publishWill: true, reason: "invalid topic" },
+  topicAliasInvalid: { monitorCode: 105, v5Reason: 0x94, wsCode: 1002, publishWill: true, reason: "topic alias invalid" },
+  receiveMaximumExceeded: { monitorCode: 105, v5Reason: 0x93, wsCode: 1002, publishWill: true, reason: "receive maximum exceeded" },
   rateExceeded: { monitorCode: 92, v5Reason: 0x96, wsCode: 1008, publishWill: true, reason: "publish rate limit exceeded" },
   serverError: { monitorCode: 92, v5Reason: 0x83, wsCode: 1011, publishWill: true, reason: "internal error" },
 } as const satisfies Record<string, CloseCauseInfo>;

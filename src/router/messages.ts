@@ -17,6 +17,24 @@ export interface Message {
   released?: boolean;
   /** Delivered through this shared group (router key): redistributed if the member leaves unfinished. */
   share?: string;
+  /** MQTT 5 properties forwarded unchanged to subscribers (dropped toward 3.1.1 clients). */
+  props?: ForwardedProps;
+  /** MQTT 5 message expiry: ms since epoch after which the message is not delivered. */
+  expiresAt?: number;
+  /** Publisher's client id: for the no-local subscription option. Not forwarded. */
+  from?: string;
+  /** MQTT 5 subscription identifiers of the matching subscriptions (on deliveries). */
+  subIds?: number[];
+}
+
+/** The MQTT 5 PUBLISH properties a broker forwards as they came [MQTT-3.3.2-...]. */
+export interface ForwardedProps {
+  payloadFormatIndicator?: boolean;
+  contentType?: string;
+  responseTopic?: string;
+  correlationData?: Uint8Array;
+  /** Name/value pairs in order; a name may repeat [MQTT-3.3.2-18]. */
+  userProperties?: Array<{ key: string; value: string }>;
 }
 
 /** Session state one connection passes to the next (takeover, reconnect). */
@@ -27,10 +45,18 @@ export interface Handover {
   inboundQos2: number[];
 }
 
-/** A subscription request as the router stores it. */
+/** A subscription request as the router stores it, with the MQTT 5 subscription options. */
 export interface SubscriptionRequest {
   filter: string;
   qos: QoS;
+  /** No local: not delivered the subscriber's own publishes. */
+  nl?: boolean;
+  /** Retain as published: deliveries keep the publisher's retain flag. */
+  rap?: boolean;
+  /** Retain handling: 0 send retained on subscribe, 1 only for a new subscription, 2 never. */
+  rh?: 0 | 1 | 2;
+  /** Subscription identifier (1..268435455). */
+  id?: number;
 }
 
 /** Where the router sends a session's messages. */

@@ -5,7 +5,7 @@ import { parseSharedFilter, topicMatches } from "../topics/topic";
 import { getConfig } from "../config";
 import { SharedGroups, isSharedKey, sharedKey } from "./shared";
 import { log } from "../log";
-import { isMessage, type DeliveryTarget, type Message, type QoS, type SubscriptionRequest } from "./messages";
+import { isMessage, type DeliveryTarget, type ForwardedProps, type Message, type QoS, type SubscriptionRequest } from "./messages";
 import { groupQueueKey, retainedKey, subscriptionKey, targetKey, parseSubscriptionKey, KEY } from "./keys";
 import { meterStorage } from "../metrics";
 
@@ -17,6 +17,24 @@ interface TargetRecord {
 interface RetainedRecord {
   payload: Uint8Array;
   qos: QoS;
+  props?: ForwardedProps;
+  expiresAt?: number;
+}
+
+/** What the trie keeps per subscription: the granted QoS and the MQTT 5 options. */
+type SubOptions = Omit<SubscriptionRequest, "filter">;
+
+function readSubOptions(v: unknown): SubOptions | null {
+  if (isQoS(v)) return { qos: v }; // stored before MQTT 5 options existed
+  if (typeof v !== "object" || v === null) return null;
+  const r = v as Record<string, unknown>;
+  if (!isQoS(r.qos)) return null;
+  const o: SubOptions = { qos: r.qos };
+  if (r.nl === true) o.nl = true;
+  if (r.rap === true) o.rap = true;
+  if (r.rh === 1 || r.rh === 2) o.rh = r.rh;
+  if (typeof r.id === "number") o.id = r.id;
+  return o;
 }
 
 function isQoS(v: unknown): v is QoS {
@@ -50,7 +68,7 @@ function isRetained(v: unknown): v is RetainedRecord {
  * messages in the batch (SPEC: per-call overhead dominates delivery cost).
  */
 export class TopicRouter extends DurableObject<Env> {
-  private readonly trie = new SubscriptionTrie<QoS>();
+  private readonly trie = new SubscriptionTrie<SubOptions>();
   /** clientId -> its filters (for cleanup and the per-session subscription count). */
   private readonly filtersByClient = new Map<string, Set<string>>();
   private readonly targets = new Map<string, TargetRecord>();
@@ -68,9 +86,10 @@ export class TopicRouter extends DurableObject<Env> {
 
   private async load(): Promise<void> {
     const subs = await this.ctx.storage.list({ prefix: KEY.subscription });
-    for (const [key, qos] of subs) {
+    for (const [key, value] of subs) {
       const parsed = parseSubscriptionKey(key);
-      if (parsed && isQoS(qos)) this.addSubscription(parsed.clientId, parsed.filter, qos);
+      const options = readSubOptions(value);
+      if (parsed && options) this.addSubscription(parsed.clientId, parsed.filter, options);
     }
     const targets = await this.ctx.storage.list({ prefix: KEY.target });
     for (const [key, value] of targets) {
@@ -90,13 +109,13 @@ export class TopicRouter extends DurableObject<Env> {
   }
 
   /**
-   * A connection took over a session: route its messages to `conn`. A clean session starts
-   * with no subscriptions. `announce` (the monitoring Connect event) is published after,
+   * A connection took over a session: route its messages to `conn`. A clean start begins
+   * with no subscriptions; `persistent` says whether the session outlives the connection. `announce` (the monitoring Connect event) is published after,
    * in the same call.
    */
-  async attach(account: string, clientId: string, conn: string, clean: boolean, announce: Message[] = []): Promise<void> {
-    if (clean) this.removeAllSubscriptions(clientId);
-    this.setTarget(clientId, { conn, persistent: !clean });
+  async attach(account: string, clientId: string, conn: string, cleanStart: boolean, persistent: boolean, announce: Message[] = []): Promise<void> {
+    if (cleanStart) this.removeAllSubscriptions(clientId);
+    this.setTarget(clientId, { conn, persistent });
     if (announce.length > 0) await this.publish(account, announce);
     // A member coming back takes what its shared groups queued while no member was online.
     for (const key of this.shared.keysOf(clientId)) {
@@ -146,7 +165,8 @@ export class TopicRouter extends DurableObject<Env> {
 
   /**
    * Registers subscriptions and returns the retained messages they match, each with
-   * the retain flag set [MQTT-3.3.1-8] and QoS downgraded to the granted one.
+   * the retain flag set [MQTT-3.3.1-8] and QoS downgraded to the granted one, following
+   * the MQTT 5 retain handling option (0 always, 1 only for a new subscription, 2 never).
    */
   async subscribe(
     clientId: string,
@@ -155,29 +175,41 @@ export class TopicRouter extends DurableObject<Env> {
   ): Promise<{ granted: boolean[]; retained: Message[] }> {
     const granted: boolean[] = [];
     const retained: Message[] = [];
-    for (const { filter, qos } of subs) {
+    const now = Date.now();
+    for (const { filter, ...options } of subs) {
       const existing = this.filtersByClient.get(clientId);
       const isNew = !existing?.has(filter);
       if (isNew && (existing?.size ?? 0) >= maxSubscriptions) {
         granted.push(false);
         continue;
       }
-      this.addSubscription(clientId, filter, qos);
-      void this.ctx.storage.put(subscriptionKey(clientId, filter), qos);
+      this.addSubscription(clientId, filter, options);
+      void this.ctx.storage.put(subscriptionKey(clientId, filter), options);
       granted.push(true);
       // Shared subscriptions get no retained messages on subscribe (MQTT 5 §4.8.2).
       if (parseSharedFilter(filter)) continue;
+      if (options.rh === 2 || (options.rh === 1 && !isNew)) continue;
       // [MQTT-3.8.4-3]: a repeated subscription replaces the old one and resends retained messages.
       for (const [topic, record] of this.retained) {
         if (!topicMatches(filter, topic)) continue;
-        retained.push({ topic, payload: record.payload, qos: minQoS(record.qos, qos), retain: true });
+        if (record.expiresAt !== undefined && record.expiresAt <= now) continue;
+        const m: Message = { topic, payload: record.payload, qos: minQoS(record.qos, options.qos), retain: true };
+        if (record.props) m.props = record.props;
+        if (record.expiresAt !== undefined) m.expiresAt = record.expiresAt;
+        if (options.id !== undefined) m.subIds = [options.id];
+        retained.push(m);
       }
     }
     return { granted, retained };
   }
 
-  async unsubscribe(clientId: string, filters: string[]): Promise<void> {
-    for (const filter of filters) this.removeSubscription(clientId, filter);
+  /** Removes subscriptions; for each filter, whether it existed (MQTT 5 UNSUBACK 0x00 / 0x11). */
+  async unsubscribe(clientId: string, filters: string[]): Promise<boolean[]> {
+    return filters.map((filter) => {
+      const existed = this.filtersByClient.get(clientId)?.has(filter) === true;
+      if (existed) this.removeSubscription(clientId, filter);
+      return existed;
+    });
   }
 
   /**
@@ -189,23 +221,26 @@ export class TopicRouter extends DurableObject<Env> {
     const perClient = new Map<string, Message[]>();
     for (const message of messages) {
       if (message.retain) this.storeRetained(message);
-      // One copy per session even when several of its filters match, at the highest granted QoS.
-      const best = new Map<string, QoS>();
+      // One copy per session even when several of its filters match, at the highest granted
+      // QoS, carrying every matching subscription identifier (MQTT 5 §3.3.4).
+      const best = new Map<string, { qos: QoS; rap: boolean; ids: number[] }>();
       for (const { key, value } of this.trie.match(message.topic)) {
         if (isSharedKey(key)) {
           this.routeShared(key, message, perClient);
           continue;
         }
+        if (value.nl && key === message.from) continue; // no local [MQTT-3.8.3-3]
         const prev = best.get(key);
-        if (prev === undefined || value > prev) best.set(key, value);
+        if (!prev) best.set(key, { qos: value.qos, rap: value.rap === true, ids: value.id === undefined ? [] : [value.id] });
+        else {
+          if (value.qos > prev.qos) prev.qos = value.qos;
+          if (value.rap) prev.rap = true;
+          if (value.id !== undefined) prev.ids.push(value.id);
+        }
       }
-      for (const [clientId, granted] of best) {
-        const copy: Message = {
-          topic: message.topic,
-          payload: message.payload,
-          qos: minQoS(message.qos, granted),
-          retain: false, // [MQTT-3.3.1-9]: live deliveries clear the retain flag
-        };
+      for (const [clientId, sub] of best) {
+        const copy = deliveryOf(message, minQoS(message.qos, sub.qos), sub.rap && message.retain);
+        if (sub.ids.length > 0) copy.subIds = sub.ids;
         const list = perClient.get(clientId);
         if (list) list.push(copy);
         else perClient.set(clientId, [copy]);
@@ -240,7 +275,8 @@ export class TopicRouter extends DurableObject<Env> {
   private routeShared(key: string, message: Message, perClient: Map<string, Message[]>, exclude?: string): void {
     const member = this.shared.pick(key, (id) => this.isOnline(id), exclude);
     if (member) {
-      const copy: Message = { topic: message.topic, payload: message.payload, qos: minQoS(message.qos, member.qos), retain: false, share: key };
+      const copy = deliveryOf(message, minQoS(message.qos, member.qos), false);
+      copy.share = key;
       const list = perClient.get(member.clientId);
       if (list) list.push(copy);
       else perClient.set(member.clientId, [copy]);
@@ -252,7 +288,7 @@ export class TopicRouter extends DurableObject<Env> {
     if (!anyPersistent) return;
     const queue = this.queueFor(key);
     const seq = this.nextGroupSeq++;
-    const stored: Message = { topic: message.topic, payload: message.payload, qos: message.qos, retain: false };
+    const stored = deliveryOf(message, message.qos, false);
     queue.push({ seq, message: stored });
     void this.ctx.storage.put(groupQueueKey(seq), { key, message: stored });
     const max = getConfig(this.env).limits.maxQueuedMessages;
@@ -309,6 +345,8 @@ export class TopicRouter extends DurableObject<Env> {
       return;
     }
     const record: RetainedRecord = { payload: message.payload, qos: message.qos };
+    if (message.props) record.props = message.props;
+    if (message.expiresAt !== undefined) record.expiresAt = message.expiresAt;
     this.retained.set(message.topic, record);
     void this.ctx.storage.put(retainedKey(message.topic), record);
   }
@@ -318,11 +356,13 @@ export class TopicRouter extends DurableObject<Env> {
     void this.ctx.storage.put(targetKey(clientId), target);
   }
 
-  private addSubscription(clientId: string, filter: string, qos: QoS): void {
+  private addSubscription(clientId: string, filter: string, options: SubOptions): void {
     const shared = parseSharedFilter(filter);
     if (shared) {
-      if (this.shared.join(shared.group, shared.filter, clientId, qos)) this.trie.add(shared.filter, sharedKey(shared.group, shared.filter), 0);
-    } else this.trie.add(filter, clientId, qos);
+      if (this.shared.join(shared.group, shared.filter, clientId, options.qos)) {
+        this.trie.add(shared.filter, sharedKey(shared.group, shared.filter), { qos: 0 });
+      }
+    } else this.trie.add(filter, clientId, options);
     let set = this.filtersByClient.get(clientId);
     if (!set) this.filtersByClient.set(clientId, (set = new Set()));
     set.add(filter);
@@ -360,6 +400,18 @@ export class TopicRouter extends DurableObject<Env> {
     void this.ctx.storage.delete(targetKey(clientId));
     log("debug", "router.forget", { clientId });
   }
+}
+
+/**
+ * A subscriber's copy of a published message: what travels (topic, payload, forwarded
+ * properties, expiry), not the publisher's own bookkeeping. [MQTT-3.3.1-9]: live deliveries
+ * clear the retain flag unless the subscription asked for retain-as-published.
+ */
+function deliveryOf(message: Message, qos: QoS, retain: boolean): Message {
+  const copy: Message = { topic: message.topic, payload: message.payload, qos, retain };
+  if (message.props) copy.props = message.props;
+  if (message.expiresAt !== undefined) copy.expiresAt = message.expiresAt;
+  return copy;
 }
 
 function minQoS(a: QoS, b: QoS): QoS {

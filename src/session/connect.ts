@@ -3,6 +3,7 @@ import type { Env } from "../env";
 import { ConnackCode, type CloseCause } from "../protocol/codes";
 import type { IConnectPacket } from "../protocol/codec";
 import { toBytes } from "../protocol/bytes";
+import { forwardedProps } from "./v5";
 import { utf8ByteLength, validateTopicName } from "../topics/topic";
 import { canPublish } from "../topics/acl";
 import type { Message } from "../router/messages";
@@ -106,7 +107,15 @@ export async function authenticateConnect(
     if (payload.byteLength > config.limits.maxPayloadBytes) return refuse(null, "tooLarge", "will payload too large", identity, clientId);
     // A will the ACL would refuse is dropped at CONNECT: it could never be published.
     if (canPublish(identity.acl, packet.will.topic)) {
-      will = { topic: packet.will.topic, payload, qos: packet.will.qos === 0 ? 0 : 1, retain: packet.will.retain === true };
+      const qos = packet.will.qos === 2 ? 2 : packet.will.qos === 1 ? 1 : 0;
+      will = { topic: packet.will.topic, payload, qos, retain: packet.will.retain === true };
+      // MQTT 5 will properties travel with the will message like a PUBLISH's.
+      const wp = packet.protocolVersion === 5 ? packet.will.properties : undefined;
+      if (wp) {
+        const props = forwardedProps(wp);
+        if (props) will.props = props;
+        if (wp.messageExpiryInterval !== undefined) will.expiresAt = Date.now() + wp.messageExpiryInterval * 1000;
+      }
     } else willDenied = true;
   }
   return { ok: true, identity, clientId, mode, will, willDenied };

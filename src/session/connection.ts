@@ -9,7 +9,9 @@ import {
   decodePacket,
   encodePacket,
   readFrames,
+  type IConnackPacket,
   type IConnectPacket,
+  type IDisconnectPacket,
   type IPublishPacket,
   type ISubscribePacket,
   type IUnsubscribePacket,
@@ -25,6 +27,7 @@ import { CSRF_COOKIE, TOKEN_COOKIE } from "../auth/cookies";
 import { ADDR_HEADER, TRANSPORT_HEADER } from "../http/mqtt-upgrade";
 import type { DeliverResult, Handover, Message, QoS, SubscriptionRequest } from "../router/messages";
 import { InboundQos2, Outbox, type OutAction } from "./outbox";
+import { CONNACK_V5, TOPIC_ALIAS_MAXIMUM, V5, forwardedProps, payloadFormatValid, publishProperties } from "./v5";
 import { authenticateConnect } from "./connect";
 import { fullBucket, take } from "./rate";
 import { count, meterStorage } from "../metrics";
@@ -45,6 +48,8 @@ interface PendingPublish {
   message: Message | null;
   packetId: number | undefined;
   qos: QoS;
+  /** MQTT 5 reason code for the acknowledgement of a refused publish. */
+  reason: number | undefined;
 }
 
 /**
@@ -74,6 +79,10 @@ export class MqttConnection extends DurableObject<Env> {
   private readonly inboundQos2: InboundQos2;
   /** Inbound QoS 2 ids on their way to the router (not yet in inboundQos2). */
   private readonly qos2Routing = new Set<number>();
+  /** Inbound QoS > 0 publishes not yet acknowledged (MQTT 5 receive maximum). */
+  private inboundPending = 0;
+  /** MQTT 5 inbound topic aliases; loaded lazily. */
+  private aliases: Map<number, string> | null = null;
   /** QoS 0 messages delivered before CONNACK went out. */
   private early: Message[] = [];
   /** Publishes waiting for the router call in flight; they travel together in the next one. */
@@ -119,6 +128,9 @@ export class MqttConnection extends DurableObject<Env> {
       expiresAt: null,
       traffic: { readBytes: 0, readMsg: 0, writeBytes: 0, writeMsg: 0 },
       bucket: fullBucket(this.config.limits.publishBurst, now),
+      maxPacketOut: 0,
+      receiveMax: this.config.limits.maxInflight,
+      problemInfo: true,
     };
     this.saveAttachment(server, att);
     const cookies = request.headers.get("cookie");
@@ -269,6 +281,12 @@ export class MqttConnection extends DurableObject<Env> {
     for (const frame of frames) {
       if (this.ending || att.phase === "closing") return;
       const decoded = decodePacket(frame, att.protocolVersion);
+      if (!decoded.ok && decoded.unsupportedLevel && att.phase === "connecting") {
+        // [MQTT-3.1.2-2]: an unsupported protocol level gets CONNACK 1, then the connection closes.
+        this.send(ws, att, { cmd: "connack", returnCode: ConnackCode.UnacceptableProtocolVersion, sessionPresent: false });
+        await this.close(ws, "protocolError", { quiet: true });
+        return;
+      }
       if (!decoded.ok) {
         log("warn", "mqtt.malformed", { clientId: att.clientId, error: decoded.error });
         await this.close(ws, "invalidData");
@@ -316,7 +334,7 @@ export class MqttConnection extends DurableObject<Env> {
         this.send(ws, att, { cmd: "pingresp" });
         return;
       case "disconnect":
-        return this.close(ws, "clientDisconnect");
+        return this.onDisconnect(ws, att, packet);
       default:
         // Server-to-client packet types from a client are a protocol violation.
         return this.close(ws, "protocolError");
@@ -328,10 +346,17 @@ export class MqttConnection extends DurableObject<Env> {
   private async onConnect(ws: WebSocket, att: Attachment, packet: IConnectPacket): Promise<void> {
     const version = packet.protocolVersion === 3 || packet.protocolVersion === 5 ? packet.protocolVersion : 4;
     att.protocolVersion = version;
-    if (version === 5) {
-      // MQTT 5.0 is a later milestone: refuse with "unsupported protocol version".
-      this.send(ws, att, { cmd: "connack", returnCode: ConnackCode.UnacceptableProtocolVersion, sessionPresent: false });
+    const props = version === 5 ? packet.properties : undefined;
+    if (packet.protocolVersion !== 3 && packet.protocolVersion !== 4 && packet.protocolVersion !== 5) {
+      // [MQTT-3.1.2-2]: an unsupported level gets CONNACK 1, then the connection closes.
+      this.connack(ws, att, ConnackCode.UnacceptableProtocolVersion, false);
       return this.close(ws, "protocolError", { quiet: true });
+    }
+    att.problemInfo = props?.requestProblemInformation !== false;
+    if (props?.authenticationMethod !== undefined) {
+      // Enhanced authentication (AUTH) is not offered.
+      this.connack(ws, att, ConnackCode.NotAuthorized, false, { reasonString: "enhanced authentication is not supported" }, V5.badAuthenticationMethod);
+      return this.close(ws, "notAuthorized", { quiet: true });
     }
     const browser = readBrowserCredentials(await this.ctx.storage.get("browser"));
     if (browser) await this.ctx.storage.delete("browser");
@@ -347,21 +372,31 @@ export class MqttConnection extends DurableObject<Env> {
           .publish(identity.account, [failedConnectEvent(facts, Date.now(), CLOSE_CAUSES[decision.cause].monitorCode, decision.reason)])
           .catch(() => undefined);
       }
-      if (decision.code !== null) this.send(ws, att, { cmd: "connack", returnCode: decision.code, sessionPresent: false });
+      if (decision.code !== null) this.connack(ws, att, decision.code, false, { reasonString: decision.reason });
       return this.close(ws, decision.cause, { quiet: true });
     }
     const { identity, clientId, will } = decision;
     const account = identity.account;
     if (decision.willDenied) log("info", "mqtt.will_denied", { account, clientId, topic: packet.will?.topic });
-    const clean = packet.clean !== false;
+    const limits = this.config.limits;
+    const cleanStart = packet.clean !== false;
+    // MQTT 5: the session expiry interval says how long the session outlives the connection
+    // (0 = it ends with it), capped by the configured maximum. 3.1.1: clean session = 0, else the maximum.
+    const requestedExpiry = version === 5 ? (props?.sessionExpiryInterval ?? 0) : cleanStart ? 0 : limits.sessionExpirySeconds;
+    const expirySeconds = Math.min(requestedExpiry, limits.sessionExpirySeconds);
     att.account = account;
     att.clientId = clientId;
-    att.clean = clean;
+    att.clean = expirySeconds === 0;
     att.expiresAt = identity.expiresAt;
-    att.keepAlive = clampKeepAlive(packet.keepalive ?? 0, this.config.limits);
+    const requestedKeepAlive = packet.keepalive ?? 0;
+    att.keepAlive = clampKeepAlive(requestedKeepAlive, limits);
+    att.maxPacketOut = props?.maximumPacketSize ?? 0;
+    this.outbox.setWindow(Math.min(limits.maxInflight, props?.receiveMaximum ?? 65535));
+    att.receiveMax = Math.min(limits.maxInflight, props?.receiveMaximum ?? 65535);
     const meta: ConnMeta = {
-      account, clientId, clean, will, protocolVersion: version, identity,
+      account, clientId, cleanStart, expirySeconds, will, protocolVersion: version, identity,
       addr: att.addr, transport: att.transport, connectedAt: Date.now(),
+      willDelaySeconds: version === 5 ? (packet.will?.properties?.willDelayInterval ?? 0) : 0,
     };
     const facts = connectionFacts(meta);
 
@@ -383,7 +418,7 @@ export class MqttConnection extends DurableObject<Env> {
         await routerStub(this.env, account)
           .publish(account, [failedConnectEvent(facts, Date.now(), CLOSE_CAUSES[cause].monitorCode, reason)])
           .catch(() => undefined);
-        this.send(ws, att, { cmd: "connack", returnCode: code, sessionPresent: false });
+        this.connack(ws, att, code, false, { reasonString: reason }, claim?.ok === false && claim.reason === "full" ? V5.quotaExceeded : undefined);
         return this.close(ws, cause, { quiet: true });
       }
     }
@@ -393,30 +428,62 @@ export class MqttConnection extends DurableObject<Env> {
 
     let sessionPresent: boolean;
     try {
-      const attached = await sessionStub(this.env, account, clientId).attach(account, clientId, this.id, clean);
+      const attached = await sessionStub(this.env, account, clientId).attach(account, clientId, this.id, cleanStart, expirySeconds);
       sessionPresent = attached.sessionPresent;
       await this.inboundQos2.add(attached.inboundQos2);
-      await routerStub(this.env, account).attach(account, clientId, this.id, clean, [connectEvent(facts, meta.connectedAt)]);
+      await routerStub(this.env, account).attach(account, clientId, this.id, cleanStart, expirySeconds > 0, [connectEvent(facts, meta.connectedAt)]);
     } catch (err) {
       log("error", "mqtt.connect_failed", { clientId, error: errorMessage(err) });
-      this.send(ws, att, { cmd: "connack", returnCode: ConnackCode.ServerUnavailable, sessionPresent: false });
+      this.connack(ws, att, ConnackCode.ServerUnavailable, false, { reasonString: "server unavailable" });
       return this.close(ws, "serverError", { quiet: true });
     }
     if (this.ending || !this.socket()) return;
-    this.send(ws, att, { cmd: "connack", returnCode: ConnackCode.Accepted, sessionPresent });
+    const connackProps: NonNullable<IConnackPacket["properties"]> = {
+      receiveMaximum: limits.maxInflight,
+      maximumPacketSize: limits.maxPacketBytes,
+      topicAliasMaximum: TOPIC_ALIAS_MAXIMUM,
+      retainAvailable: true,
+      wildcardSubscriptionAvailable: true,
+      subscriptionIdentifiersAvailable: true,
+      sharedSubscriptionAvailable: true,
+    };
+    if (requestedExpiry !== expirySeconds) connackProps.sessionExpiryInterval = expirySeconds;
+    if (packet.clientId === "" || packet.clientId === undefined) connackProps.assignedClientIdentifier = clientId;
+    // MQTT 5 tells the client the keep alive the server enforces instead of clamping silently.
+    if (att.keepAlive !== requestedKeepAlive) connackProps.serverKeepAlive = att.keepAlive;
+    this.connack(ws, att, ConnackCode.Accepted, sessionPresent, connackProps);
     att.phase = "connected";
     att.lastSeen = Date.now();
     this.saveAttachment(ws, att);
     await this.scheduleAlarm(att);
-    log("info", "mqtt.connect", { account, clientId, identity: identity.id, kind: identity.kind, clean, sessionPresent, keepAlive: att.keepAlive, addr: att.addr });
+    log("info", "mqtt.connect", { account, clientId, identity: identity.id, kind: identity.kind, version, cleanStart, expirySeconds, sessionPresent, keepAlive: att.keepAlive, addr: att.addr });
 
     // Messages that arrived during the handshake (offline queue, takeover hand-over) go out now.
     const early = this.early;
     this.early = [];
     for (const m of early) this.sendPublish(ws, att, m, 0, false);
     // [MQTT-4.4.0-1]: unfinished flows resume with their original packet ids.
-    this.perform(ws, att, await this.outbox.resend());
-    this.perform(ws, att, await this.outbox.admit());
+    await this.perform(ws, att, await this.outbox.resend());
+    await this.perform(ws, att, await this.outbox.admit());
+  }
+
+  /** CONNACK in the client's protocol version; MQTT 5 gets the reason code and properties. */
+  private connack(
+    ws: WebSocket,
+    att: Attachment,
+    code: ConnackCode,
+    sessionPresent: boolean,
+    props: NonNullable<IConnackPacket["properties"]> = {},
+    v5Reason?: number,
+  ): void {
+    if (att.protocolVersion !== 5) {
+      this.send(ws, att, { cmd: "connack", returnCode: code, sessionPresent });
+      return;
+    }
+    const properties = { ...props };
+    // [MQTT-3.2.2-19]: a reason string only when the client did not turn problem information off.
+    if (!att.problemInfo || code === ConnackCode.Accepted) delete properties.reasonString;
+    this.send(ws, att, { cmd: "connack", reasonCode: v5Reason ?? CONNACK_V5[code], sessionPresent, properties });
   }
 
   // ---------------------------------------------------------------- PUBLISH (inbound)
@@ -427,7 +494,23 @@ export class MqttConnection extends DurableObject<Env> {
       log("warn", "mqtt.rate_exceeded", { account: att.account, clientId: att.clientId, rate: limits.publishRatePerSecond });
       return this.close(ws, "rateExceeded");
     }
-    const topicError = validateTopicName(packet.topic, limits);
+    const props = att.protocolVersion === 5 ? packet.properties : undefined;
+    let topic = packet.topic;
+    if (props?.topicAlias !== undefined) {
+      // MQTT 5 topic alias from the client [MQTT-3.3.2-8..12]: set when a topic comes with it, else look it up.
+      const alias = props.topicAlias;
+      if (alias === 0 || alias > TOPIC_ALIAS_MAXIMUM) return this.close(ws, "topicAliasInvalid");
+      const aliases = await this.loadAliases();
+      if (topic === "") {
+        const known = aliases.get(alias);
+        if (known === undefined) return this.close(ws, "topicAliasInvalid");
+        topic = known;
+      } else if (aliases.get(alias) !== topic) {
+        aliases.set(alias, topic);
+        await this.ctx.storage.put("aliases", [...aliases]);
+      }
+    }
+    const topicError = validateTopicName(topic, limits);
     if (topicError) {
       log("warn", "mqtt.invalid_topic", { clientId: att.clientId, error: topicError });
       return this.close(ws, "invalidTopic");
@@ -435,23 +518,53 @@ export class MqttConnection extends DurableObject<Env> {
     const payload = toBytes(packet.payload);
     if (payload.byteLength > limits.maxPayloadBytes) return this.close(ws, "tooLarge");
     if (packet.qos > 0 && !packet.messageId) return this.close(ws, "protocolError"); // [MQTT-2.3.1-1]
-    const { identity } = await this.loadMeta();
-    let message: Message | null = { topic: packet.topic, payload, qos: packet.qos, retain: packet.retain };
-    if (!canPublish(identity.acl, packet.topic)) {
-      // 3.1.1 has no negative PUBACK: a denied QoS 1/2 publish is acknowledged and dropped,
-      // in order with the others [MQTT-4.6.0-2].
-      log("info", "mqtt.publish_denied", { account: att.account, clientId: att.clientId, topic: packet.topic });
-      message = null;
-    }
     const packetId = packet.qos > 0 ? packet.messageId : undefined;
+    if (packetId !== undefined && this.inboundPending >= limits.maxInflight && att.protocolVersion === 5) {
+      // [MQTT-3.3.4-7]: more unacknowledged QoS > 0 publishes than the Receive Maximum we announced.
+      return this.close(ws, "receiveMaximumExceeded");
+    }
+    const { identity } = await this.loadMeta();
+    let message: Message | null = { topic, payload, qos: packet.qos, retain: packet.retain, from: att.clientId };
+    let reason: number | undefined;
+    if (props) {
+      const forwarded = forwardedProps(props);
+      if (forwarded) message.props = forwarded;
+      if (props.messageExpiryInterval !== undefined) message.expiresAt = Date.now() + props.messageExpiryInterval * 1000;
+    }
+    if (!payloadFormatValid(payload, props?.payloadFormatIndicator)) {
+      log("info", "mqtt.payload_format_invalid", { account: att.account, clientId: att.clientId, topic });
+      message = null;
+      reason = V5.payloadFormatInvalid;
+    } else if (!canPublish(identity.acl, topic)) {
+      // 3.1.1 has no negative PUBACK: a denied QoS 1/2 publish is acknowledged and dropped,
+      // in order with the others [MQTT-4.6.0-2]; MQTT 5 gets 0x87.
+      log("info", "mqtt.publish_denied", { account: att.account, clientId: att.clientId, topic });
+      message = null;
+      reason = V5.notAuthorized;
+    }
     if (packet.qos === 2 && packetId !== undefined) {
       // A retransmission of a QoS 2 message already received is answered, not routed again
       // [MQTT-4.3.3-2]: exactly once.
       if (this.qos2Routing.has(packetId) || (await this.inboundQos2.has(packetId))) message = null;
       else if (message) this.qos2Routing.add(packetId);
     }
-    this.publishQueue.push({ message, packetId, qos: packet.qos });
+    if (packetId !== undefined) this.inboundPending++;
+    this.publishQueue.push({ message, packetId, qos: packet.qos, reason });
     if (!this.routing) void this.flushPublishes(ws, att);
+  }
+
+  /** MQTT 5 inbound topic aliases of this connection; durable so they survive hibernation. */
+  private async loadAliases(): Promise<Map<number, string>> {
+    if (this.aliases) return this.aliases;
+    const stored = await this.ctx.storage.get("aliases");
+    const map = new Map<number, string>();
+    if (Array.isArray(stored)) {
+      for (const entry of stored) {
+        if (Array.isArray(entry) && typeof entry[0] === "number" && typeof entry[1] === "string") map.set(entry[0], entry[1]);
+      }
+    }
+    this.aliases = map;
+    return map;
   }
 
   /**
@@ -471,9 +584,14 @@ export class MqttConnection extends DurableObject<Env> {
         const qos2 = batch.flatMap((p) => (p.qos === 2 && p.packetId !== undefined ? [p.packetId] : []));
         await this.inboundQos2.add(qos2);
         for (const pid of qos2) this.qos2Routing.delete(pid);
-        for (const { packetId, qos } of batch) {
+        for (const { packetId, qos, reason } of batch) {
           if (packetId === undefined) continue;
-          this.send(ws, att, { cmd: qos === 2 ? "pubrec" : "puback", messageId: packetId });
+          this.inboundPending--;
+          if (att.protocolVersion === 5 && reason !== undefined) {
+            // A QoS 2 refused with a reason code >= 0x80 ends its exchange here [MQTT-4.3.3-?].
+            this.send(ws, att, { cmd: qos === 2 ? "pubrec" : "puback", messageId: packetId, reasonCode: reason });
+            if (qos === 2) await this.inboundQos2.release(packetId);
+          } else this.send(ws, att, { cmd: qos === 2 ? "pubrec" : "puback", messageId: packetId });
         }
       }
     } catch (err) {
@@ -490,34 +608,46 @@ export class MqttConnection extends DurableObject<Env> {
   private async onSubscribe(ws: WebSocket, att: Attachment, packet: ISubscribePacket): Promise<void> {
     if (!packet.messageId) return this.close(ws, "protocolError");
     const { identity } = await this.loadMeta();
+    const v5 = att.protocolVersion === 5;
+    // 3.1.1 has one failure code; MQTT 5 says why.
+    const fail = (v5code: number): number => (v5 ? v5code : SUBACK_FAILURE);
+    const subId = v5 ? packet.properties?.subscriptionIdentifier : undefined;
     const codes: number[] = [];
     const valid: SubscriptionRequest[] = [];
     const slot: number[] = [];
     for (const [i, sub] of packet.subscriptions.entries()) {
       if (i >= this.config.limits.maxFiltersPerSubscribe) {
-        codes.push(SUBACK_FAILURE);
+        codes.push(fail(V5.quotaExceeded));
         continue;
       }
       if (validateTopicFilter(sub.topic, this.config.limits) !== null) {
-        codes.push(SUBACK_FAILURE);
+        codes.push(fail(V5.topicFilterInvalid));
         continue;
       }
+      if (v5 && sub.nl && sub.topic.startsWith("$share/")) return this.close(ws, "protocolError"); // [MQTT-3.8.3-4]
       if (!canSubscribe(identity.acl, sub.topic)) {
         log("info", "mqtt.subscribe_denied", { account: att.account, clientId: att.clientId, filter: sub.topic });
-        codes.push(SUBACK_FAILURE);
+        codes.push(fail(V5.notAuthorized));
         continue;
       }
       const qos: QoS = sub.qos === 2 ? 2 : sub.qos === 1 ? 1 : 0;
       slot.push(codes.length);
       codes.push(qos);
-      valid.push({ filter: sub.topic, qos });
+      const request: SubscriptionRequest = { filter: sub.topic, qos };
+      if (v5) {
+        if (sub.nl) request.nl = true;
+        if (sub.rap) request.rap = true;
+        if (sub.rh === 1 || sub.rh === 2) request.rh = sub.rh;
+        if (subId !== undefined) request.id = subId;
+      }
+      valid.push(request);
     }
     let retained: Message[] = [];
     if (valid.length > 0) {
       const result = await routerStub(this.env, att.account).subscribe(att.clientId, valid, this.config.limits.maxSubscriptions);
       result.granted.forEach((ok, i) => {
         const at = slot[i];
-        if (!ok && at !== undefined) codes[at] = SUBACK_FAILURE;
+        if (!ok && at !== undefined) codes[at] = fail(V5.quotaExceeded);
       });
       retained = result.retained;
     }
@@ -527,8 +657,27 @@ export class MqttConnection extends DurableObject<Env> {
 
   private async onUnsubscribe(ws: WebSocket, att: Attachment, packet: IUnsubscribePacket): Promise<void> {
     if (!packet.messageId) return this.close(ws, "protocolError");
-    await routerStub(this.env, att.account).unsubscribe(att.clientId, packet.unsubscriptions);
-    this.send(ws, att, { cmd: "unsuback", messageId: packet.messageId, granted: [] });
+    const existed = await routerStub(this.env, att.account).unsubscribe(att.clientId, packet.unsubscriptions);
+    const granted = att.protocolVersion === 5 ? existed.map((e) => (e ? V5.success : V5.noSubscriptionExisted)) : [];
+    this.send(ws, att, { cmd: "unsuback", messageId: packet.messageId, granted });
+  }
+
+  /**
+   * DISCONNECT from the client. MQTT 5: reason 0x04 asks for the will to be published, and
+   * the session expiry may change (not from 0 to more [MQTT-3.14.2-2]).
+   */
+  private async onDisconnect(ws: WebSocket, att: Attachment, packet: IDisconnectPacket): Promise<void> {
+    if (att.protocolVersion === 5) {
+      const meta = await this.loadMeta();
+      const expiry = packet.properties?.sessionExpiryInterval;
+      if (expiry !== undefined) {
+        if (meta.expirySeconds === 0 && expiry > 0) return this.close(ws, "protocolError");
+        meta.expirySeconds = Math.min(expiry, this.config.limits.sessionExpirySeconds);
+        await this.ctx.storage.put("meta", meta);
+      }
+      if (packet.reasonCode === 0x04) return this.close(ws, "clientDisconnectWithWill");
+    }
+    return this.close(ws, "clientDisconnect");
   }
 
   // ---------------------------------------------------------------- outbound messages
@@ -545,19 +694,32 @@ export class MqttConnection extends DurableObject<Env> {
     if (durable.length === 0) return;
     const actions = await this.outbox.add(durable);
     // Before CONNACK nothing is sent: onConnect resends every flow in order afterwards.
-    if (att.phase === "connected") this.perform(ws, att, actions);
+    if (att.phase === "connected") await this.perform(ws, att, actions);
   }
 
-  /** Puts outbox decisions on the wire. */
-  private perform(ws: WebSocket, att: Attachment, actions: OutAction[]): void {
-    for (const action of actions) {
-      if (action.kind === "pubrel") this.send(ws, att, { cmd: "pubrel", messageId: action.pid });
-      else this.sendPublish(ws, att, action.record.message, action.record.pid, action.record.dup);
+  /** Puts outbox decisions on the wire; a message that cannot be sent (expired, too large) is done. */
+  private async perform(ws: WebSocket, att: Attachment, actions: OutAction[]): Promise<void> {
+    let next = actions;
+    while (next.length > 0) {
+      const dropped: number[] = [];
+      for (const action of next) {
+        if (action.kind === "pubrel") this.send(ws, att, { cmd: "pubrel", messageId: action.pid });
+        else if (!this.sendPublish(ws, att, action.record.message, action.record.pid, action.record.dup)) dropped.push(action.record.pid);
+      }
+      next = [];
+      for (const pid of dropped) next.push(...(await this.outbox.drop(pid)));
     }
   }
 
-  private sendPublish(ws: WebSocket, att: Attachment, m: Message, pid: number, dup: boolean): void {
-    this.send(ws, att, {
+  /**
+   * Sends one PUBLISH. Returns false when it was not sent: expired (MQTT 5 message expiry
+   * [MQTT-3.3.2-5]) or larger than the client's Maximum Packet Size [MQTT-3.1.2-25]; the
+   * caller then treats a QoS > 0 message as done.
+   */
+  private sendPublish(ws: WebSocket, att: Attachment, m: Message, pid: number, dup: boolean): boolean {
+    const now = Date.now();
+    if (m.expiresAt !== undefined && m.expiresAt <= now) return false;
+    const packet: IPublishPacket = {
       cmd: "publish",
       topic: m.topic,
       payload: m.payload instanceof Buffer ? m.payload : Buffer.from(m.payload.buffer, m.payload.byteOffset, m.payload.byteLength),
@@ -565,7 +727,18 @@ export class MqttConnection extends DurableObject<Env> {
       retain: m.retain,
       dup: dup && pid !== 0, // [MQTT-3.3.1-2]: DUP only on a redelivery of QoS > 0
       messageId: pid === 0 ? undefined : pid,
-    });
+    };
+    if (att.protocolVersion === 5) {
+      const properties = publishProperties(m, now);
+      if (properties) packet.properties = properties;
+    }
+    const bytes = encodePacket(packet, att.protocolVersion);
+    if (att.maxPacketOut > 0 && bytes.byteLength > att.maxPacketOut) {
+      log("info", "mqtt.too_large_for_client", { clientId: att.clientId, topic: m.topic, bytes: bytes.byteLength, max: att.maxPacketOut });
+      return false;
+    }
+    this.sendBytes(ws, att, bytes);
+    return true;
   }
 
   // ---------------------------------------------------------------- closing
@@ -596,6 +769,11 @@ export class MqttConnection extends DurableObject<Env> {
     const ws = this.socket();
     if (ws) {
       const att = this.attachment(ws);
+      // MQTT 5: the server says why before it closes a connection it decided to close [MQTT-3.14].
+      if (att.protocolVersion === 5 && att.phase === "connected" && SERVER_INITIATED.has(cause)) {
+        const properties = att.problemInfo ? { reasonString: info.reason } : undefined;
+        this.send(ws, att, { cmd: "disconnect", reasonCode: info.v5Reason, ...(properties ? { properties } : {}) });
+      }
       att.phase = "closing";
       this.saveAttachment(ws, att);
       try {
@@ -607,10 +785,18 @@ export class MqttConnection extends DurableObject<Env> {
     const meta = await readConnMeta(this.ctx.storage);
     const handover: Handover = { messages: [], inboundQos2: [] };
     if (meta) {
-      const { account, clientId, clean, identity } = meta;
-      // The will first [MQTT-3.1.2-8], then the monitoring event, in the detach call.
+      const { account, clientId, identity, expirySeconds } = meta;
+      const clean = expirySeconds === 0;
+      // The will first [MQTT-3.1.2-8], then the monitoring event, in the detach call. An MQTT 5
+      // will delay hands the will to the session object, which publishes it when the delay
+      // (or the session) ends unless the session reconnects first [MQTT-3.1.3-9].
       const announce: Message[] = [];
-      if (info.publishWill && meta.will && !this.willSuppressed) announce.push(meta.will);
+      let delayedWill: { message: Message; delaySeconds: number } | undefined;
+      if (info.publishWill && meta.will && !this.willSuppressed) {
+        const delay = Math.min(meta.willDelaySeconds, expirySeconds);
+        if (delay > 0 && handBack) delayedWill = { message: meta.will, delaySeconds: delay };
+        else announce.push(meta.will);
+      }
       const traffic = ws ? this.attachment(ws).traffic : { readBytes: 0, readMsg: 0, writeBytes: 0, writeMsg: 0 };
       announce.push(disconnectEvent(connectionFacts(meta), Date.now(), info.monitorCode, info.reason, traffic));
       // A persistent session keeps its unfinished messages; a clean one gives its unfinished
@@ -631,7 +817,7 @@ export class MqttConnection extends DurableObject<Env> {
       }
       if (handBack) {
         await sessionStub(this.env, account, clientId)
-          .detach(this.id, handover, !clean)
+          .detach(this.id, handover, expirySeconds, delayedWill)
           .catch((err: unknown) => log("error", "mqtt.session_detach_failed", { clientId, error: errorMessage(err) }));
       }
       log("info", "mqtt.disconnect", { account, clientId, cause, code: info.monitorCode });
@@ -676,6 +862,7 @@ export class MqttConnection extends DurableObject<Env> {
     const att = readAttachment(ws.deserializeAttachment());
     if (!att) throw new Error("socket without a valid attachment");
     this.att = att;
+    this.outbox.setWindow(att.receiveMax);
     return att;
   }
 
@@ -711,8 +898,11 @@ export class MqttConnection extends DurableObject<Env> {
   }
 
   private send(ws: WebSocket, att: Attachment, packet: Packet): void {
+    this.sendBytes(ws, att, encodePacket(packet, att.protocolVersion));
+  }
+
+  private sendBytes(ws: WebSocket, att: Attachment, bytes: Uint8Array): void {
     try {
-      const bytes = encodePacket(packet, att.protocolVersion);
       att.traffic.writeBytes += bytes.byteLength;
       att.traffic.writeMsg++;
       ws.send(bytes);
@@ -739,3 +929,10 @@ function connectionFacts(meta: ConnMeta): ConnectionFacts {
     connectedAt: meta.connectedAt,
   };
 }
+
+/** Closes the broker decides on (an MQTT 5 client gets a DISCONNECT with the reason first). */
+const SERVER_INITIATED: ReadonlySet<CloseCause> = new Set<CloseCause>([
+  "serverClosed", "keepAliveTimeout", "notAuthorized", "tooLarge", "takenOver", "adminKick", "invalidData",
+  "protocolError", "tooManySubscriptions", "invalidClientId", "tooManyConnections", "invalidTopic",
+  "serverError", "rateExceeded", "topicAliasInvalid", "receiveMaximumExceeded",
+]);

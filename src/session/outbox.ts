@@ -48,8 +48,13 @@ export class Outbox {
 
   constructor(
     private readonly storage: DurableObjectStorage,
-    private readonly maxInflight: number,
+    private maxInflight: number,
   ) {}
+
+  /** The in-flight window: the smaller of the broker's and the client's Receive Maximum (MQTT 5). */
+  setWindow(n: number): void {
+    this.maxInflight = Math.max(1, n);
+  }
 
   /** Number of messages sent and not yet completed. */
   get inflight(): number {
@@ -122,6 +127,17 @@ export class Outbox {
     if (!record) return [];
     const expected = ack === "puback" ? record.message.qos === 1 : record.state === "released";
     if (!expected) return [];
+    this.byPid.delete(pid);
+    this.records?.delete(record.seq);
+    await this.storage.delete(outKey(record.seq));
+    return this.admit();
+  }
+
+  /** A message that will never be sent (expired, too large for the client): done, window freed. */
+  async drop(pid: number): Promise<OutAction[]> {
+    await this.load();
+    const record = this.byPid.get(pid);
+    if (!record) return [];
     this.byPid.delete(pid);
     this.records?.delete(record.seq);
     await this.storage.delete(outKey(record.seq));

@@ -20,6 +20,13 @@ interface SessionMeta {
   dropped: number;
   /** Inbound QoS 2 packet ids received and not yet released, kept for the next connection. */
   inboundQos2: number[];
+  /** How long the session outlives its connection (seconds; MQTT 5 session expiry interval). */
+  expirySeconds: number;
+  /** When an offline session is forgotten (ms), or null. */
+  expiresAt: number | null;
+  /** An MQTT 5 will waiting for its delay [MQTT-3.1.3-9], and when it is due (ms). */
+  will: Message | null;
+  willAt: number | null;
 }
 
 function isMeta(v: unknown): v is SessionMeta {
@@ -27,7 +34,9 @@ function isMeta(v: unknown): v is SessionMeta {
   const m = v as Record<string, unknown>;
   return typeof m.account === "string" && typeof m.clientId === "string" && (typeof m.owner === "string" || m.owner === null) &&
     typeof m.persistent === "boolean" && typeof m.head === "number" && typeof m.tail === "number" && typeof m.dropped === "number" &&
-    Array.isArray(m.inboundQos2) && m.inboundQos2.every((x) => typeof x === "number");
+    Array.isArray(m.inboundQos2) && m.inboundQos2.every((x) => typeof x === "number") &&
+    typeof m.expirySeconds === "number" && (m.expiresAt === null || typeof m.expiresAt === "number") &&
+    (m.will === null || isMessage(m.will)) && (m.willAt === null || typeof m.willAt === "number");
 }
 
 const queueKey = (seq: number): string => `q:${seq.toString().padStart(16, "0")}`;
@@ -58,18 +67,30 @@ export class MqttSession extends DurableObject<Env> {
    * before answering. Returns whether a persistent session was present [MQTT-3.2.2-2] and the
    * inbound QoS 2 packet ids the new connection must still recognize.
    */
-  async attach(account: string, clientId: string, conn: string, clean: boolean): Promise<{ sessionPresent: boolean; inboundQos2: number[] }> {
+  async attach(
+    account: string,
+    clientId: string,
+    conn: string,
+    cleanStart: boolean,
+    expirySeconds: number,
+  ): Promise<{ sessionPresent: boolean; inboundQos2: number[] }> {
+    const clean = cleanStart;
     const prev = this.meta;
     const sessionPresent = !clean && prev !== null && prev.persistent;
+    if (prev?.will) log("info", "session.will_cancelled", { clientId }); // reconnected within the will delay
     const meta: SessionMeta = {
       account,
       clientId,
       owner: conn,
-      persistent: !clean,
+      persistent: expirySeconds > 0,
       head: prev?.head ?? 0,
       tail: prev?.tail ?? 0,
       dropped: prev?.dropped ?? 0,
       inboundQos2: [],
+      expirySeconds,
+      expiresAt: null,
+      will: null,
+      willAt: null,
     };
     // Owner first: messages arriving while the old connection closes are forwarded to the new one.
     this.saveMeta(meta);
@@ -114,8 +135,9 @@ export class MqttSession extends DurableObject<Env> {
         });
       if (result === "ok") return;
       meta.owner = null;
+      meta.expiresAt = Date.now() + meta.expirySeconds * 1000;
       this.saveMeta(meta);
-      this.scheduleExpiry();
+      this.scheduleAlarm(meta);
     }
     if (!meta.persistent) return;
     this.append(meta, messages);
@@ -123,21 +145,31 @@ export class MqttSession extends DurableObject<Env> {
 
   /**
    * The connection `conn` ended. `handover` holds the messages it had not finished and the
-   * inbound QoS 2 ids: they stay with a persistent session.
+   * inbound QoS 2 ids: they stay with a session that outlives its connection
+   * (`expirySeconds` > 0). `delayedWill` is an MQTT 5 will to publish after its delay unless
+   * the session reconnects first; it goes out at once if the session expires first.
    */
-  async detach(conn: string, handover: Handover, persistent: boolean): Promise<void> {
+  async detach(conn: string, handover: Handover, expirySeconds: number, delayedWill?: { message: Message; delaySeconds: number }): Promise<void> {
     const meta = this.meta;
     if (!meta) return;
     if (meta.owner === conn) {
-      if (!persistent) {
+      if (expirySeconds <= 0) {
         await this.ctx.storage.deleteAll();
         this.meta = null;
         return;
       }
+      const now = Date.now();
       meta.owner = null;
+      meta.persistent = true;
+      meta.expirySeconds = expirySeconds;
       meta.inboundQos2 = handover.inboundQos2;
+      meta.expiresAt = now + expirySeconds * 1000;
+      if (delayedWill) {
+        meta.will = delayedWill.message;
+        meta.willAt = now + Math.min(delayedWill.delaySeconds, expirySeconds) * 1000;
+      }
       this.saveMeta(meta);
-      this.scheduleExpiry();
+      this.scheduleAlarm(meta);
     }
     // A connection taken over while unreachable hands its messages back late: they still belong here.
     if (handover.messages.length > 0 && meta.persistent) await this.enqueue(meta.clientId, handover.messages);
@@ -157,20 +189,32 @@ export class MqttSession extends DurableObject<Env> {
     return { online: meta.owner !== null, persistent: meta.persistent, queued: meta.tail - meta.head, dropped: meta.dropped };
   }
 
-  /** Session expiry for an offline persistent session: forget it everywhere. */
+  /** A delayed will falling due, then session expiry for an offline session: forget it everywhere. */
   override async alarm(): Promise<void> {
     count(this.env, "alarmRun", "session");
     const meta = this.meta;
     if (!meta || meta.owner) return;
+    const now = Date.now();
+    if (meta.will && meta.willAt !== null && meta.willAt <= now) {
+      await routerStub(this.env, meta.account).publish(meta.account, [meta.will]);
+      meta.will = null;
+      meta.willAt = null;
+      this.saveMeta(meta);
+    }
+    if (meta.expiresAt === null || meta.expiresAt > now) {
+      this.scheduleAlarm(meta);
+      return;
+    }
     await routerStub(this.env, meta.account).forget(meta.clientId);
     await this.ctx.storage.deleteAll();
     this.meta = null;
     log("info", "session.expired", { account: meta.account, clientId: meta.clientId });
   }
 
-  private scheduleExpiry(): void {
-    const seconds = getConfig(this.env).limits.sessionExpirySeconds;
-    void this.ctx.storage.setAlarm(Date.now() + seconds * 1000);
+  /** The one alarm: the earlier of the delayed will and the session expiry. */
+  private scheduleAlarm(meta: SessionMeta): void {
+    const times = [meta.willAt, meta.expiresAt].filter((t): t is number => t !== null);
+    if (times.length > 0) void this.ctx.storage.setAlarm(Math.min(...times));
   }
 
   private append(meta: SessionMeta, messages: Message[]): void {
@@ -193,7 +237,9 @@ export class MqttSession extends DurableObject<Env> {
     if (meta.tail === meta.head) return [];
     const map = await this.ctx.storage.list({ prefix: "q:" });
     const out: Message[] = [];
-    for (const value of map.values()) if (isMessage(value)) out.push(value);
+    const now = Date.now();
+    // MQTT 5 message expiry: an expired message is not delivered [MQTT-3.3.2-5].
+    for (const value of map.values()) if (isMessage(value) && !(value.expiresAt !== undefined && value.expiresAt <= now)) out.push(value);
     return out;
   }
 

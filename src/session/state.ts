@@ -39,13 +39,24 @@ export interface Attachment {
   traffic: TrafficCounters;
   /** Publish rate limiter. */
   bucket: Bucket;
+  /** MQTT 5: the client's Maximum Packet Size (0 = none). */
+  maxPacketOut: number;
+  /** MQTT 5: the in-flight window toward the client (its Receive Maximum, capped by ours). */
+  receiveMax: number;
+  /** MQTT 5: whether the client wants reason strings (Request Problem Information). */
+  problemInfo: boolean;
 }
 
 /** Identity and will of the connection, in storage from CONNECT until the connection ends. */
 export interface ConnMeta {
   account: string;
   clientId: string;
-  clean: boolean;
+  /** Clean start (3.1.1: clean session): the session began empty. */
+  cleanStart: boolean;
+  /** How long the session outlives this connection (0 = it ends with it); DISCONNECT may change it. */
+  expirySeconds: number;
+  /** MQTT 5 will delay interval (seconds). */
+  willDelaySeconds: number;
   will: Message | null;
   protocolVersion: ProtocolVersion;
   identity: Identity;
@@ -71,7 +82,9 @@ export function readAttachment(v: unknown): Attachment | null {
   if (!isObj(b) || typeof b.tokens !== "number" || typeof b.at !== "number") return null;
   const t = v.traffic;
   if (!isObj(t) || typeof t.readBytes !== "number" || typeof t.readMsg !== "number" || typeof t.writeBytes !== "number" || typeof t.writeMsg !== "number") return null;
+  if (typeof v.maxPacketOut !== "number" || typeof v.receiveMax !== "number" || typeof v.problemInfo !== "boolean") return null;
   return {
+    maxPacketOut: v.maxPacketOut, receiveMax: v.receiveMax, problemInfo: v.problemInfo,
     v: 1, phase: v.phase, account: v.account, clientId: v.clientId, clean: v.clean, keepAlive: v.keepAlive,
     protocolVersion: v.protocolVersion, openedAt: v.openedAt, lastSeen: v.lastSeen, addr: v.addr, rx: v.rx, rxStored: v.rxStored,
     expiresAt: v.expiresAt, transport: v.transport,
@@ -82,14 +95,16 @@ export function readAttachment(v: unknown): Attachment | null {
 
 export async function readConnMeta(storage: DurableObjectStorage): Promise<ConnMeta | null> {
   const v = await storage.get("meta");
-  if (!isObj(v) || typeof v.account !== "string" || typeof v.clientId !== "string" || typeof v.clean !== "boolean") return null;
+  if (!isObj(v) || typeof v.account !== "string" || typeof v.clientId !== "string" || typeof v.cleanStart !== "boolean") return null;
+  if (typeof v.expirySeconds !== "number" || typeof v.willDelaySeconds !== "number") return null;
   if (!isVersion(v.protocolVersion)) return null;
   const identity = readIdentity(v.identity);
   if (!identity) return null;
   if (typeof v.addr !== "string" || (v.transport !== "ws" && v.transport !== "tcp") || typeof v.connectedAt !== "number") return null;
   const will = isMessage(v.will) ? v.will : null;
   return {
-    account: v.account, clientId: v.clientId, clean: v.clean, will, protocolVersion: v.protocolVersion, identity,
+    account: v.account, clientId: v.clientId, cleanStart: v.cleanStart, expirySeconds: v.expirySeconds, willDelaySeconds: v.willDelaySeconds,
+    will, protocolVersion: v.protocolVersion, identity,
     addr: v.addr, transport: v.transport, connectedAt: v.connectedAt,
   };
 }

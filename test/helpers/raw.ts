@@ -9,18 +9,23 @@ import { inject } from "vitest";
 export class RawClient {
   readonly packets: Packet[] = [];
   closed: { code: number; reason: string } | null = null;
-  private readonly parser = mqttPacket.parser({ protocolVersion: 4 });
+  private readonly parser: ReturnType<typeof mqttPacket.parser>;
 
-  private constructor(private readonly ws: WebSocket) {
+  private constructor(
+    private readonly ws: WebSocket,
+    /** Protocol level used to encode and decode packets (5 for MQTT 5). */
+    readonly version: 3 | 4 | 5 = 4,
+  ) {
+    this.parser = mqttPacket.parser({ protocolVersion: version });
     this.parser.on("packet", (p: Packet) => this.packets.push(p));
     ws.on("message", (data: Buffer) => this.parser.parse(data));
     ws.on("close", (code: number, reason: Buffer) => (this.closed = { code, reason: reason.toString() }));
   }
 
-  static open(url = inject("brokerWsUrl"), protocol: string | string[] = "mqtt"): Promise<RawClient> {
+  static open(url = inject("brokerWsUrl"), protocol: string | string[] = "mqtt", version: 3 | 4 | 5 = 4): Promise<RawClient> {
     return new Promise((ok, fail) => {
       const ws = new WebSocket(url, protocol);
-      ws.once("open", () => ok(new RawClient(ws)));
+      ws.once("open", () => ok(new RawClient(ws, version)));
       ws.once("error", fail);
     });
   }
@@ -35,7 +40,7 @@ export class RawClient {
   }
 
   send(packet: Packet): void {
-    this.ws.send(encode(packet));
+    this.ws.send(encode(packet, this.version));
   }
 
   /** Waits for the next packet matching `cmd` (already received ones count once). */
@@ -70,12 +75,12 @@ export class RawClient {
 
   /** CONNECT and wait for CONNACK. */
   async connect(clientId: string, extra: Partial<mqttPacket.IConnectPacket> = {}): Promise<mqttPacket.IConnackPacket> {
-    this.send({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 60, clientId, ...extra });
+    this.send({ cmd: "connect", protocolId: this.version === 3 ? "MQIsdp" : "MQTT", protocolVersion: this.version, clean: true, keepalive: 60, clientId, ...extra });
     const ack = await this.next("connack");
     return ack as mqttPacket.IConnackPacket;
   }
 }
 
-export function encode(packet: Packet): Uint8Array {
-  return new Uint8Array(mqttPacket.generate(packet, { protocolVersion: 4 }));
+export function encode(packet: Packet, protocolVersion: 3 | 4 | 5 = 4): Uint8Array {
+  return new Uint8Array(mqttPacket.generate(packet, { protocolVersion }));
 }

@@ -78,9 +78,9 @@ describe("MqttConnection in workerd", () => {
     // A connection object that holds no socket, as after a runtime restart killed it.
     const deadConn = E.CONNECTION.newUniqueId().toString();
     const session = sessionStub(E, account, "crashed");
-    await session.attach(account, "crashed", deadConn, false);
+    await session.attach(account, "crashed", deadConn, false, 3600);
     const router = routerStub(E, account);
-    await router.attach(account, "crashed", deadConn, false);
+    await router.attach(account, "crashed", deadConn, false, true);
     await router.subscribe("crashed", [{ filter: "c/#", qos: 1 }], 10);
     await router.publish(account, [{ topic: "c/1", payload: new Uint8Array([1]), qos: 1, retain: false }]);
     expect(await session.stats()).toEqual({ online: false, persistent: true, queued: 1, dropped: 0 });

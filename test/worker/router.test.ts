@@ -12,7 +12,7 @@ describe("TopicRouter in workerd", () => {
   it("persists subscriptions, targets and retained messages and rebuilds them after a restart of the object", async () => {
     const account = `acc-${crypto.randomUUID()}`;
     const router = routerStub(E, account);
-    await router.attach(account, "c1", E.CONNECTION.newUniqueId().toString(), false);
+    await router.attach(account, "c1", E.CONNECTION.newUniqueId().toString(), false, true);
     await router.subscribe("c1", [{ filter: "a/+", qos: 1 }, { filter: "#", qos: 0 }], 100);
     await router.publish(account, [msg("a/b", "kept", 1, true)]);
     expect(await router.stats()).toEqual({ subscriptions: 2, sessions: 1, retained: 1 });
@@ -42,16 +42,19 @@ describe("TopicRouter in workerd", () => {
     const router = routerStub(E, account);
     const conn = E.CONNECTION.newUniqueId().toString();
     const session = sessionStub(E, account, "p1");
-    await session.attach(account, "p1", conn, false);
-    await router.attach(account, "p1", conn, false);
+    await session.attach(account, "p1", conn, false, 3600);
+    await router.attach(account, "p1", conn, false, true);
     await router.subscribe("p1", [{ filter: "x/#", qos: 1 }], 100);
     await router.detach(account, "p1", conn, true);
-    await session.detach(conn, { messages: [], inboundQos2: [] }, true);
+    await session.detach(conn, { messages: [], inboundQos2: [] }, 1); // expires after 1 s offline
     await router.publish(account, [msg("x/1", "a", 1), msg("x/2", "b", 0), msg("x/3", "c", 1)]);
     expect(await session.stats()).toEqual({ online: false, persistent: true, queued: 2, dropped: 0 });
 
-    // Session expiry: the alarm forgets the session here and at the router.
+    // Before the expiry the alarm keeps the session; after it, it forgets the session here and at the router.
     expect(await runDurableObjectAlarm(session)).toBe(true);
+    expect(await session.stats()).not.toBeNull();
+    await new Promise((r) => setTimeout(r, 1100));
+    await runDurableObjectAlarm(session); // the alarm may already have fired on its own by now
     expect(await session.stats()).toBeNull();
     expect((await router.stats()).subscriptions).toBe(0);
   });
@@ -61,9 +64,9 @@ describe("TopicRouter in workerd", () => {
     const router = routerStub(E, account);
     const oldConn = E.CONNECTION.newUniqueId().toString();
     const newConn = E.CONNECTION.newUniqueId().toString();
-    await router.attach(account, "c", oldConn, false);
+    await router.attach(account, "c", oldConn, false, true);
     await router.subscribe("c", [{ filter: "t", qos: 1 }], 10);
-    await router.attach(account, "c", newConn, false);
+    await router.attach(account, "c", newConn, false, true);
     await router.detach(account, "c", oldConn, false); // late detach of the taken-over connection
     expect(await router.stats()).toMatchObject({ subscriptions: 1, sessions: 1 });
   });

@@ -1,0 +1,117 @@
+/**
+ * MQTT 5 pieces of the session that are pure: reason codes for the answers the broker
+ * gives, and the PUBLISH properties it reads, forwards and writes.
+ */
+import { ConnackCode } from "../protocol/codes";
+import type { IPublishPacket, UserProperties } from "../protocol/codec";
+import type { ForwardedProps, Message } from "../router/messages";
+
+/** 3.1.1 CONNACK return code → MQTT 5 CONNACK reason code. */
+export const CONNACK_V5: Record<ConnackCode, number> = {
+  [ConnackCode.Accepted]: 0x00,
+  [ConnackCode.UnacceptableProtocolVersion]: 0x84,
+  [ConnackCode.IdentifierRejected]: 0x85,
+  [ConnackCode.ServerUnavailable]: 0x88,
+  [ConnackCode.BadUserNameOrPassword]: 0x86,
+  [ConnackCode.NotAuthorized]: 0x87,
+};
+
+export const V5 = {
+  success: 0x00,
+  noSubscriptionExisted: 0x11,
+  unspecified: 0x80,
+  notAuthorized: 0x87,
+  badAuthenticationMethod: 0x8c,
+  topicFilterInvalid: 0x8f,
+  packetIdInUse: 0x91,
+  receiveMaximumExceeded: 0x93,
+  topicAliasInvalid: 0x94,
+  quotaExceeded: 0x97,
+  payloadFormatInvalid: 0x99,
+  protocolError: 0x82,
+} as const;
+
+/** The topic alias maximum the broker offers MQTT 5 clients (inbound aliases). */
+export const TOPIC_ALIAS_MAXIMUM = 32;
+
+const fatalUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+/** [MQTT-3.3.2-4]: a payload marked UTF-8 (payload format indicator 1) must be valid UTF-8. */
+export function payloadFormatValid(payload: Uint8Array, indicator: boolean | undefined): boolean {
+  if (!indicator) return true;
+  try {
+    fatalUtf8.decode(payload);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The properties of a received PUBLISH that are forwarded unchanged to subscribers. */
+export function forwardedProps(p: IPublishPacket["properties"]): ForwardedProps | undefined {
+  if (!p) return undefined;
+  const out: ForwardedProps = {};
+  let any = false;
+  if (p.payloadFormatIndicator !== undefined) {
+    out.payloadFormatIndicator = p.payloadFormatIndicator;
+    any = true;
+  }
+  if (p.contentType !== undefined) {
+    out.contentType = p.contentType;
+    any = true;
+  }
+  if (p.responseTopic !== undefined) {
+    out.responseTopic = p.responseTopic;
+    any = true;
+  }
+  if (p.correlationData !== undefined) {
+    out.correlationData = new Uint8Array(p.correlationData);
+    any = true;
+  }
+  if (p.userProperties) {
+    // mqtt-packet groups repeated names into arrays; keep every pair, in order.
+    const pairs: Array<{ key: string; value: string }> = [];
+    for (const [key, value] of Object.entries(p.userProperties)) {
+      for (const v of Array.isArray(value) ? value : [value]) pairs.push({ key, value: v });
+    }
+    if (pairs.length > 0) {
+      out.userProperties = pairs;
+      any = true;
+    }
+  }
+  return any ? out : undefined;
+}
+
+/**
+ * The properties of an outgoing PUBLISH to an MQTT 5 client: forwarded ones, the remaining
+ * message expiry [MQTT-3.3.2-6], and the matching subscription identifiers.
+ */
+export function publishProperties(m: Message, now: number): IPublishPacket["properties"] | undefined {
+  const props: NonNullable<IPublishPacket["properties"]> = {};
+  let any = false;
+  const f = m.props;
+  if (f) {
+    if (f.payloadFormatIndicator !== undefined) props.payloadFormatIndicator = f.payloadFormatIndicator;
+    if (f.contentType !== undefined) props.contentType = f.contentType;
+    if (f.responseTopic !== undefined) props.responseTopic = f.responseTopic;
+    if (f.correlationData !== undefined) props.correlationData = Buffer.from(f.correlationData);
+    if (f.userProperties) {
+      const up: UserProperties = {};
+      for (const { key, value } of f.userProperties) {
+        const prev = up[key];
+        up[key] = prev === undefined ? value : Array.isArray(prev) ? [...prev, value] : [prev, value];
+      }
+      props.userProperties = up;
+    }
+    any = true;
+  }
+  if (m.expiresAt !== undefined) {
+    props.messageExpiryInterval = Math.max(0, Math.ceil((m.expiresAt - now) / 1000));
+    any = true;
+  }
+  if (m.subIds && m.subIds.length > 0) {
+    props.subscriptionIdentifier = m.subIds.length === 1 ? m.subIds[0] : m.subIds;
+    any = true;
+  }
+  return any ? props : undefined;
+}
