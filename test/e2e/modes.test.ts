@@ -1,39 +1,9 @@
 import { describe, it, expect, afterAll } from "vitest";
-import type { MqttClient } from "mqtt";
 import { RawClient } from "../helpers/raw";
-import { connectCollecting, end, settle, subscribe, uid, waitFor, type Received } from "../helpers/mqtt";
+import { connectCollecting, end, settle, subscribe, uid, waitFor } from "../helpers/mqtt";
 import { admin, createDevice, mintToken } from "../helpers/admin";
 import { TEST_VARS, killBroker, startBroker, stopBroker, type Broker } from "../helpers/broker";
-
-interface MonitorEvent {
-  Action: string;
-  ClientID: string;
-  CloseCode: number;
-  Reason: string;
-  Protocol: string;
-  User: string;
-  ClientAddr: string;
-  Time: string;
-  ConnectTime: string | null;
-  ReadBytes?: number;
-  ReadMsg?: number;
-  WriteBytes?: number;
-  WriteMsg?: number;
-}
-
-/** An application of `account` allowed to watch `$SYS/mon/#`. */
-async function monitor(account: string): Promise<{ client: MqttClient; got: Received[]; events: (clientId?: string) => MonitorEvent[] }> {
-  const user = uid("mon");
-  const token = await mintToken(account, user, { acl: { pub: [], sub: ["$SYS/mon/#"] } });
-  const c = await connectCollecting({ clientId: user, username: user, password: token });
-  await subscribe(c.client, "$SYS/mon/#", 0);
-  const events = (clientId?: string): MonitorEvent[] =>
-    c.got
-      .filter((m) => m.topic.startsWith("$SYS/mon/") && !m.retain)
-      .map((m) => JSON.parse(m.payload) as MonitorEvent)
-      .filter((e) => clientId === undefined || e.ClientID === clientId);
-  return { ...c, events };
-}
+import { monitor } from "../helpers/monitor";
 
 /** Opens a raw connection with a JWT and returns it with its CONNACK code. */
 async function rawConnect(clientId: string, username: string, token: string, url?: string): Promise<{ raw: RawClient; code: number }> {

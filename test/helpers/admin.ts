@@ -2,9 +2,9 @@ import { inject } from "vitest";
 import type { MqttClient } from "mqtt";
 import { connect, uid } from "./mqtt";
 
-/** Calls the admin API of the shared test broker. */
-export async function admin(method: string, path: string, body?: unknown, token = inject("adminToken")): Promise<{ status: number; json: unknown }> {
-  const res = await fetch(`${inject("brokerUrl")}/admin/v1${path}`, {
+/** Calls the admin API of the shared test broker (or of the broker at `baseUrl`). */
+export async function admin(method: string, path: string, body?: unknown, token = inject("adminToken"), baseUrl = inject("brokerUrl")): Promise<{ status: number; json: unknown }> {
+  const res = await fetch(`${baseUrl}/admin/v1${path}`, {
     method,
     headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
     body: body === undefined ? undefined : JSON.stringify(body),
@@ -31,8 +31,10 @@ export async function createDevice(accountId: string, deviceId?: string): Promis
   return json;
 }
 
-export async function mintToken(accountId: string, subject: string, opts: { ttlSeconds?: number; acl?: { pub: string[]; sub: string[] } } = {}): Promise<string> {
-  const { status, json } = await admin("POST", `/accounts/${accountId}/tokens`, { subject, ttlSeconds: opts.ttlSeconds ?? 600, ...(opts.acl ? { acl: opts.acl } : {}) });
+/** Mints a JWT with the admin API; `opts.url`: a dedicated broker's base URL (default: the shared one). */
+export async function mintToken(accountId: string, subject: string, opts: { ttlSeconds?: number; acl?: { pub: string[]; sub: string[] }; url?: string } = {}): Promise<string> {
+  const body = { subject, ttlSeconds: opts.ttlSeconds ?? 600, ...(opts.acl ? { acl: opts.acl } : {}) };
+  const { status, json } = await admin("POST", `/accounts/${accountId}/tokens`, body, undefined, opts.url);
   const token = typeof json === "object" && json !== null ? (json as Record<string, unknown>).token : undefined;
   if (status !== 201 || typeof token !== "string") throw new Error(`token mint failed: ${status} ${JSON.stringify(json)}`);
   return token;
