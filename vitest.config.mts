@@ -3,6 +3,17 @@ import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-pool-worker
 
 const migrations = await readD1Migrations("./migrations");
 
+/** The end-to-end files written against MQTT.js that run once per protocol version. */
+const PROTOCOL_SUITES = [
+  "test/e2e/pubsub.test.ts",
+  "test/e2e/retained.test.ts",
+  "test/e2e/session.test.ts",
+  "test/e2e/will.test.ts",
+  "test/e2e/qos2.test.ts",
+  "test/e2e/shared.test.ts",
+  "test/e2e/identity.test.ts",
+];
+
 export default defineConfig({
   test: {
     projects: [
@@ -47,6 +58,32 @@ export default defineConfig({
           hookTimeout: 60_000,
           // One wrangler dev serves every e2e file; run files one at a time so the
           // single-threaded local runtime is not the flake source.
+          fileParallelism: false,
+        },
+      },
+      // The protocol suites again with MQTT.js speaking MQTT 5 (test/helpers/mqtt.ts reads MQTT_VERSION).
+      {
+        test: {
+          name: "e2e-v5",
+          environment: "node",
+          include: PROTOCOL_SUITES,
+          env: { MQTT_VERSION: "5" },
+          globalSetup: ["test/helpers/global-setup.ts"],
+          testTimeout: 30_000,
+          hookTimeout: 60_000,
+          fileParallelism: false,
+        },
+      },
+      // The protocol suites again with MQTT.js speaking MQTT 3 (test/helpers/mqtt.ts reads MQTT_VERSION).
+      {
+        test: {
+          name: "e2e-v3",
+          environment: "node",
+          include: PROTOCOL_SUITES,
+          env: { MQTT_VERSION: "3" },
+          globalSetup: ["test/helpers/global-setup.ts"],
+          testTimeout: 30_000,
+          hookTimeout: 60_000,
           fileParallelism: false,
         },
       },

@@ -15,6 +15,23 @@ export function uid(prefix = "c"): string {
   return `${prefix}-${process.pid}-${Date.now().toString(36)}-${(counter++).toString(36)}`;
 }
 
+/**
+ * The protocol a test client speaks unless the test says otherwise: `MQTT_VERSION` (the
+ * e2e-v3 and e2e-v5 projects run the protocol suites again with 3 and 5), else 3.1.1.
+ * Under MQTT 5, clean session = false becomes clean start = false with a session expiry,
+ * which is what 3.1.1's persistent session means.
+ */
+export const DEFAULT_VERSION: 3 | 4 | 5 = process.env.MQTT_VERSION === "5" ? 5 : process.env.MQTT_VERSION === "3" ? 3 : 4;
+
+function versionDefaults(opts: IClientOptions): IClientOptions {
+  const version = opts.protocolVersion ?? DEFAULT_VERSION;
+  if (version === 3) return { protocolVersion: 3, protocolId: "MQIsdp" };
+  if (version === 5 && opts.clean === false && opts.properties?.sessionExpiryInterval === undefined) {
+    return { protocolVersion: 5, properties: { ...opts.properties, sessionExpiryInterval: 3600 } };
+  }
+  return { protocolVersion: version };
+}
+
 /** Connects an MQTT.js client over WebSocket and waits for CONNACK (rejects on error/timeout). */
 export async function connect(opts: IClientOptions = {}, url = inject("brokerWsUrl")): Promise<MqttClient> {
   return (await connectCollecting(opts, url)).client;
@@ -29,7 +46,7 @@ export function connectCollecting(
   url = inject("brokerWsUrl"),
 ): Promise<{ client: MqttClient; got: Received[]; sessionPresent: boolean }> {
   return new Promise((ok, fail) => {
-    const client = mqtt.connect(url, { reconnectPeriod: 0, connectTimeout: 10_000, protocolVersion: 4, ...opts });
+    const client = mqtt.connect(url, { reconnectPeriod: 0, connectTimeout: 10_000, ...versionDefaults(opts), ...opts });
     const got = collect(client);
     const timer = setTimeout(() => {
       client.end(true);
