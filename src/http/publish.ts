@@ -5,7 +5,8 @@ import { getConfig } from "../config";
 import { authenticateDevicePassword, authenticateToken, type AuthResult } from "../auth/identity";
 import { canPublish } from "../topics/acl";
 import { validateTopicName } from "../topics/topic";
-import type { Message } from "../router/messages";
+import type { ForwardedProps, Message } from "../router/messages";
+import { payloadFormatValid } from "../session/v5";
 import { log } from "../log";
 import { jsonError } from "./errors";
 
@@ -66,9 +67,71 @@ export async function httpPublish(c: Context<{ Bindings: Env }>): Promise<Respon
     return jsonError(c, 403, "forbidden", "the ACL does not allow publishing to this topic");
   }
   const qos = qosParam === "2" ? 2 : qosParam === "1" ? 1 : 0;
-  const message: Message = { topic, payload, qos, retain: retainParam === "true" };
+  const message: Message = { topic, payload, qos, retain: retainParam === "true", from: identity.id };
+  const extras = messageProperties(c.req.raw.headers);
+  if ("error" in extras) return jsonError(c, 400, "invalid_property", extras.error);
+  if (extras.props) message.props = extras.props;
+  if (!payloadFormatValid(payload, extras.props?.payloadFormatIndicator)) {
+    return jsonError(c, 400, "invalid_payload_format", "the payload is marked UTF-8 but is not valid UTF-8");
+  }
+  if (extras.expirySeconds !== undefined) message.expiresAt = Date.now() + extras.expirySeconds * 1000;
   await routerStub(c.env, identity.account).publish(identity.account, [message]);
   return c.json({ topic, qos, retain: message.retain, bytes: payload.byteLength }, qos > 0 ? 201 : 202);
+}
+
+/**
+ * MQTT 5 message properties over HTTP, one header each (case-insensitive):
+ * `MQTT-Content-Type`, `MQTT-Message-Expiry` (seconds), `MQTT-Response-Topic`,
+ * `MQTT-Correlation-Data` (base64), `MQTT-Payload-Format` (`utf-8` or `bytes`), and
+ * `MQTT-User-Property: name=value`, repeatable (comma-separated values are split), in order.
+ */
+function messageProperties(headers: Headers): { props?: ForwardedProps; expirySeconds?: number } | { error: string } {
+  const props: ForwardedProps = {};
+  let any = false;
+  const contentType = headers.get("mqtt-content-type");
+  if (contentType !== null) {
+    props.contentType = contentType;
+    any = true;
+  }
+  const responseTopic = headers.get("mqtt-response-topic");
+  if (responseTopic !== null) {
+    if (validateTopicName(responseTopic, { maxTopicBytes: 65535, maxTopicLevels: 1024 })) return { error: "MQTT-Response-Topic is not a valid topic name" };
+    props.responseTopic = responseTopic;
+    any = true;
+  }
+  const correlation = headers.get("mqtt-correlation-data");
+  if (correlation !== null) {
+    try {
+      props.correlationData = Uint8Array.from(atob(correlation), (ch) => ch.charCodeAt(0));
+    } catch {
+      return { error: "MQTT-Correlation-Data must be base64" };
+    }
+    any = true;
+  }
+  const format = headers.get("mqtt-payload-format");
+  if (format !== null) {
+    if (format !== "utf-8" && format !== "bytes") return { error: "MQTT-Payload-Format must be utf-8 or bytes" };
+    props.payloadFormatIndicator = format === "utf-8";
+    any = true;
+  }
+  const userProps = headers.get("mqtt-user-property");
+  if (userProps !== null) {
+    const pairs: Array<{ key: string; value: string }> = [];
+    for (const item of userProps.split(",")) {
+      const eq = item.indexOf("=");
+      if (eq <= 0) return { error: "MQTT-User-Property must be name=value" };
+      pairs.push({ key: item.slice(0, eq).trim(), value: item.slice(eq + 1).trim() });
+    }
+    props.userProperties = pairs;
+    any = true;
+  }
+  const expiry = headers.get("mqtt-message-expiry");
+  let expirySeconds: number | undefined;
+  if (expiry !== null) {
+    expirySeconds = Number(expiry);
+    if (!Number.isInteger(expirySeconds) || expirySeconds < 0 || expirySeconds > 0xffffffff) return { error: "MQTT-Message-Expiry must be whole seconds" };
+  }
+  return { ...(any ? { props } : {}), ...(expirySeconds !== undefined ? { expirySeconds } : {}) };
 }
 
 function tooLarge(c: Context<{ Bindings: Env }>, max: number): Response {

@@ -312,4 +312,43 @@ describe("MQTT 5.0", () => {
     expect(m5.got.length).toBeGreaterThan(0);
     await end(m4.client, m5.client, p);
   });
+
+  it("HTTP publish carries MQTT 5 message properties from MQTT-* headers", async () => {
+    const topic = `v5/${uid()}`;
+    const c = await raw5(uid());
+    c.raw.send({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 1 }] });
+    await c.raw.next("suback");
+    const token = await mintToken("anon", "http5");
+    const { inject } = await import("vitest");
+    const res = await fetch(`${inject("brokerUrl")}/api/v1/messages?topic=${encodeURIComponent(topic)}&qos=1`, {
+      method: "POST",
+      headers: {
+        authorization: `Bearer ${token}`,
+        "MQTT-Content-Type": "application/json",
+        "MQTT-Response-Topic": "replies/1",
+        "MQTT-Correlation-Data": Buffer.from("c-1").toString("base64"),
+        "MQTT-Payload-Format": "utf-8",
+        "MQTT-Message-Expiry": "60",
+        "MQTT-User-Property": "a=1, b=2",
+      },
+      body: '{"t":21}',
+    });
+    expect(res.status).toBe(201);
+    const got = await c.raw.next("publish");
+    expect(got.cmd === "publish" && got.properties).toMatchObject({
+      contentType: "application/json",
+      responseTopic: "replies/1",
+      correlationData: Buffer.from("c-1"),
+      payloadFormatIndicator: true,
+      userProperties: { a: "1", b: "2" },
+    });
+    if (got.cmd === "publish") expect(got.properties?.messageExpiryInterval).toBeGreaterThan(55);
+    const bad = await fetch(`${inject("brokerUrl")}/api/v1/messages?topic=${encodeURIComponent(topic)}`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "MQTT-Payload-Format": "utf-8" },
+      body: new Uint8Array([0xff, 0xfe]),
+    });
+    expect(bad.status).toBe(400);
+    c.raw.close();
+  });
 });
