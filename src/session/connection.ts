@@ -30,6 +30,9 @@ import { InboundQos2, Outbox, type OutAction } from "./outbox";
 import { CONNACK_V5, TOPIC_ALIAS_MAXIMUM, V5, forwardedProps, payloadFormatValid, publishProperties } from "./v5";
 import { authenticateConnect } from "./connect";
 import { fullBucket, take } from "./rate";
+import { planSubscribe, subackFailure } from "./subscribe";
+import { PartialPacket } from "./partial";
+import { TopicAliases } from "./aliases";
 import { count, meterStorage } from "../metrics";
 import { keepAliveDeadline, clampKeepAlive } from "./keepalive";
 import {
@@ -69,8 +72,8 @@ export class MqttConnection extends DurableObject<Env> {
   private readonly id: string;
   /** Cached attachment of the one socket; reloaded after a wake. */
   private att: Attachment | null = null;
-  /** Partial packet bytes; undefined = not loaded since the last wake. */
-  private rx: Uint8Array | undefined;
+  /** Bytes of a packet not fully arrived yet. */
+  private readonly partial: PartialPacket;
   /** Serializes packet processing: a CONNECT awaiting its RPCs holds the packets behind it. */
   private chain: Promise<void> = Promise.resolve();
   /** Outbound QoS 1/2 flows; storage-backed, loaded lazily. */
@@ -81,8 +84,7 @@ export class MqttConnection extends DurableObject<Env> {
   private readonly qos2Routing = new Set<number>();
   /** Inbound QoS > 0 publishes not yet acknowledged (MQTT 5 receive maximum). */
   private inboundPending = 0;
-  /** MQTT 5 inbound topic aliases; loaded lazily. */
-  private aliases: Map<number, string> | null = null;
+  private readonly aliases: TopicAliases;
   /** QoS 0 messages delivered before CONNACK went out. */
   private early: Message[] = [];
   /** Publishes waiting for the router call in flight; they travel together in the next one. */
@@ -100,6 +102,8 @@ export class MqttConnection extends DurableObject<Env> {
     this.id = ctx.id.toString();
     this.outbox = new Outbox(ctx.storage, this.config.limits.maxInflight);
     this.inboundQos2 = new InboundQos2(ctx.storage);
+    this.aliases = new TopicAliases(ctx.storage);
+    this.partial = new PartialPacket(ctx.storage);
   }
 
   // ---------------------------------------------------------------- entry points
@@ -268,13 +272,13 @@ export class MqttConnection extends DurableObject<Env> {
       await this.close(ws, "invalidData");
       return;
     }
-    const prev = await this.loadRx(att);
+    const prev = await this.partial.load(att);
     const bytes = concatBytes(prev, new Uint8Array(data));
     const { frames, rest, error } = readFrames(bytes, this.config.limits.maxPacketBytes);
     att.lastSeen = Date.now();
     att.traffic.readBytes += data.byteLength;
     att.traffic.readMsg += frames.length;
-    if (error === undefined && (rest.byteLength > 0 || prev.byteLength > 0)) await this.saveRx(att, rest);
+    if (error === undefined && (rest.byteLength > 0 || prev.byteLength > 0)) await this.partial.save(att, rest);
     // The attachment carries the keep-alive clock and the counters across hibernation.
     this.saveAttachment(ws, att);
 
@@ -497,18 +501,9 @@ export class MqttConnection extends DurableObject<Env> {
     const props = att.protocolVersion === 5 ? packet.properties : undefined;
     let topic = packet.topic;
     if (props?.topicAlias !== undefined) {
-      // MQTT 5 topic alias from the client [MQTT-3.3.2-8..12]: set when a topic comes with it, else look it up.
-      const alias = props.topicAlias;
-      if (alias === 0 || alias > TOPIC_ALIAS_MAXIMUM) return this.close(ws, "topicAliasInvalid");
-      const aliases = await this.loadAliases();
-      if (topic === "") {
-        const known = aliases.get(alias);
-        if (known === undefined) return this.close(ws, "topicAliasInvalid");
-        topic = known;
-      } else if (aliases.get(alias) !== topic) {
-        aliases.set(alias, topic);
-        await this.ctx.storage.put("aliases", [...aliases]);
-      }
+      const resolved = await this.aliases.resolve(props.topicAlias, topic);
+      if (resolved === null) return this.close(ws, "topicAliasInvalid");
+      topic = resolved;
     }
     const topicError = validateTopicName(topic, limits);
     if (topicError) {
@@ -553,20 +548,6 @@ export class MqttConnection extends DurableObject<Env> {
     if (!this.routing) void this.flushPublishes(ws, att);
   }
 
-  /** MQTT 5 inbound topic aliases of this connection; durable so they survive hibernation. */
-  private async loadAliases(): Promise<Map<number, string>> {
-    if (this.aliases) return this.aliases;
-    const stored = await this.ctx.storage.get("aliases");
-    const map = new Map<number, string>();
-    if (Array.isArray(stored)) {
-      for (const entry of stored) {
-        if (Array.isArray(entry) && typeof entry[0] === "number" && typeof entry[1] === "string") map.set(entry[0], entry[1]);
-      }
-    }
-    this.aliases = map;
-    return map;
-  }
-
   /**
    * Sends queued publishes to the router, one call at a time: publishes arriving while a
    * call is in flight travel together in the next one, in order. Acknowledgements go out
@@ -608,46 +589,16 @@ export class MqttConnection extends DurableObject<Env> {
   private async onSubscribe(ws: WebSocket, att: Attachment, packet: ISubscribePacket): Promise<void> {
     if (!packet.messageId) return this.close(ws, "protocolError");
     const { identity } = await this.loadMeta();
-    const v5 = att.protocolVersion === 5;
-    // 3.1.1 has one failure code; MQTT 5 says why.
-    const fail = (v5code: number): number => (v5 ? v5code : SUBACK_FAILURE);
-    const subId = v5 ? packet.properties?.subscriptionIdentifier : undefined;
-    const codes: number[] = [];
-    const valid: SubscriptionRequest[] = [];
-    const slot: number[] = [];
-    for (const [i, sub] of packet.subscriptions.entries()) {
-      if (i >= this.config.limits.maxFiltersPerSubscribe) {
-        codes.push(fail(V5.quotaExceeded));
-        continue;
-      }
-      if (validateTopicFilter(sub.topic, this.config.limits) !== null) {
-        codes.push(fail(V5.topicFilterInvalid));
-        continue;
-      }
-      if (v5 && sub.nl && sub.topic.startsWith("$share/")) return this.close(ws, "protocolError"); // [MQTT-3.8.3-4]
-      if (!canSubscribe(identity.acl, sub.topic)) {
-        log("info", "mqtt.subscribe_denied", { account: att.account, clientId: att.clientId, filter: sub.topic });
-        codes.push(fail(V5.notAuthorized));
-        continue;
-      }
-      const qos: QoS = sub.qos === 2 ? 2 : sub.qos === 1 ? 1 : 0;
-      slot.push(codes.length);
-      codes.push(qos);
-      const request: SubscriptionRequest = { filter: sub.topic, qos };
-      if (v5) {
-        if (sub.nl) request.nl = true;
-        if (sub.rap) request.rap = true;
-        if (sub.rh === 1 || sub.rh === 2) request.rh = sub.rh;
-        if (subId !== undefined) request.id = subId;
-      }
-      valid.push(request);
-    }
+    const plan = planSubscribe(packet, identity.acl, this.config.limits, att.protocolVersion);
+    if (!plan.ok) return this.close(ws, "protocolError");
+    const { codes, requests, slots } = plan;
+    for (const filter of plan.denied) log("info", "mqtt.subscribe_denied", { account: att.account, clientId: att.clientId, filter });
     let retained: Message[] = [];
-    if (valid.length > 0) {
-      const result = await routerStub(this.env, att.account).subscribe(att.clientId, valid, this.config.limits.maxSubscriptions);
+    if (requests.length > 0) {
+      const result = await routerStub(this.env, att.account).subscribe(att.clientId, requests, this.config.limits.maxSubscriptions);
       result.granted.forEach((ok, i) => {
-        const at = slot[i];
-        if (!ok && at !== undefined) codes[at] = fail(V5.quotaExceeded);
+        const at = slots[i];
+        if (!ok && at !== undefined) codes[at] = subackFailure(att.protocolVersion, V5.quotaExceeded);
       });
       retained = result.retained;
     }
@@ -869,32 +820,6 @@ export class MqttConnection extends DurableObject<Env> {
   private saveAttachment(ws: WebSocket, att: Attachment): void {
     this.att = att;
     ws.serializeAttachment(att);
-  }
-
-  private async loadRx(att: Attachment): Promise<Uint8Array> {
-    if (this.rx !== undefined) return this.rx;
-    if (att.rxStored) {
-      const stored = await this.ctx.storage.get("rx");
-      this.rx = stored instanceof Uint8Array ? stored : new Uint8Array(0);
-    } else this.rx = att.rx ?? new Uint8Array(0);
-    return this.rx;
-  }
-
-  /** Keeps a partial packet where it survives hibernation: the attachment if small, else storage. */
-  private async saveRx(att: Attachment, rest: Uint8Array): Promise<void> {
-    // Copy: `rest` is a view into a larger buffer that must not be retained or serialized whole.
-    const copy = rest.slice();
-    this.rx = copy;
-    const wasStored = att.rxStored;
-    if (copy.byteLength <= ATTACHMENT_RX_MAX) {
-      att.rx = copy.byteLength > 0 ? copy : null;
-      att.rxStored = false;
-      if (wasStored) await this.ctx.storage.delete("rx");
-    } else {
-      att.rx = null;
-      att.rxStored = true;
-      await this.ctx.storage.put("rx", copy);
-    }
   }
 
   private send(ws: WebSocket, att: Attachment, packet: Packet): void {

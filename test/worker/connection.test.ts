@@ -3,6 +3,9 @@ import { SELF, env, listDurableObjectIds, runInDurableObject } from "cloudflare:
 import mqttPacket, { type Packet } from "mqtt-packet";
 import type { Env } from "../../src/env";
 import { routerStub, sessionStub } from "../../src/env";
+import { PartialPacket } from "../../src/session/partial";
+import { InboundQos2, Outbox } from "../../src/session/outbox";
+import { TopicAliases } from "../../src/session/aliases";
 
 const E = env as unknown as Env;
 
@@ -41,13 +44,19 @@ async function connectionIds(): Promise<Set<string>> {
   return new Set((await listDurableObjectIds(E.CONNECTION)).map((id) => id.toString()));
 }
 
-/** Drops a connection object's in-memory state, as hibernation does; the attachment and storage stay. */
+/**
+ * Drops a connection object's in-memory state, as hibernation does: the socket attachment
+ * and storage stay; every in-memory helper starts empty, as after the constructor runs.
+ */
 async function simulateWake(id: string): Promise<void> {
-  await runInDurableObject(E.CONNECTION.get(E.CONNECTION.idFromString(id)), (instance) => {
+  await runInDurableObject(E.CONNECTION.get(E.CONNECTION.idFromString(id)), (instance, state) => {
     const mem = instance as unknown as Record<string, unknown>;
     mem.att = null;
-    mem.rx = undefined;
-    mem.out = null;
+    mem.meta = null;
+    mem.partial = new PartialPacket(state.storage);
+    mem.outbox = new Outbox(state.storage, 100);
+    mem.inboundQos2 = new InboundQos2(state.storage);
+    mem.aliases = new TopicAliases(state.storage);
   });
 }
 
