@@ -284,7 +284,45 @@ export function decodePacket(frame: Uint8Array, protocolVersion: ProtocolVersion
   if (leaked !== null) return { ok: false, error: leaked };
   const broken = findRuleViolation(packet, frame, protocolVersion);
   if (broken !== null) return { ok: false, error: broken };
+  const misplaced = findMisplacedProperty(packet);
+  if (misplaced !== null) return { ok: false, error: misplaced };
   return { ok: true, packet };
+}
+
+/**
+ * MQTT 5 properties a client may send in each packet (MQTT 5 §2.2.2.2: any other is a
+ * protocol error). mqtt-packet decodes a property wherever it appears, so it is checked here.
+ */
+const CLIENT_PROPERTIES: Partial<Record<Packet["cmd"], ReadonlySet<string>>> = {
+  connect: new Set(["sessionExpiryInterval", "receiveMaximum", "maximumPacketSize", "topicAliasMaximum", "requestResponseInformation", "requestProblemInformation", "userProperties", "authenticationMethod", "authenticationData"]),
+  // [MQTT-3.3.4-6]: a client never sends a Subscription Identifier in PUBLISH.
+  publish: new Set(["payloadFormatIndicator", "messageExpiryInterval", "topicAlias", "responseTopic", "correlationData", "userProperties", "contentType"]),
+  puback: new Set(["reasonString", "userProperties"]),
+  pubrec: new Set(["reasonString", "userProperties"]),
+  pubrel: new Set(["reasonString", "userProperties"]),
+  pubcomp: new Set(["reasonString", "userProperties"]),
+  subscribe: new Set(["subscriptionIdentifier", "userProperties"]),
+  unsubscribe: new Set(["userProperties"]),
+  disconnect: new Set(["sessionExpiryInterval", "reasonString", "userProperties", "serverReference"]),
+  auth: new Set(["authenticationMethod", "authenticationData", "reasonString", "userProperties"]),
+};
+
+const WILL_PROPERTIES: ReadonlySet<string> = new Set(["willDelayInterval", "payloadFormatIndicator", "messageExpiryInterval", "contentType", "responseTopic", "correlationData", "userProperties"]);
+
+function findMisplacedProperty(packet: Packet): string | null {
+  const allowed = CLIENT_PROPERTIES[packet.cmd];
+  const props: unknown = "properties" in packet ? packet.properties : undefined;
+  if (allowed && typeof props === "object" && props !== null) {
+    for (const name of Object.keys(props)) {
+      if (!allowed.has(name)) return `[MQTT-2.2.2-2]: property ${name} is not allowed in ${packet.cmd.toUpperCase()}`;
+    }
+  }
+  if (packet.cmd === "connect" && packet.will?.properties) {
+    for (const name of Object.keys(packet.will.properties)) {
+      if (!WILL_PROPERTIES.has(name)) return `[MQTT-2.2.2-2]: property ${name} is not allowed in the will`;
+    }
+  }
+  return null;
 }
 
 // ------------------------------------------------------------------ protocol rules

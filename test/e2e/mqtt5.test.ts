@@ -351,4 +351,43 @@ describe("MQTT 5.0", () => {
     expect(bad.status).toBe(400);
     c.raw.close();
   });
+
+  it("malformed 5.0 properties close with DISCONNECT 0x81: a duplicate property, a property not allowed in the packet", async () => {
+    const cases = [
+      // PUBLISH "a" with Content Type twice
+      [0x30, 0x0d, 0x00, 0x01, 0x61, 0x08, 0x03, 0x00, 0x01, 0x78, 0x03, 0x00, 0x01, 0x79, 0x70],
+      // PUBLISH "a" with Session Expiry Interval (a CONNECT/CONNACK/DISCONNECT property)
+      [0x30, 0x0a, 0x00, 0x01, 0x61, 0x05, 0x11, 0x00, 0x00, 0x00, 0x05, 0x70],
+    ];
+    for (const bytes of cases) {
+      const c = await raw5(uid());
+      c.raw.sendBytes(new Uint8Array(bytes));
+      const d = await c.raw.next("disconnect");
+      expect([0x81, 0x82]).toContain(d.cmd === "disconnect" ? d.reasonCode : -1);
+      await c.raw.waitClosed();
+    }
+  });
+
+  it("refusals use the 5.0 codes: client id not valid 0x85, expired token 0x87, multi-mode cap 0x97", async () => {
+    const acc = uid("acc");
+    const { createDevice } = await import("../helpers/admin");
+    const dev = await createDevice(acc);
+    const wrongId = await raw5("not-the-device", { username: dev.deviceId, password: Buffer.from(dev.password) });
+    expect(wrongId.ack.reasonCode).toBe(0x85);
+    const { SignJWT } = await import("jose");
+    const { inject } = await import("vitest");
+    const expired = await new SignJWT({ acc }).setProtectedHeader({ alg: "HS256" }).setSubject("late").setExpirationTime(Math.floor(Date.now() / 1000) - 60).sign(new TextEncoder().encode(inject("jwtSecret")));
+    const late = await raw5(uid(), { username: "late", password: Buffer.from(expired) });
+    expect(late.ack.reasonCode).toBe(0x87);
+    const token = await mintToken(acc, "fleet5");
+    const held: RawClient[] = [];
+    for (let i = 0; i < 100; i++) {
+      const r = await raw5(`fleet5-${i}`, { username: "fleet5", password: Buffer.from(token) });
+      expect(r.ack.reasonCode).toBe(0);
+      held.push(r.raw);
+    }
+    const over = await raw5("fleet5-100", { username: "fleet5", password: Buffer.from(token) });
+    expect(over.ack.reasonCode).toBe(0x97);
+    for (const r of held) r.close();
+  }, 60_000);
 });

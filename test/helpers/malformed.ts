@@ -85,6 +85,8 @@ export const prop = {
   reasonString: (v: string | readonly number[]): number[] => [0x1f, ...str(v)],
   user: (name: string | readonly number[], value: string | readonly number[]): number[] => [0x26, ...str(name), ...str(value)],
   messageExpiry: (seconds: number): number[] => [0x02, (seconds >>> 24) & 0xff, (seconds >> 16) & 0xff, (seconds >> 8) & 0xff, seconds & 0xff],
+  sessionExpiry: (seconds: number): number[] => [0x11, (seconds >>> 24) & 0xff, (seconds >> 16) & 0xff, (seconds >> 8) & 0xff, seconds & 0xff],
+  subscriptionIdentifier: (id: number): number[] => [0x0b, id & 0x7f],
 };
 
 export interface ConnectSpec {
@@ -288,6 +290,8 @@ export const MALFORMED: readonly WireCase[] = [
   V("PUBLISH QoS 1 with packet identifier 0", "MQTT-2.3.1-1", 4, publish({ topic: "a", qos: 1, id: 0 })),
   V("PUBLISH QoS 2 with packet identifier 0", "MQTT-2.3.1-1", 4, publish({ topic: "a", qos: 2, id: 0 })),
   V("5.0 PUBLISH QoS 1 with packet identifier 0", "MQTT-2.3.1-1", 5, publish({ topic: "a", qos: 1, id: 0, version: 5 })),
+  V("5.0 PUBLISH with a Session Expiry Interval (a property PUBLISH does not have)", "MQTT-2.2.2-2", 5, publish({ topic: "a", version: 5, properties: props(prop.sessionExpiry(5)) })),
+  V("5.0 PUBLISH from a client with a Subscription Identifier", "MQTT-2.2.2-2", 5, publish({ topic: "a", version: 5, properties: props(prop.subscriptionIdentifier(3)) })),
   V("SUBSCRIBE with packet identifier 0", "MQTT-2.3.1-1", 4, subscribe(0, [["a", 0]])),
   V("UNSUBSCRIBE with packet identifier 0", "MQTT-2.3.1-1", 4, unsubscribe(0, ["a"])),
   V("PUBACK with packet identifier 0", "MQTT-2.3.1-1", 4, frame(0x40, u16(0))),
@@ -312,6 +316,7 @@ export const MALFORMED: readonly WireCase[] = [
 
 /** Frames next to a rule that must still decode; `spec` names the rule they border. */
 export const VALID_NEIGHBOURS: readonly WireCase[] = [
+  V("5.0 PUBLISH with the properties PUBLISH may have", "MQTT-2.2.2-2", 5, publish({ topic: "a", version: 5, properties: props(prop.messageExpiry(5), prop.contentType("t"), prop.user("k", "v")) })),
   V("PUBREL with header flags 0010", "MQTT-2.2.2-1", 4, frame(0x62, u16(1))),
   V("SUBSCRIBE with header flags 0010", "MQTT-2.2.2-1", 4, subscribe(1, [["a", 0]])),
   V("UNSUBSCRIBE with header flags 0010", "MQTT-2.2.2-1", 4, unsubscribe(1, ["a"])),
