@@ -1,6 +1,7 @@
 import { DurableObject } from "cloudflare:workers";
 import { connectionStub, type Env } from "../env";
 import { errorMessage, log } from "../log";
+import { meterStorage } from "../metrics";
 
 export type ConnectionMode = "single" | "multi";
 
@@ -62,6 +63,7 @@ export class ConnectionLimiter extends DurableObject<Env> {
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
+    meterStorage(ctx, env, "limiter");
     void ctx.blockConcurrencyWhile(async () => {
       this.state = readState(await ctx.storage.get("state"));
     });

@@ -1,0 +1,506 @@
+// The bench scenarios. Each one sets up its clients (not measured), waits until the server is
+// quiet, measures one bounded phase (server CPU from /proc over the phase and until the server
+// is quiet again, generator CPU, wall time), then tears down. Every loop is bounded in count
+// and in time.
+import { MqttClient, payloadStamp, stampedPayload } from "./client.mjs";
+import { selfCpuMs, treeUsage } from "./proc.mjs";
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits until the server tree uses under `pct`% of a core for two 100 ms samples in a row (at most maxMs). */
+export async function waitQuiet(pid, { pct = 5, maxMs = 4000 } = {}) {
+  const end = performance.now() + maxMs;
+  let prev = treeUsage(pid);
+  let calm = 0;
+  while (performance.now() < end) {
+    await sleep(100);
+    const cur = treeUsage(pid);
+    const usedPct = ((cur.cpuMs - prev.cpuMs) / (cur.at - prev.at)) * 100;
+    prev = cur;
+    calm = usedPct < pct ? calm + 1 : 0;
+    if (calm >= 2) return true;
+  }
+  return false;
+}
+
+/** Measures server CPU (whole process tree), generator CPU and wall time around a phase. */
+class Meter {
+  constructor(peer) {
+    this.peer = peer;
+  }
+  async start() {
+    await waitQuiet(this.peer.pid);
+    if (this.peer.counters) await this.peer.counters.reset();
+    this.server0 = treeUsage(this.peer.pid);
+    this.gen0 = selfCpuMs();
+    this.t0 = performance.now();
+  }
+  /** Marks the end of the timed phase (throughput); CPU keeps counting until the server is quiet. */
+  mark() {
+    this.wallMs = performance.now() - this.t0;
+    this.genMs = selfCpuMs() - this.gen0;
+  }
+  async stop() {
+    if (this.wallMs === undefined) this.mark();
+    await waitQuiet(this.peer.pid);
+    const s1 = treeUsage(this.peer.pid);
+    const counters = this.peer.counters ? await this.peer.counters.read() : null;
+    const byComm = {};
+    for (const [comm, v] of Object.entries(s1.byComm)) byComm[comm] = v.cpuMs - (this.server0.byComm[comm]?.cpuMs ?? 0);
+    return {
+      wallMs: this.wallMs,
+      serverCpuMs: s1.cpuMs - this.server0.cpuMs,
+      serverCpuMsByCommand: byComm,
+      serverRssBytes: s1.rssBytes,
+      generatorCpuMs: this.genMs,
+      generatorCpuPct: (this.genMs / this.wallMs) * 100,
+      counters,
+    };
+  }
+}
+
+/** Opens `n` connections, at most `concurrency` at a time; returns the clients (null for failures). */
+async function connectMany(url, ids, { concurrency = 20, keepalive = 60 } = {}) {
+  const clients = new Array(ids.length).fill(null);
+  let next = 0;
+  let failures = 0;
+  let firstError = "";
+  const worker = async () => {
+    while (next < ids.length) {
+      const i = next++;
+      try {
+        clients[i] = await MqttClient.connect(url, { clientId: ids[i], keepalive, timeoutMs: 30_000 });
+      } catch (err) {
+        failures++;
+        firstError ||= err instanceof Error ? err.message : String(err);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, ids.length) }, worker));
+  return { clients, failures, firstError };
+}
+
+async function endAll(clients, concurrency = 50) {
+  const list = clients.filter(Boolean);
+  for (let i = 0; i < list.length; i += concurrency) await Promise.all(list.slice(i, i + concurrency).map((c) => c.end()));
+}
+
+/** Resolves when done() returns true, checked on each call of poke(), or after timeoutMs. */
+function completion(timeoutMs) {
+  let resolveFn;
+  let timedOut = false;
+  const promise = new Promise((r) => (resolveFn = r));
+  const timer = setTimeout(() => {
+    timedOut = true;
+    resolveFn();
+  }, timeoutMs);
+  return {
+    promise,
+    finish() {
+      clearTimeout(timer);
+      resolveFn();
+    },
+    get timedOut() {
+      return timedOut;
+    },
+  };
+}
+
+/** Finishes `done` early when any of `clients` loses its connection; returns a description getter. */
+function watchLost(clients, done) {
+  let lost = "";
+  for (const c of clients) {
+    c.onLost = (client) => {
+      lost ||= `${client.clientId} closed by the server (${client.closeInfo})`;
+      done.finish();
+    };
+  }
+  return () => lost;
+}
+
+export function percentile(values, p) {
+  if (values.length === 0) return NaN;
+  const s = [...values].sort((a, b) => a - b);
+  const i = Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1));
+  return s[i];
+}
+
+// ---------------------------------------------------------------- fan-in / fan-out
+
+/**
+ * Closed-loop QoS 0 flow from `pubs` to `subs`: publishes (round robin over the publishers,
+ * each to its own topic) while fewer than `window` deliveries are outstanding, for
+ * `durationMs` or `maxMessages` publishes, whichever comes first; then waits for the
+ * outstanding deliveries (at most `timeoutMs`).
+ */
+async function flow(peer, pubs, topics, subs, p) {
+  const fanout = subs.length;
+  const payload = stampedPayload(p.payload);
+  const meter = new Meter(peer);
+  await meter.start();
+  const stopAt = meter.t0 + p.durationMs;
+  let sent = 0;
+  let delivered = 0;
+  let sending = true;
+  let scheduled = false;
+  let lastDelivery = meter.t0;
+  const done = completion(p.durationMs + p.timeoutMs);
+  const pump = () => {
+    scheduled = false;
+    if (!sending) return;
+    while (sent < p.maxMessages && sent * fanout - delivered < p.window) {
+      const i = sent % pubs.length;
+      pubs[i].publish(topics[i], payload, 0);
+      sent++;
+    }
+    if (sent >= p.maxMessages || performance.now() >= stopAt) sending = false;
+  };
+  const onMessage = () => {
+    delivered++;
+    lastDelivery = performance.now();
+    if (!sending && delivered >= sent * fanout) done.finish();
+    else if (sending && !scheduled && sent * fanout - delivered <= p.window / 2) {
+      scheduled = true;
+      setImmediate(pump);
+    }
+  };
+  for (const s of subs) s.onMessage = onMessage;
+  const lost = watchLost([...pubs, ...subs], done);
+  // Stops sending at the deadline even when no delivery comes back to pump again.
+  const stopper = setTimeout(() => {
+    sending = false;
+    if (delivered >= sent * fanout) done.finish();
+  }, p.durationMs);
+  pump();
+  await done.promise;
+  clearTimeout(stopper);
+  meter.mark();
+  meter.wallMs = lastDelivery - meter.t0;
+  const m = await meter.stop();
+  const expected = sent * fanout;
+  return {
+    ...m,
+    lost: lost(),
+    sent,
+    expected,
+    delivered,
+    complete: delivered >= expected,
+    deliveriesPerSec: (delivered / m.wallMs) * 1000,
+    serverCpuUsPerDelivery: (m.serverCpuMs * 1000) / Math.max(1, delivered),
+    generatorCpuUsPerDelivery: (m.generatorCpuMs * 1000) / Math.max(1, delivered),
+  };
+}
+
+/** P publishers, each to its own topic, QoS 0; one `bench/in/#` subscriber. */
+export async function fanIn(peer, p, tag) {
+  const sub = await MqttClient.connect(peer.wsUrl, { clientId: `fi-sub-${tag}` });
+  await sub.subscribe("bench/in/#", 0);
+  const { clients: pubs, failures } = await connectMany(peer.wsUrl, Array.from({ length: p.publishers }, (_, i) => `fi-pub-${tag}-${i}`));
+  if (failures > 0) throw new Error(`fan-in: ${failures} publishers could not connect`);
+  const r = await flow(peer, pubs, pubs.map((_, i) => `bench/in/${i}`), [sub], p);
+  await endAll([sub, ...pubs]);
+  return r;
+}
+
+/** 1 publisher, S subscribers of `bench/out`, QoS 0. */
+export async function fanOut(peer, p, tag) {
+  const { clients: subs, failures } = await connectMany(peer.wsUrl, Array.from({ length: p.subscribers }, (_, i) => `fo-sub-${tag}-${i}`));
+  if (failures > 0) throw new Error(`fan-out: ${failures} subscribers could not connect`);
+  await Promise.all(subs.map((s) => s.subscribe("bench/out", 0)));
+  const pub = await MqttClient.connect(peer.wsUrl, { clientId: `fo-pub-${tag}` });
+  const r = await flow(peer, [pub], ["bench/out"], subs, p);
+  await endAll([pub, ...subs]);
+  return r;
+}
+
+// ---------------------------------------------------------------- QoS 1 round trip
+
+/**
+ * Each of `clients` clients subscribes to its own topic at QoS 1 and publishes QoS 1 to it,
+ * one message at a time: PUBACK latency (publish → PUBACK) and delivery latency
+ * (publish → the PUBLISH back), which it acknowledges.
+ */
+export async function qos1RoundTrip(peer, p, tag) {
+  const { clients, failures } = await connectMany(peer.wsUrl, Array.from({ length: p.clients }, (_, i) => `rt-${tag}-${i}`));
+  if (failures > 0) throw new Error(`qos1: ${failures} clients could not connect`);
+  await Promise.all(clients.map((c, i) => c.subscribe(`bench/rt/${i}`, 1)));
+  const puback = [];
+  const delivery = [];
+  const perClient = Math.ceil(p.maxMessages / p.clients);
+  const meter = new Meter(peer);
+  await meter.start();
+  const stopAt = meter.t0 + p.durationMs;
+  const deadline = stopAt + p.timeoutMs;
+  const loop = async (c, i) => {
+    const topic = `bench/rt/${i}`;
+    for (let k = 0; k < perClient && performance.now() < stopAt && !c.closed; k++) {
+      await new Promise((resolve) => {
+        let acked = false;
+        let got = false;
+        const t0 = performance.now();
+        const timer = setTimeout(resolve, Math.max(1, deadline - t0));
+        c.onLost = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+        const check = () => {
+          if (acked && got) {
+            clearTimeout(timer);
+            resolve();
+          }
+        };
+        c.onPuback = () => {
+          puback.push(performance.now() - t0);
+          acked = true;
+          check();
+        };
+        c.onMessage = (_t, payload) => {
+          delivery.push(performance.now() - payloadStamp(payload));
+          got = true;
+          check();
+        };
+        c.publish(topic, stampedPayload(p.payload), 1);
+      });
+    }
+  };
+  await Promise.all(clients.map(loop));
+  meter.mark();
+  const m = await meter.stop();
+  await endAll(clients);
+  const n = Math.min(puback.length, delivery.length);
+  return {
+    ...m,
+    expected: puback.length,
+    delivered: delivery.length,
+    complete: delivery.length >= puback.length && puback.length > 0,
+    roundTripsPerSec: (n / m.wallMs) * 1000,
+    pubackP50Ms: percentile(puback, 50),
+    pubackP99Ms: percentile(puback, 99),
+    deliveryP50Ms: percentile(delivery, 50),
+    deliveryP99Ms: percentile(delivery, 99),
+    serverCpuUsPerDelivery: (m.serverCpuMs * 1000) / Math.max(1, delivery.length),
+  };
+}
+
+// ---------------------------------------------------------------- connect storm + idle hold
+
+/**
+ * C connections (keep alive 60 s) with bounded concurrency: connects/s and CONNACK latency
+ * (socket creation → CONNACK); then the connections stay idle for `holdMs` and the server's
+ * RSS growth per held connection is read.
+ */
+export async function connectStorm(peer, p, tag) {
+  await waitQuiet(peer.pid);
+  const rssBefore = treeUsage(peer.pid).rssBytes;
+  const meter = new Meter(peer);
+  await meter.start();
+  const ids = Array.from({ length: p.connections }, (_, i) => `storm-${i}`);
+  const { clients, failures, firstError } = await connectMany(peer.wsUrl, ids, { concurrency: p.concurrency, keepalive: 60 });
+  meter.mark();
+  const m = await meter.stop();
+  const ok = clients.filter(Boolean);
+  const connack = ok.map((c) => c.connackMs);
+  // Idle hold: sample RSS through the hold, keep the last (steady) value.
+  const holdStart = treeUsage(peer.pid);
+  await sleep(p.holdMs);
+  const holdEnd = treeUsage(peer.pid);
+  await endAll(ok);
+  await waitQuiet(peer.pid);
+  void tag;
+  return {
+    ...m,
+    expected: p.connections,
+    delivered: ok.length,
+    complete: failures === 0,
+    failures,
+    firstError,
+    connectsPerSec: (ok.length / m.wallMs) * 1000,
+    connackP50Ms: percentile(connack, 50),
+    connackP99Ms: percentile(connack, 99),
+    serverCpuMsPerConnect: m.serverCpuMs / Math.max(1, ok.length),
+    rssBeforeBytes: rssBefore,
+    rssHeldBytes: holdEnd.rssBytes,
+    rssKiBPerConnection: (holdEnd.rssBytes - rssBefore) / 1024 / Math.max(1, ok.length),
+    idleCpuPctDuringHold: ((holdEnd.cpuMs - holdStart.cpuMs) / (holdEnd.at - holdStart.at)) * 100,
+  };
+}
+
+// ---------------------------------------------------------------- retained on subscribe
+
+/** N retained topics (stored with QoS 1 publishes beforehand), then one `bench/ret/#` subscriber: time until all N arrive. */
+export async function retainedOnSubscribe(peer, p, tag) {
+  const pub = await MqttClient.connect(peer.wsUrl, { clientId: `ret-pub-${tag}` });
+  const payload = stampedPayload(p.payload);
+  const storeAll = async (body) => {
+    let sent = 0;
+    let acked = 0;
+    const done = completion(p.timeoutMs);
+    const pump = () => {
+      while (sent < p.topics && sent - acked < 100) pub.publish(`bench/ret/${sent++}`, body, 1, true);
+    };
+    pub.onPuback = () => {
+      acked++;
+      if (acked >= p.topics) done.finish();
+      else pump();
+    };
+    pump();
+    await done.promise;
+    return acked;
+  };
+  const stored = await storeAll(payload);
+  if (stored < p.topics) throw new Error(`retained: only ${stored}/${p.topics} retained publishes acknowledged`);
+  const sub = await MqttClient.connect(peer.wsUrl, { clientId: `ret-sub-${tag}` });
+  // Repeated SUBSCRIBEs of the same filter: each one delivers every retained message again
+  // [MQTT-3.8.4-3]. Cycles until durationMs (at least one) or maxCycles.
+  const meter = new Meter(peer);
+  await meter.start();
+  const stopAt = meter.t0 + p.durationMs;
+  let delivered = 0;
+  let complete = true;
+  const cycleMs = [];
+  const firstMs = [];
+  while (cycleMs.length < p.maxCycles && (cycleMs.length === 0 || performance.now() < stopAt)) {
+    const t0 = performance.now();
+    let got = 0;
+    const done = completion(p.timeoutMs);
+    sub.onMessage = (_t, _payload, _qos, retain) => {
+      if (!retain) return;
+      if (got === 0) firstMs.push(performance.now() - t0);
+      got++;
+      delivered++;
+      if (got >= p.topics) done.finish();
+    };
+    sub.onLost = () => done.finish();
+    void sub.subscribe("bench/ret/#", p.subQos);
+    await done.promise;
+    if (done.timedOut || sub.closed) {
+      complete = false;
+      break;
+    }
+    cycleMs.push(performance.now() - t0);
+  }
+  meter.mark();
+  const m = await meter.stop();
+  await sub.end();
+  // Clear the retained messages so later rounds start from the same state.
+  await storeAll(Buffer.alloc(0));
+  await pub.end();
+  return {
+    ...m,
+    cycles: cycleMs.length,
+    expected: p.topics * Math.max(1, cycleMs.length),
+    delivered,
+    complete,
+    retainedPerSec: (delivered / m.wallMs) * 1000,
+    firstRetainedP50Ms: percentile(firstMs, 50),
+    allRetainedP50Ms: percentile(cycleMs, 50),
+    serverCpuUsPerDelivery: (m.serverCpuMs * 1000) / Math.max(1, delivered),
+  };
+}
+
+// ---------------------------------------------------------------- cost (broker counters)
+
+/**
+ * One publisher, one subscriber, N messages at `qos`: paced (one message at a time, as a
+ * sparse sensor would) or in a burst (up to `window` in flight, which lets the broker batch).
+ * Returns the billable units the broker counted, per message.
+ */
+export async function costMessages(peer, { qos, mode, messages, window = 100, payload: size = 64, timeoutMs = 60_000 }, tag) {
+  const sub = await MqttClient.connect(peer.wsUrl, { clientId: `cost-sub-${tag}` });
+  await sub.subscribe("bench/cost", qos);
+  const pub = await MqttClient.connect(peer.wsUrl, { clientId: `cost-pub-${tag}` });
+  const meter = new Meter(peer);
+  await meter.start();
+  let sent = 0;
+  let delivered = 0;
+  let acked = 0;
+  const done = completion(timeoutMs);
+  const limit = mode === "paced" ? 1 : window;
+  const finished = () => delivered >= messages && (qos === 0 || acked >= messages);
+  const pump = () => {
+    while (sent < messages && sent - Math.min(delivered, qos === 0 ? delivered : acked) < limit) {
+      pub.publish("bench/cost", stampedPayload(size), qos);
+      sent++;
+    }
+  };
+  const progress = () => {
+    if (finished()) done.finish();
+    else pump();
+  };
+  sub.onMessage = () => {
+    delivered++;
+    progress();
+  };
+  pub.onPuback = () => {
+    acked++;
+    progress();
+  };
+  pump();
+  await done.promise;
+  // Barrier: each connection answers a PINGREQ only after the packets before it (the
+  // subscriber's PUBACKs), so every unit of these messages is counted once both answer.
+  await Promise.all([sub.ping(), pub.ping()]);
+  meter.mark();
+  const m = await meter.stop();
+  await endAll([sub, pub]);
+  const c = m.counters;
+  if (c) c.totals.wsIn -= 2; // the two barrier PINGREQs
+  return { ...m, qos, mode, expected: messages, delivered, complete: delivered >= messages, serverCpuUsPerDelivery: (m.serverCpuMs * 1000) / Math.max(1, delivered) };
+}
+
+/**
+ * Idle connections that only keep alive: C connections with keep alive K seconds, each
+ * sending PINGREQ every K seconds, counted over a window of whole keep-alive periods once in
+ * steady state. The broker's units per PINGREQ scale to an idle connection-day at 60 s keep
+ * alive (1,440 PINGREQs) as long as 1.5 K + 1 s < 2 K (K > 2 s): then, as at K = 60 s, the
+ * keep-alive alarm fires once per period.
+ */
+export async function costIdle(peer, { connections, keepalive, periods }, tag) {
+  const ids = Array.from({ length: connections }, (_, i) => `idle-${tag}-${i}`);
+  const { clients, failures } = await connectMany(peer.wsUrl, ids, { concurrency: 20, keepalive });
+  if (failures > 0) throw new Error(`idle: ${failures} clients could not connect`);
+  const periodMs = keepalive * 1000;
+  let running = true;
+  let window = null; // [t0, t1] while counting
+  let pings = 0;
+  const loops = clients.map(async (c, i) => {
+    await sleep((periodMs / connections) * i); // spread the pings over the period
+    while (running && !c.closed) {
+      const t = performance.now();
+      if (window && t >= window[0] && t < window[1]) pings++;
+      await c.ping();
+      await sleep(periodMs - (performance.now() - t));
+    }
+  });
+  await sleep(2 * periodMs + 500); // steady state: every connection has pinged and its alarm follows the pings
+  if (peer.counters) await peer.counters.reset();
+  const s0 = treeUsage(peer.pid);
+  const g0 = selfCpuMs();
+  const t0 = performance.now();
+  window = [t0, t0 + periods * periodMs];
+  await sleep(periods * periodMs);
+  const counters = peer.counters ? await peer.counters.read() : null;
+  const s1 = treeUsage(peer.pid);
+  const wallMs = performance.now() - t0;
+  const generatorCpuMs = selfCpuMs() - g0;
+  running = false;
+  await Promise.all(loops);
+  const dropped = clients.filter((c) => c.closed).length;
+  await endAll(clients);
+  await waitQuiet(peer.pid);
+  const serverCpuMs = s1.cpuMs - s0.cpuMs;
+  return {
+    dropped,
+    wallMs,
+    serverCpuMs,
+    generatorCpuMs,
+    counters,
+    connections,
+    keepalive,
+    pings,
+    expected: connections * periods,
+    delivered: pings,
+    complete: dropped === 0,
+    serverCpuUsPerPing: (serverCpuMs * 1000) / Math.max(1, pings),
+  };
+}

@@ -1,0 +1,254 @@
+// The servers under test, each started on 127.0.0.1 as its own process (group) so its CPU time
+// and memory can be read from /proc, and stopped by its own PID only.
+import { spawn, spawnSync } from "node:child_process";
+import { cpSync, existsSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+const WRANGLER = join(ROOT, "node_modules/.bin/wrangler");
+
+/** A free TCP port on 127.0.0.1. */
+export function freePort() {
+  return new Promise((ok, fail) => {
+    const srv = createServer();
+    srv.once("error", fail);
+    srv.listen(0, "127.0.0.1", () => {
+      const addr = srv.address();
+      srv.close(() => ok(typeof addr === "object" && addr ? addr.port : 0));
+    });
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Keeps the last lines of a child's output for error messages (and drains the pipe). */
+function tail(child, max = 200) {
+  const lines = [];
+  const take = (d) => {
+    for (const l of d.toString().split("\n")) {
+      if (l === "") continue;
+      lines.push(l);
+      if (lines.length > max) lines.shift();
+    }
+  };
+  child.stdout?.on("data", take);
+  child.stderr?.on("data", take);
+  return () => lines.join("\n");
+}
+
+function killGroup(child, signal) {
+  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+  try {
+    process.kill(-child.pid, signal);
+  } catch {
+    // already gone
+  }
+}
+
+async function waitExit(child, ms) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  await new Promise((ok) => {
+    const t = setTimeout(ok, ms);
+    child.once("exit", () => {
+      clearTimeout(t);
+      ok();
+    });
+  });
+}
+
+/** Every child started here, so an interrupted bench can stop them (by their own PIDs). */
+const started = new Set();
+export function stopAllNow() {
+  for (const child of started) killGroup(child, "SIGKILL");
+}
+
+function track(child) {
+  started.add(child);
+  child.once("exit", () => started.delete(child));
+}
+
+async function stopChild(child) {
+  killGroup(child, "SIGTERM");
+  await waitExit(child, 5000);
+  killGroup(child, "SIGKILL");
+  await waitExit(child, 2000);
+}
+
+/** What `wrangler dev` needs of the project, copied for the bench's snapshot. */
+const SNAPSHOT = ["src", "migrations", "public", "scripts", "wrangler.toml", "package.json", "tsconfig.json"];
+
+/**
+ * The broker: `wrangler dev` (local mode) in its own process group, with its own temporary
+ * persist directory, anonymous access into account `bench`, and the billable-unit counters on.
+ * It runs from a snapshot of the working tree taken at start: `wrangler dev` rebuilds and
+ * restarts on every source change, which would reset the objects (and the counters) mid-run
+ * whenever someone edits src/ while the bench runs.
+ */
+export async function startBroker({ vars = {} } = {}) {
+  const port = await freePort();
+  const app = mkdtempSync(join(tmpdir(), "mqtt-bench-app-"));
+  for (const entry of SNAPSHOT) {
+    if (existsSync(join(ROOT, entry))) cpSync(join(ROOT, entry), join(app, entry), { recursive: true, filter: (src) => !src.includes("/public/vendor") });
+  }
+  symlinkSync(join(ROOT, "node_modules"), join(app, "node_modules"));
+  const persistDir = mkdtempSync(join(tmpdir(), "mqtt-bench-broker-"));
+  const env = {
+    ...process.env,
+    CLOUDFLARE_CF_FETCH_ENABLED: "false",
+    WRANGLER_SEND_METRICS: "false",
+    XDG_CONFIG_HOME: join(ROOT, ".wrangler/config"),
+    NO_COLOR: "1",
+  };
+  const mig = spawnSync(WRANGLER, ["d1", "migrations", "apply", "DB", "--local", "--persist-to", persistDir], {
+    cwd: app,
+    env: { ...env, CI: "true" },
+    encoding: "utf8",
+  });
+  if (mig.status !== 0) throw new Error(`D1 migrations failed:\n${mig.stdout}\n${mig.stderr}`);
+  // The per-connection publish rate limit is a policy, not a capacity: lifted for the bench
+  // (the other brokers have none), or the publishers would be disconnected.
+  const allVars = { ANONYMOUS_ACCOUNT: "bench", BENCH_COUNTERS: "1", PUBLISH_RATE_PER_SECOND: "1000000000", PUBLISH_BURST: "1000000000", ...vars };
+  const args = ["dev", "--ip", "127.0.0.1", "--port", String(port), "--persist-to", persistDir, "--show-interactive-dev-session=false", "--log-level", "warn"];
+  for (const [k, v] of Object.entries(allVars)) args.push("--var", `${k}:${v}`);
+  const child = spawn(WRANGLER, args, { cwd: app, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+  track(child);
+  const output = tail(child);
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`wrangler dev exited early (${child.exitCode}):\n${output()}`);
+    try {
+      if ((await fetch(`${url}/health`)).ok) break;
+    } catch {
+      // not up yet
+    }
+    if (Date.now() > deadline) {
+      await stopChild(child);
+      throw new Error(`wrangler dev did not answer /health within 60 s:\n${output()}`);
+    }
+    await sleep(200);
+  }
+  const counters = {
+    async reset() {
+      const res = await fetch(`${url}/__bench/counters/reset`, { method: "POST" });
+      if (!res.ok) throw new Error(`counter reset: HTTP ${res.status}`);
+    },
+    async read() {
+      const res = await fetch(`${url}/__bench/counters`);
+      if (!res.ok) throw new Error(`counters: HTTP ${res.status}`);
+      return res.json();
+    },
+  };
+  return {
+    name: "broker",
+    label: "broker (wrangler dev)",
+    wsUrl: `ws://127.0.0.1:${port}/mqtt`,
+    pid: child.pid,
+    counters,
+    output,
+    async stop() {
+      await stopChild(child);
+      rmSync(persistDir, { recursive: true, force: true });
+      rmSync(app, { recursive: true, force: true });
+    },
+  };
+}
+
+/** aedes over WebSocket, in a child process (bench/peers/aedes-server.mjs). */
+export async function startAedes() {
+  const port = await freePort();
+  const child = spawn(process.execPath, [join(ROOT, "bench/peers/aedes-server.mjs"), String(port)], {
+    cwd: ROOT,
+    detached: true,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  track(child);
+  const output = tail(child);
+  await new Promise((ok, fail) => {
+    const t = setTimeout(() => fail(new Error(`aedes did not start:\n${output()}`)), 15_000);
+    child.stdout.on("data", (d) => {
+      if (d.toString().includes("ready")) {
+        clearTimeout(t);
+        ok();
+      }
+    });
+    child.once("exit", (code) => fail(new Error(`aedes exited (${code}):\n${output()}`)));
+  });
+  return {
+    name: "aedes",
+    label: "aedes 1.2 (node, ws)",
+    wsUrl: `ws://127.0.0.1:${port}/`,
+    pid: child.pid,
+    counters: null,
+    output,
+    stop: () => stopChild(child),
+  };
+}
+
+/** The path of `mosquitto` on PATH, or null. */
+export function findMosquitto() {
+  for (const dir of (process.env.PATH ?? "").split(":").concat(["/usr/sbin", "/usr/local/sbin"])) {
+    if (dir && existsSync(join(dir, "mosquitto"))) return join(dir, "mosquitto");
+  }
+  return null;
+}
+
+/** mosquitto with one WebSocket listener on 127.0.0.1 (only when it is installed). */
+export async function startMosquitto(bin) {
+  const port = await freePort();
+  const tcpPort = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), "mqtt-bench-mosquitto-"));
+  const conf = join(dir, "mosquitto.conf");
+  writeFileSync(
+    conf,
+    [
+      // Debian's mosquitto 2.0.11 exits with "Unable to start any listening sockets" when its
+      // only listener is a WebSocket one: an unused plain listener keeps it up.
+      `listener ${tcpPort} 127.0.0.1`,
+      `listener ${port} 127.0.0.1`,
+      "protocol websockets",
+      // Without it libwebsockets binds every interface instead of 127.0.0.1.
+      "socket_domain ipv4",
+      "allow_anonymous true",
+      "persistence false",
+      "log_dest stderr",
+      "log_type error",
+      "max_queued_messages 100000",
+      "",
+    ].join("\n"),
+  );
+  const child = spawn(bin, ["-c", conf], { cwd: dir, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+  track(child);
+  const output = tail(child);
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`mosquitto exited (${child.exitCode}):\n${output()}`);
+    const up = await new Promise((ok) => {
+      const s = createServer();
+      s.once("error", () => ok(true)); // port taken = listening
+      s.listen(port, "127.0.0.1", () => s.close(() => ok(false)));
+    });
+    if (up) break;
+    if (Date.now() > deadline) {
+      await stopChild(child);
+      throw new Error(`mosquitto did not listen within 10 s:\n${output()}`);
+    }
+    await sleep(100);
+  }
+  const version = spawnSync(bin, ["-h"], { encoding: "utf8" }).stdout?.match(/mosquitto version ([\d.]+)/)?.[1] ?? "";
+  return {
+    name: "mosquitto",
+    label: `mosquitto ${version} (C, libwebsockets)`.replace("  ", " "),
+    wsUrl: `ws://127.0.0.1:${port}/`,
+    pid: child.pid,
+    counters: null,
+    output,
+    async stop() {
+      await stopChild(child);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,272 @@
+#!/usr/bin/env node
+// `npm run bench [-- --quick] [-- flags]`: the broker (wrangler dev, local mode) side by side
+// with aedes (and mosquitto when it is on the PATH), driven by one lean load generator over
+// WebSocket, scenarios interleaved over repeated rounds; medians and broker/peer ratios, and
+// the broker's own billable-unit counters turned into a cost per message and per idle
+// connection-day. Writes bench/results/bench-<time>.{json,md} and prints the tables.
+// See bench/README.md.
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpus, loadavg, totalmem } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { spawnSync } from "node:child_process";
+import { connectStorm, costIdle, costMessages, fanIn, fanOut, qos1RoundTrip, retainedOnSubscribe } from "./lib/scenarios.mjs";
+import { findMosquitto, startAedes, startBroker, startMosquitto, stopAllNow } from "./lib/servers.mjs";
+import { connectTable, costTable, doDollars, generatorTable, idleTable, performanceTable, ratios, summarize, unitsPer } from "./lib/report.mjs";
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const started = Date.now();
+
+const { values: flags } = parseArgs({
+  options: {
+    quick: { type: "boolean", default: false },
+    rounds: { type: "string" },
+    peers: { type: "string", default: "broker,aedes,mosquitto" },
+    scenarios: { type: "string", default: "fan-in,fan-out,qos1,connect,retained,cost" },
+    publishers: { type: "string" },
+    "duration-ms": { type: "string" },
+    "max-messages": { type: "string" },
+    subscribers: { type: "string" },
+    window: { type: "string" },
+    "rt-clients": { type: "string" },
+    connections: { type: "string" },
+    concurrency: { type: "string" },
+    "hold-ms": { type: "string" },
+    retained: { type: "string" },
+    "retained-sub-qos": { type: "string" },
+    "retained-cycles": { type: "string" },
+    payload: { type: "string" },
+    "cost-messages": { type: "string" },
+    "idle-connections": { type: "string" },
+    "idle-periods": { type: "string" },
+    "timeout-ms": { type: "string" },
+    out: { type: "string", default: join(HERE, "results") },
+    help: { type: "boolean", default: false },
+  },
+});
+
+if (flags.help) {
+  console.log(readFileSync(join(HERE, "README.md"), "utf8").split("## Flags")[1]?.split("\n## ")[0] ?? "see bench/README.md");
+  process.exit(0);
+}
+
+const q = flags.quick;
+const num = (name, full, quick) => {
+  const v = flags[name];
+  if (v === undefined) return q ? quick : full;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new Error(`--${name} wants a number, got ${v}`);
+  return n;
+};
+
+const params = {
+  rounds: num("rounds", 5, 3),
+  payload: num("payload", 64, 64),
+  timeoutMs: num("timeout-ms", 60_000, 20_000),
+  durationMs: num("duration-ms", 5000, 1200),
+  maxMessages: num("max-messages", 1_000_000, 200_000),
+  fanIn: { publishers: num("publishers", 50, 10), window: num("window", 1000, 500) },
+  fanOut: { subscribers: num("subscribers", 100, 20), window: num("window", 2000, 1000) },
+  qos1: { clients: num("rt-clients", 1, 1) },
+  connect: { connections: num("connections", 1000, 200), concurrency: num("concurrency", 50, 20), holdMs: num("hold-ms", 10_000, 2000) },
+  retained: { topics: num("retained", 1000, 200), subQos: num("retained-sub-qos", 0, 0), maxCycles: num("retained-cycles", 1000, 1000) },
+  cost: { messages: num("cost-messages", 500, 100), window: 100, idleConnections: num("idle-connections", 50, 20), idlePeriods: num("idle-periods", 10, 5), idleKeepalive: 3 },
+};
+const wanted = new Set(flags.peers.split(",").map((s) => s.trim()));
+const scenarios = flags.scenarios.split(",").map((s) => s.trim());
+
+const log = (...a) => console.log(`[bench ${((Date.now() - started) / 1000).toFixed(0).padStart(3)} s]`, ...a);
+
+for (const sig of ["SIGINT", "SIGTERM"]) {
+  process.on(sig, () => {
+    stopAllNow();
+    process.exit(130);
+  });
+}
+
+const peers = [];
+async function main() {
+  log(`starting servers (${q ? "quick" : "full"} run, ${params.rounds} rounds)`);
+  if (wanted.has("broker")) peers.push(await startBroker());
+  if (wanted.has("aedes")) peers.push(await startAedes());
+  const mosquittoBin = findMosquitto();
+  if (wanted.has("mosquitto")) {
+    if (mosquittoBin) peers.push(await startMosquitto(mosquittoBin));
+    else log("mosquitto is not on the PATH: compared with aedes only");
+  }
+  log(`peers: ${peers.map((p) => `${p.label} pid ${p.pid}`).join("; ")}`);
+  const load0 = loadavg();
+
+  // Warm-up (JIT, first object creation), not recorded.
+  for (const peer of peers) {
+    const warm = { payload: params.payload, timeoutMs: params.timeoutMs, durationMs: 300, maxMessages: 2000 };
+    await fanIn(peer, { ...warm, publishers: 4, window: 200 }, "warm");
+    await qos1RoundTrip(peer, { ...warm, clients: 1 }, "warm");
+  }
+
+  const common = { payload: params.payload, timeoutMs: params.timeoutMs, durationMs: params.durationMs, maxMessages: params.maxMessages };
+  const table = {
+    "fan-in": (peer, tag) => fanIn(peer, { ...common, ...params.fanIn }, tag),
+    "fan-out": (peer, tag) => fanOut(peer, { ...common, ...params.fanOut }, tag),
+    qos1: (peer, tag) => qos1RoundTrip(peer, { ...common, ...params.qos1 }, tag),
+    connect: (peer, tag) => connectStorm(peer, { ...common, ...params.connect }, tag),
+    retained: (peer, tag) => retainedOnSubscribe(peer, { ...common, ...params.retained }, tag),
+  };
+  const runs = {};
+  for (let round = 0; round < params.rounds; round++) {
+    for (const scenario of scenarios) {
+      const fn = table[scenario];
+      if (!fn) continue;
+      // Interleave: every peer runs this scenario before the next one, in a rotating order.
+      const order = peers.map((_, i) => peers[(i + round) % peers.length]);
+      for (const peer of order) {
+        const r = await fn(peer, `r${round}`);
+        ((runs[scenario] ??= {})[peer.name] ??= []).push(r);
+        log(`round ${round + 1}/${params.rounds} ${scenario.padEnd(8)} ${peer.name.padEnd(9)} ${headline(scenario, r)}`);
+      }
+    }
+  }
+
+  let cost = null;
+  const broker = peers.find((p) => p.name === "broker");
+  if (broker && scenarios.includes("cost")) cost = await costModel(broker, runs.connect?.broker ?? []);
+  const load1 = loadavg();
+
+  const medians = summarize(runs);
+  const result = {
+    date: new Date().toISOString(),
+    durationS: (Date.now() - started) / 1000,
+    mode: q ? "quick" : "full",
+    machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? "", memGiB: Math.round(totalmem() / 2 ** 30), node: process.version, loadavgBefore: load0, loadavgAfter: load1 },
+    source: gitSource(),
+    params,
+    peers: peers.map((p) => ({ name: p.name, label: p.label })),
+    medians,
+    ratios: ratios(medians),
+    cost,
+    runs,
+  };
+  const md = markdown(result);
+  mkdirSync(flags.out, { recursive: true });
+  const stamp = result.date.replace(/[:.]/g, "-");
+  writeFileSync(join(flags.out, `bench-${stamp}.json`), JSON.stringify(result, null, 2) + "\n");
+  writeFileSync(join(flags.out, `bench-${stamp}.md`), md);
+  writeFileSync(join(flags.out, "latest.json"), JSON.stringify(result, null, 2) + "\n");
+  writeFileSync(join(flags.out, "latest.md"), md);
+  console.log(`\n${md}`);
+  log(`wrote ${join(flags.out, `bench-${stamp}.{json,md}`)} (and latest.*)`);
+}
+
+/** The commit the broker was built from, and whether the working tree had other changes. */
+function gitSource() {
+  const git = (...args) => spawnSync("git", args, { cwd: join(HERE, ".."), encoding: "utf8" }).stdout?.trim() ?? "";
+  const changed = git("status", "--porcelain", "--", "src", "wrangler.toml").split("\n").filter(Boolean).length;
+  return { commit: git("rev-parse", "--short", "HEAD"), uncommittedSrcFiles: changed };
+}
+
+function headline(scenario, r) {
+  const inc = r.complete === false ? `  INCOMPLETE ${r.delivered}/${r.expected}${r.lost ? `: ${r.lost}` : ""}` : "";
+  const cpu = `server CPU ${r.serverCpuMs.toFixed(0)} ms, generator ${r.generatorCpuPct.toFixed(0)}% of a core`;
+  switch (scenario) {
+    case "fan-in":
+    case "fan-out":
+      return `${r.deliveriesPerSec.toFixed(0)} deliveries/s, ${cpu}${inc}`;
+    case "qos1":
+      return `PUBACK p50 ${r.pubackP50Ms.toFixed(2)} ms, delivery p50 ${r.deliveryP50Ms.toFixed(2)} ms, ${cpu}${inc}`;
+    case "connect":
+      return `${r.connectsPerSec.toFixed(0)} connects/s, CONNACK p99 ${r.connackP99Ms.toFixed(1)} ms, ${(r.rssKiBPerConnection).toFixed(0)} KiB/conn${r.failures ? `, ${r.failures} failed (${r.firstError})` : ""}`;
+    case "retained":
+      return `${r.retainedPerSec.toFixed(0)} retained/s over ${r.cycles} subscribes, all ${r.expected / Math.max(1, r.cycles)} in ${r.allRetainedP50Ms.toFixed(1)} ms (p50), ${cpu}${inc}`;
+    default:
+      return "";
+  }
+}
+
+/** The broker's billable units per message and per idle connection-day, from its counters. */
+async function costModel(broker, connectRuns) {
+  const prices = JSON.parse(readFileSync(join(HERE, "prices.json"), "utf8"));
+  const messages = [];
+  for (const qos of [0, 1]) {
+    for (const mode of ["paced", "burst"]) {
+      const r = await costMessages(broker, { qos, mode, messages: params.cost.messages, window: params.cost.window, payload: params.payload, timeoutMs: params.timeoutMs }, `${qos}${mode}`);
+      const units = unitsPer(r.counters, r.delivered);
+      const cpuMsPerMessage = r.serverCpuMs / r.delivered;
+      messages.push({ qos, mode, window: params.cost.window, messages: r.delivered, counters: r.counters, unitsPerMessage: units, serverCpuMsPerMessage: cpuMsPerMessage, dollarsPerMessage: doDollars(units, cpuMsPerMessage, prices) });
+      log(`cost QoS ${qos} ${mode}: ${units.doRequests.toFixed(2)} DO requests, ${units.wsIn.toFixed(2)} WS messages in, ${units.rowsWritten.toFixed(2)} rows written per message`);
+    }
+  }
+  let idle = null;
+  const r = await costIdle(broker, { connections: params.cost.idleConnections, keepalive: params.cost.idleKeepalive, periods: params.cost.idlePeriods }, "c");
+  if (r.counters && r.pings > 0) {
+    const perPing = unitsPer(r.counters, r.pings);
+    const perDay = Object.fromEntries(Object.entries(perPing).map(([k, v]) => [k, v * 1440]));
+    const cpuMsPerDay = (r.serverCpuMs / r.pings) * 1440;
+    idle = { pings: r.pings, keepalive: r.keepalive, connections: r.connections, counters: r.counters, unitsPerPing: perPing, unitsPerDay: perDay, serverCpuMsPerPing: r.serverCpuMs / r.pings, dollarsPerDay: doDollars(perDay, cpuMsPerDay, prices) };
+    log(`cost idle: per PINGREQ ${perPing.wsIn.toFixed(2)} WS messages in, ${perPing.alarmRun.toFixed(2)} alarms, ${perPing.rowsWritten.toFixed(2)} rows written`);
+  }
+  // Connects: from the connect storm's counters (CONNECT → CONNACK, clean session), median round by CPU.
+  let connect = null;
+  const withCounters = connectRuns.filter((c) => c.counters && c.delivered > 0).sort((a, b) => a.serverCpuMsPerConnect - b.serverCpuMsPerConnect);
+  const mid = withCounters[Math.floor(withCounters.length / 2)];
+  if (mid) {
+    const units = unitsPer(mid.counters, mid.delivered);
+    connect = { connections: mid.delivered, counters: mid.counters, unitsPerConnect: units, serverCpuMsPerConnect: mid.serverCpuMsPerConnect, dollarsPerConnect: doDollars(units, mid.serverCpuMsPerConnect, prices) };
+  }
+  return { prices, messages, idle, connect };
+}
+
+function markdown(r) {
+  const peerList = r.peers.map((p) => `${p.name} = ${p.label}`).join("; ");
+  const p = r.params;
+  const parts = [
+    `## Bench ${r.mode} run, ${r.date.slice(0, 16).replace("T", " ")} UTC`,
+    "",
+    `${r.machine.cpus} × ${r.machine.cpuModel}, ${r.machine.memGiB} GiB, Node ${r.machine.node}; load average ${r.machine.loadavgBefore.map((x) => x.toFixed(2)).join(" ")} before, ${r.machine.loadavgAfter.map((x) => x.toFixed(2)).join(" ")} after. ` +
+      `Broker built from ${r.source.commit}${r.source.uncommittedSrcFiles ? ` plus ${r.source.uncommittedSrcFiles} uncommitted file(s) under src/` : ""}. ` +
+      `Medians of ${p.rounds} interleaved rounds, ${r.durationS.toFixed(0)} s in all. Peers: ${peerList}. ` +
+      `Server CPU and RSS: the whole process tree of each server, from /proc. Ratios are broker ÷ peer (↑: higher is better, ↓: lower is better).`,
+    "",
+    `Parameters: each timed run lasts ${p.durationMs / 1000} s (at most ${p.maxMessages.toLocaleString("en-US")} messages). Fan-in: ${p.fanIn.publishers} publishers, QoS 0, each to its own topic → 1 \`bench/in/#\` subscriber, ` +
+      `at most ${p.fanIn.window} deliveries outstanding; fan-out: 1 publisher, QoS 0 → ${p.fanOut.subscribers} subscribers, at most ${p.fanOut.window} deliveries outstanding; ` +
+      `QoS 1 round trip: ${p.qos1.clients} client(s) publishing QoS 1 to their own subscription, one message at a time; connect storm: ${p.connect.connections} connections, ${p.connect.concurrency} at a time, keep alive 60 s, then held idle ${p.connect.holdMs / 1000} s; ` +
+      `retained: ${p.retained.topics} retained topics, a \`bench/ret/#\` subscription (QoS ${p.retained.subQos}) repeated; payload ${p.payload} bytes.`,
+    "",
+    performanceTable(r.medians, r.peers),
+    "",
+    "The load generator's own CPU (to show it was not the bottleneck):",
+    "",
+    generatorTable(r.medians, r.peers),
+  ];
+  if (r.cost) {
+    parts.push(
+      "",
+      `### Cost model (broker counters, prices read ${r.cost.prices.read})`,
+      "",
+      `Counted by the broker itself (BENCH_COUNTERS=1) over ${p.cost.messages} messages per row. Dollars: Cloudflare Durable Objects list prices above the included amounts ` +
+        "(requests $0.15/M with incoming WebSocket messages at 20:1, rows written $1.00/M, rows read $0.001/M); the duration estimate prices the broker's local CPU time per message as " +
+        "128 MB × seconds at $12.50/M GB-s (Cloudflare bills wall-clock time while an object is active, which is at least that). AWS IoT Core: $1.00/M messages, counting the inbound and " +
+        "outbound PUBLISH (and at QoS 1 the subscriber's PUBACK), $0.08/M connection-minutes.",
+      "",
+      costTable(r.cost, r.cost.prices),
+      "",
+      idleTable(r.cost.idle, r.cost.prices),
+      "",
+      connectTable(r.cost.connect, r.cost.prices),
+    );
+  }
+  return parts.join("\n") + "\n";
+}
+
+try {
+  await main();
+} catch (err) {
+  console.error(`bench failed: ${err instanceof Error ? err.stack : err}`);
+  for (const peer of peers) {
+    if (peer.output) console.error(`--- last output of ${peer.name}:\n${peer.output().split("\n").slice(-30).join("\n")}`);
+  }
+  process.exitCode = 1;
+} finally {
+  for (const peer of peers) await peer.stop().catch(() => {});
+  stopAllNow();
+}
