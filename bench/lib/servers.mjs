@@ -61,8 +61,17 @@ async function waitExit(child, ms) {
 
 /** Every child started here, so an interrupted bench can stop them (by their own PIDs). */
 const started = new Set();
+/** Temporary directories made here, removed by stopAllNow as well. */
+const tempDirs = new Set();
 export function stopAllNow() {
   for (const child of started) killGroup(child, "SIGKILL");
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+}
+
+function tempDir(prefix) {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  tempDirs.add(dir);
+  return dir;
 }
 
 function track(child) {
@@ -89,12 +98,12 @@ const SNAPSHOT = ["src", "migrations", "public", "scripts", "wrangler.toml", "pa
  */
 export async function startBroker({ vars = {} } = {}) {
   const port = await freePort();
-  const app = mkdtempSync(join(tmpdir(), "mqtt-bench-app-"));
+  const app = tempDir("mqtt-bench-app-");
   for (const entry of SNAPSHOT) {
     if (existsSync(join(ROOT, entry))) cpSync(join(ROOT, entry), join(app, entry), { recursive: true, filter: (src) => !src.includes("/public/vendor") });
   }
   symlinkSync(join(ROOT, "node_modules"), join(app, "node_modules"));
-  const persistDir = mkdtempSync(join(tmpdir(), "mqtt-bench-broker-"));
+  const persistDir = tempDir("mqtt-bench-broker-");
   const env = {
     ...process.env,
     CLOUDFLARE_CF_FETCH_ENABLED: "false",
@@ -200,7 +209,7 @@ export function findMosquitto() {
 export async function startMosquitto(bin) {
   const port = await freePort();
   const tcpPort = await freePort();
-  const dir = mkdtempSync(join(tmpdir(), "mqtt-bench-mosquitto-"));
+  const dir = tempDir("mqtt-bench-mosquitto-");
   const conf = join(dir, "mosquitto.conf");
   writeFileSync(
     conf,
