@@ -396,6 +396,7 @@ export class MqttConnection extends DurableObject<Env> {
     att.keepAlive = clampKeepAlive(requestedKeepAlive, limits);
     att.maxPacketOut = props?.maximumPacketSize ?? 0;
     this.outbox.setWindow(Math.min(limits.maxInflight, props?.receiveMaximum ?? 65535));
+    this.outbox.setEphemeral(expirySeconds === 0);
     att.receiveMax = Math.min(limits.maxInflight, props?.receiveMaximum ?? 65535);
     const meta: ConnMeta = {
       account, clientId, cleanStart, expirySeconds, will, protocolVersion: version, identity,
@@ -814,6 +815,7 @@ export class MqttConnection extends DurableObject<Env> {
     if (!att) throw new Error("socket without a valid attachment");
     this.att = att;
     this.outbox.setWindow(att.receiveMax);
+    this.outbox.setEphemeral(att.clean);
     return att;
   }
 

@@ -43,8 +43,19 @@ function isRecord(v: unknown): v is OutRecord {
 export class Outbox {
   private records: Map<number, OutRecord> | null = null;
   private readonly byPid = new Map<number, OutRecord>();
+  /** Sequence numbers of the records that are in storage. */
+  private readonly stored = new Set<number>();
   private nextSeq = 0;
   private nextPid = 1;
+  /**
+   * A session that ends with its connection (clean session, MQTT 5 expiry 0) never
+   * redelivers, so a QoS 1 message sent on the socket need not be stored: only the ones
+   * that wait for room in the window (they must outlive hibernation), QoS 2 ones (their
+   * packet ids must not be reused while the client holds them) and shared-subscription
+   * ones (handed back to their group if the session ends) are. Saves two rows written per
+   * QoS 1 delivery.
+   */
+  private ephemeral = false;
 
   constructor(
     private readonly storage: DurableObjectStorage,
@@ -54,6 +65,33 @@ export class Outbox {
   /** The in-flight window: the smaller of the broker's and the client's Receive Maximum (MQTT 5). */
   setWindow(n: number): void {
     this.maxInflight = Math.max(1, n);
+  }
+
+  setEphemeral(ephemeral: boolean): void {
+    this.ephemeral = ephemeral;
+  }
+
+  private mustStore(record: OutRecord): boolean {
+    return !this.ephemeral || record.state === "queued" || record.message.qos === 2 || record.message.share !== undefined;
+  }
+
+  /** Writes or deletes `record` so storage holds it exactly when it must. */
+  private sync(record: OutRecord, writes: Record<string, OutRecord>, deletes: string[]): void {
+    if (this.mustStore(record)) {
+      writes[outKey(record.seq)] = record;
+      this.stored.add(record.seq);
+    } else if (this.stored.delete(record.seq)) deletes.push(outKey(record.seq));
+  }
+
+  private async forget(record: OutRecord): Promise<void> {
+    this.byPid.delete(record.pid);
+    this.records?.delete(record.seq);
+    if (this.stored.delete(record.seq)) await this.storage.delete(outKey(record.seq));
+  }
+
+  private async flush(writes: Record<string, OutRecord>, deletes: string[]): Promise<void> {
+    if (Object.keys(writes).length > 0) await this.storage.put(writes);
+    if (deletes.length > 0) await this.storage.delete(deletes);
   }
 
   /** Number of messages sent and not yet completed. */
@@ -69,6 +107,7 @@ export class Outbox {
     for (const value of stored.values()) {
       if (!isRecord(value)) continue;
       records.set(value.seq, value);
+      this.stored.add(value.seq);
       this.nextSeq = Math.max(this.nextSeq, value.seq + 1);
       if (value.pid > 0) {
         this.byPid.set(value.pid, value);
@@ -107,13 +146,13 @@ export class Outbox {
         record = { seq, pid: 0, state: "queued", dup: message.dup === true, message: plain };
       }
       records.set(seq, record);
-      writes[outKey(seq)] = record;
+      this.sync(record, writes, []);
       if (record.state === "sent") actions.push({ kind: "publish", record });
       else if (record.state === "released") actions.push({ kind: "pubrel", pid: record.pid });
     }
     // Written before anything is sent or acknowledged upstream: the output gate holds both
     // until the write is durable.
-    if (actions.length > 0 || Object.keys(writes).length > 0) await this.storage.put(writes);
+    await this.flush(writes, []);
     return actions;
   }
 
@@ -127,9 +166,7 @@ export class Outbox {
     if (!record) return [];
     const expected = ack === "puback" ? record.message.qos === 1 : record.state === "released";
     if (!expected) return [];
-    this.byPid.delete(pid);
-    this.records?.delete(record.seq);
-    await this.storage.delete(outKey(record.seq));
+    await this.forget(record);
     return this.admit();
   }
 
@@ -138,9 +175,7 @@ export class Outbox {
     await this.load();
     const record = this.byPid.get(pid);
     if (!record) return [];
-    this.byPid.delete(pid);
-    this.records?.delete(record.seq);
-    await this.storage.delete(outKey(record.seq));
+    await this.forget(record);
     return this.admit();
   }
 
@@ -151,7 +186,10 @@ export class Outbox {
     if (!record || record.message.qos !== 2) return false;
     if (record.state !== "released") {
       record.state = "released";
-      await this.storage.put(outKey(record.seq), record);
+      const writes: Record<string, OutRecord> = {};
+      const deletes: string[] = [];
+      this.sync(record, writes, deletes);
+      await this.flush(writes, deletes);
     }
     return true;
   }
@@ -172,6 +210,7 @@ export class Outbox {
     const records = this.records;
     if (!records) return [];
     const writes: Record<string, OutRecord> = {};
+    const deletes: string[] = [];
     const actions: OutAction[] = [];
     for (const record of records.values()) {
       if (this.byPid.size >= this.maxInflight) break;
@@ -179,10 +218,10 @@ export class Outbox {
       record.pid = this.allocatePid();
       record.state = "sent";
       this.byPid.set(record.pid, record);
-      writes[outKey(record.seq)] = record;
+      this.sync(record, writes, deletes);
       actions.push({ kind: "publish", record });
     }
-    if (actions.length > 0) await this.storage.put(writes);
+    await this.flush(writes, deletes);
     return actions;
   }
 
@@ -201,6 +240,7 @@ export class Outbox {
   reset(): void {
     this.records = new Map();
     this.byPid.clear();
+    this.stored.clear();
   }
 
   private allocatePid(): number {

@@ -94,4 +94,26 @@ describe("MqttConnection in workerd", () => {
     await router.publish(account, [{ topic: "c/1", payload: new Uint8Array([1]), qos: 1, retain: false }]);
     expect(await session.stats()).toEqual({ online: false, persistent: true, queued: 1, dropped: 0 });
   });
+
+  for (const clean of [true, false]) {
+    it(`stores an unacknowledged QoS 1 delivery only for a persistent session (clean = ${clean})`, async () => {
+      const before = await connectionIds();
+      const c = await open();
+      const clientId = `store-${clean}-${crypto.randomUUID()}`;
+      c.ws.send(encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean, keepalive: 60, clientId }));
+      await c.next("connack");
+      c.ws.send(encode({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic: `store/${clientId}`, qos: 1 }] }));
+      await c.next("suback");
+      const id = [...(await connectionIds())].find((x) => !before.has(x));
+      if (!id) throw new Error("connection object not found");
+      await routerStub(E, "dev").publish("dev", [{ topic: `store/${clientId}`, payload: new Uint8Array([1]), qos: 1, retain: false }]);
+      const delivered = await c.next("publish"); // received, not acknowledged yet
+      const keys = await runInDurableObject(E.CONNECTION.get(E.CONNECTION.idFromString(id)), async (_i, state) =>
+        [...(await state.storage.list({ prefix: "o:" })).keys()],
+      );
+      expect(keys.length).toBe(clean ? 0 : 1);
+      if (delivered.cmd === "publish") c.ws.send(encode({ cmd: "puback", messageId: delivered.messageId }));
+      c.ws.close();
+    });
+  }
 });
