@@ -134,6 +134,9 @@ async function main() {
   const load1 = loadavg();
 
   const medians = summarize(runs);
+  // Memory: a server's allocator keeps what the first storm took and reuses it in later
+  // rounds, so the first round is the one that shows what fresh connections cost.
+  for (const [peer, list] of Object.entries(runs.connect ?? {})) medians.connect[peer].rssKiBPerConnectionFirstRound = list[0]?.rssKiBPerConnection;
   const result = {
     date: new Date().toISOString(),
     durationS: (Date.now() - started) / 1000,
@@ -187,14 +190,19 @@ function headline(scenario, r) {
 async function costModel(broker, connectRuns) {
   const prices = JSON.parse(readFileSync(join(HERE, "prices.json"), "utf8"));
   const messages = [];
-  for (const qos of [0, 1]) {
-    for (const mode of ["paced", "burst"]) {
-      const r = await costMessages(broker, { qos, mode, messages: params.cost.messages, window: params.cost.window, payload: params.payload, timeoutMs: params.timeoutMs }, `${qos}${mode}`);
-      const units = unitsPer(r.counters, r.delivered);
-      const cpuMsPerMessage = r.serverCpuMs / r.delivered;
-      messages.push({ qos, mode, window: params.cost.window, messages: r.delivered, counters: r.counters, unitsPerMessage: units, serverCpuMsPerMessage: cpuMsPerMessage, dollarsPerMessage: doDollars(units, cpuMsPerMessage, prices) });
-      log(`cost QoS ${qos} ${mode}: ${units.doRequests.toFixed(2)} DO requests, ${units.wsIn.toFixed(2)} WS messages in, ${units.rowsWritten.toFixed(2)} rows written per message`);
-    }
+  const cases = [
+    { qos: 0, mode: "paced" },
+    { qos: 0, mode: "burst" },
+    { qos: 1, mode: "paced" },
+    { qos: 1, mode: "burst" },
+    { qos: 1, mode: "paced", persistent: true },
+  ];
+  for (const { qos, mode, persistent = false } of cases) {
+    const r = await costMessages(broker, { qos, mode, persistent, messages: params.cost.messages, window: params.cost.window, payload: params.payload, timeoutMs: params.timeoutMs }, `${qos}${mode}${persistent ? "p" : ""}`);
+    const units = unitsPer(r.counters, r.delivered);
+    const cpuMsPerMessage = r.serverCpuMs / r.delivered;
+    messages.push({ qos, mode, persistent, window: params.cost.window, messages: r.delivered, counters: r.counters, unitsPerMessage: units, serverCpuMsPerMessage: cpuMsPerMessage, dollarsPerMessage: doDollars(units, cpuMsPerMessage, prices) });
+    log(`cost QoS ${qos} ${mode}${persistent ? " persistent" : ""}: ${units.doRequests.toFixed(2)} DO requests, ${units.wsIn.toFixed(2)} WS messages in, ${units.rowsWritten.toFixed(2)} rows written per message`);
   }
   let idle = null;
   const r = await costIdle(broker, { connections: params.cost.idleConnections, keepalive: params.cost.idleKeepalive, periods: params.cost.idlePeriods }, "c");

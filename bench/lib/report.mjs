@@ -30,7 +30,8 @@ export const METRICS = {
     ["connackP50Ms", "CONNACK p50 ms", false],
     ["connackP99Ms", "CONNACK p99 ms", false],
     ["serverCpuMsPerConnect", "server CPU ms/connect", false],
-    ["rssKiBPerConnection", "server RSS KiB/held connection", false],
+    ["rssKiBPerConnectionFirstRound", "server RSS KiB/held connection, first round", false],
+    ["rssKiBPerConnection", "same, median of all rounds", false],
   ],
   retained: [
     ["retainedPerSec", "retained msgs/s on subscribe", true],
@@ -182,7 +183,7 @@ export function costTable(cost, prices) {
     const $ = c.dollarsPerMessage;
     const awsPerM = aws.messagingPerMillion * aws.messagesPerDelivery[c.qos === 0 ? "qos0" : "qos1"];
     lines.push(
-      `| QoS ${c.qos}, ${c.mode === "paced" ? "one at a time" : `burst (${c.window} in flight)`} | ${fmt(u.doRequests)} | ${fmt(u.wsIn)} | ${fmt(u.billedRequests)} | ${fmt(u.rowsWritten)} | ${fmt(u.rowsRead)} | ${money(($.requests + $.rows) * 1e6)} | ${money($.duration * 1e6)} | ${money(awsPerM)} |`,
+      `| QoS ${c.qos}, ${c.mode === "paced" ? "one at a time" : `burst (${c.window} in flight)`}${c.persistent ? ", persistent subscriber (clean session = false)" : ""} | ${fmt(u.doRequests)} | ${fmt(u.wsIn)} | ${fmt(u.billedRequests)} | ${fmt(u.rowsWritten)} | ${fmt(u.rowsRead)} | ${money(($.requests + $.rows) * 1e6)} | ${money($.duration * 1e6)} | ${money(awsPerM)} |`,
     );
   }
   return lines.join("\n");

@@ -405,8 +405,8 @@ export async function retainedOnSubscribe(peer, p, tag) {
  * sparse sensor would) or in a burst (up to `window` in flight, which lets the broker batch).
  * Returns the billable units the broker counted, per message.
  */
-export async function costMessages(peer, { qos, mode, messages, window = 100, payload: size = 64, timeoutMs = 60_000 }, tag) {
-  const sub = await MqttClient.connect(peer.wsUrl, { clientId: `cost-sub-${tag}` });
+export async function costMessages(peer, { qos, mode, messages, window = 100, payload: size = 64, timeoutMs = 60_000, persistent = false }, tag) {
+  const sub = await MqttClient.connect(peer.wsUrl, { clientId: `cost-sub-${tag}`, clean: !persistent });
   await sub.subscribe("bench/cost", qos);
   const pub = await MqttClient.connect(peer.wsUrl, { clientId: `cost-pub-${tag}` });
   const meter = new Meter(peer);
