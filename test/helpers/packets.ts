@@ -1,16 +1,8 @@
 /** Byte-level builders for hand-made (often deliberately invalid) MQTT packets. */
+import { varint } from "./malformed";
 
 /** MQTT variable-length encoding of a Remaining Length (minimal form). */
-export function remainingLength(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let byte = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) byte |= 0x80;
-    out.push(byte);
-  } while (n > 0);
-  return out;
-}
+export const remainingLength = varint;
 
 export function concat(parts: ArrayLike<number>[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
