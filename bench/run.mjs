@@ -11,8 +11,8 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { spawnSync } from "node:child_process";
-import { connectStorm, costIdle, costMessages, fanIn, fanOut, qos1RoundTrip, retainedOnSubscribe } from "./lib/scenarios.mjs";
-import { findMosquitto, startAedes, startBroker, startMosquitto, stopAllNow } from "./lib/servers.mjs";
+import { connectStorm, costIdle, costMessages, fanIn, fanOut, probeShared, qos1RoundTrip, retainedOnSubscribe, shared } from "./lib/scenarios.mjs";
+import { findMosquitto, startAedes, startBridge, startBroker, startMosquitto, stopAllNow } from "./lib/servers.mjs";
 import { connectTable, costTable, doDollars, generatorTable, idleTable, performanceTable, ratios, summarize, unitsPer } from "./lib/report.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -23,11 +23,13 @@ const { values: flags } = parseArgs({
     quick: { type: "boolean", default: false },
     rounds: { type: "string" },
     peers: { type: "string", default: "broker,aedes,mosquitto" },
-    scenarios: { type: "string", default: "fan-in,fan-out,qos1,connect,retained,cost" },
+    scenarios: { type: "string", default: "fan-in,fan-in-tcp,fan-out,shared,qos1,connect,retained,cost" },
     publishers: { type: "string" },
     "duration-ms": { type: "string" },
     "max-messages": { type: "string" },
     subscribers: { type: "string" },
+    members: { type: "string" },
+    "shared-qos": { type: "string" },
     window: { type: "string" },
     "rt-clients": { type: "string" },
     connections: { type: "string" },
@@ -68,6 +70,7 @@ const params = {
   maxMessages: num("max-messages", 1_000_000, 200_000),
   fanIn: { publishers: num("publishers", 50, 10), window: num("window", 1000, 500) },
   fanOut: { subscribers: num("subscribers", 100, 20), window: num("window", 2000, 1000) },
+  shared: { members: num("members", 8, 4), qos: num("shared-qos", 0, 0), window: num("window", 1000, 500) },
   qos1: { clients: num("rt-clients", 1, 1) },
   connect: { connections: num("connections", 1000, 200), concurrency: num("concurrency", 50, 20), holdMs: num("hold-ms", 10_000, 2000) },
   retained: { topics: num("retained", 1000, 200), subQos: num("retained-sub-qos", 0, 0), maxCycles: num("retained-cycles", 1000, 1000) },
@@ -88,26 +91,49 @@ for (const sig of ["SIGINT", "SIGTERM"]) {
 const peers = [];
 async function main() {
   log(`starting servers (${q ? "quick" : "full"} run, ${params.rounds} rounds)`);
-  if (wanted.has("broker")) peers.push(await startBroker());
+  if (wanted.has("broker")) {
+    const broker = await startBroker();
+    peers.push(broker);
+    // The native row: plain TCP through the project's bridge (its own process, its own PID).
+    if (scenarios.includes("fan-in-tcp")) {
+      broker.bridge = await startBridge(broker.wsUrl);
+      broker.tcpUrl = broker.bridge.tcpUrl;
+    }
+  }
   if (wanted.has("aedes")) peers.push(await startAedes());
   const mosquittoBin = findMosquitto();
   if (wanted.has("mosquitto")) {
     if (mosquittoBin) peers.push(await startMosquitto(mosquittoBin));
     else log("mosquitto is not on the PATH: compared with aedes only");
   }
-  log(`peers: ${peers.map((p) => `${p.label} pid ${p.pid}`).join("; ")}`);
+  log(`peers: ${peers.map((p) => `${p.label} pid ${p.pid}${p.bridge ? ` (bridge pid ${p.bridge.pid})` : ""}`).join("; ")}`);
   const load0 = loadavg();
+
+  // Shared subscriptions: measured only on peers that implement them (aedes 1.2 does not).
+  const unsupported = {};
+  if (scenarios.includes("shared")) {
+    for (const peer of peers) {
+      const why = await probeShared(peer);
+      if (why) {
+        (unsupported.shared ??= {})[peer.name] = why;
+        log(`shared: ${peer.name} does not implement $share: ${why}`);
+      }
+    }
+  }
 
   // Warm-up (JIT, first object creation), not recorded.
   for (const peer of peers) {
     const warm = { payload: params.payload, timeoutMs: params.timeoutMs, durationMs: 300, maxMessages: 2000 };
     await fanIn(peer, { ...warm, publishers: 4, window: 200 }, "warm");
     await qos1RoundTrip(peer, { ...warm, clients: 1 }, "warm");
+    if (peer.tcpUrl && scenarios.includes("fan-in-tcp")) await fanIn(peer, { ...warm, publishers: 4, window: 200 }, "warm", { native: true });
   }
 
   const common = { payload: params.payload, timeoutMs: params.timeoutMs, durationMs: params.durationMs, maxMessages: params.maxMessages };
   const table = {
     "fan-in": (peer, tag) => fanIn(peer, { ...common, ...params.fanIn }, tag),
+    "fan-in-tcp": (peer, tag) => (peer.tcpUrl ? fanIn(peer, { ...common, ...params.fanIn }, tag, { native: true }) : null),
+    shared: (peer, tag) => (unsupported.shared?.[peer.name] ? null : shared(peer, { ...common, ...params.shared }, tag)),
     "fan-out": (peer, tag) => fanOut(peer, { ...common, ...params.fanOut }, tag),
     qos1: (peer, tag) => qos1RoundTrip(peer, { ...common, ...params.qos1 }, tag),
     connect: (peer, tag) => connectStorm(peer, { ...common, ...params.connect }, tag),
@@ -122,6 +148,7 @@ async function main() {
       const order = peers.map((_, i) => peers[(i + round) % peers.length]);
       for (const peer of order) {
         const r = await fn(peer, `r${round}`);
+        if (r === null) continue; // not applicable to this peer
         ((runs[scenario] ??= {})[peer.name] ??= []).push(r);
         log(`round ${round + 1}/${params.rounds} ${scenario.padEnd(8)} ${peer.name.padEnd(9)} ${headline(scenario, r)}`);
       }
@@ -146,6 +173,7 @@ async function main() {
     params,
     peers: peers.map((p) => ({ name: p.name, label: p.label })),
     medians,
+    unsupported,
     ratios: ratios(medians),
     cost,
     runs,
@@ -175,6 +203,10 @@ function headline(scenario, r) {
     case "fan-in":
     case "fan-out":
       return `${r.deliveriesPerSec.toFixed(0)} deliveries/s, ${cpu}${inc}`;
+    case "fan-in-tcp":
+      return `${r.deliveriesPerSec.toFixed(0)} deliveries/s, ${cpu}${r.bridgeCpuMs !== undefined ? `, bridge CPU ${r.bridgeCpuMs.toFixed(0)} ms` : ""}${inc}`;
+    case "shared":
+      return `${r.deliveriesPerSec.toFixed(0)} deliveries/s over ${r.members} members (${r.perMemberMin}–${r.perMemberMax} each), ${r.duplicates} duplicates, ${r.missing} missing, ${cpu}${inc}`;
     case "qos1":
       return `PUBACK p50 ${r.pubackP50Ms.toFixed(2)} ms, delivery p50 ${r.deliveryP50Ms.toFixed(2)} ms, ${cpu}${inc}`;
     case "connect":
@@ -224,6 +256,15 @@ async function costModel(broker, connectRuns) {
   return { prices, messages, idle, connect };
 }
 
+/** Footnotes for the "n/a" cells: what the probe saw. */
+function unsupportedNotes(unsupported) {
+  const notes = [];
+  for (const [scenario, byPeer] of Object.entries(unsupported ?? {})) {
+    for (const [peer, why] of Object.entries(byPeer)) notes.push(`n/a: ${peer} does not implement shared subscriptions (${scenario} probe: ${why}); not measured.`);
+  }
+  return notes.length ? ["", ...notes] : [];
+}
+
 function markdown(r) {
   const peerList = r.peers.map((p) => `${p.name} = ${p.label}`).join("; ");
   const p = r.params;
@@ -236,11 +277,14 @@ function markdown(r) {
       `Server CPU and RSS: the whole process tree of each server, from /proc. Ratios are broker ÷ peer (↑: higher is better, ↓: lower is better).`,
     "",
     `Parameters: each timed run lasts ${p.durationMs / 1000} s (at most ${p.maxMessages.toLocaleString("en-US")} messages). Fan-in: ${p.fanIn.publishers} publishers, QoS 0, each to its own topic → 1 \`bench/in/#\` subscriber, ` +
-      `at most ${p.fanIn.window} deliveries outstanding; fan-out: 1 publisher, QoS 0 → ${p.fanOut.subscribers} subscribers, at most ${p.fanOut.window} deliveries outstanding; ` +
+      `at most ${p.fanIn.window} deliveries outstanding; fan-in over TCP: the same, every client on plain TCP (the broker through the bridge, \`bridge/cli.mjs\`, its CPU measured apart; aedes and mosquitto on their own TCP listeners); ` +
+      `fan-out: 1 publisher, QoS 0 → ${p.fanOut.subscribers} subscribers, at most ${p.fanOut.window} deliveries outstanding; ` +
+      `shared: 1 publisher, QoS ${p.shared.qos} → a \`$share/bench/bench/shared\` group of ${p.shared.members} members, at most ${p.shared.window} deliveries outstanding, each message checked to arrive exactly once across the group; ` +
       `QoS 1 round trip: ${p.qos1.clients} client(s) publishing QoS 1 to their own subscription, one message at a time; connect storm: ${p.connect.connections} connections, ${p.connect.concurrency} at a time, keep alive 60 s, then held idle ${p.connect.holdMs / 1000} s; ` +
       `retained: ${p.retained.topics} retained topics, a \`bench/ret/#\` subscription (QoS ${p.retained.subQos}) repeated; payload ${p.payload} bytes.`,
     "",
-    performanceTable(r.medians, r.peers),
+    performanceTable(r.medians, r.peers, r.unsupported),
+    ...unsupportedNotes(r.unsupported),
     "",
     "The load generator's own CPU (to show it was not the bottleneck):",
     "",
@@ -275,6 +319,9 @@ try {
   }
   process.exitCode = 1;
 } finally {
-  for (const peer of peers) await peer.stop().catch(() => {});
+  for (const peer of peers) {
+    await peer.bridge?.stop().catch(() => {});
+    await peer.stop().catch(() => {});
+  }
   stopAllNow();
 }

@@ -1,8 +1,10 @@
-// A lean MQTT 3.1.1 client over WebSocket for the load generator: raw `ws`, packets built
-// with mqtt-packet (one MQTT packet per WebSocket frame), and an incremental framer that
+// A lean MQTT 3.1.1 client for the load generator, over WebSocket (raw `ws`, one MQTT packet
+// per WebSocket frame) or over plain TCP (`mqtt://host:port`, a net.Socket, one write per
+// packet): packets built with mqtt-packet, and an incremental framer that
 // cuts packets out of the byte stream whatever the frame boundaries (a peer may split one
 // packet over several frames or put several packets in one), decoding only what the bench
 // needs. Callbacks, not promises, on the per-message paths.
+import net from "node:net";
 import mqttPacket from "mqtt-packet";
 import WebSocket from "ws";
 
@@ -115,7 +117,7 @@ export function payloadStamp(payload) {
 export class MqttClient {
   /**
    * Opens the socket and sends CONNECT; resolves with the client once CONNACK 0 arrives.
-   * @param {string} url
+   * @param {string} url  `ws://…` (WebSocket, subprotocol mqtt) or `mqtt://host:port` (plain TCP)
    * @param {{clientId: string, keepalive?: number, clean?: boolean, timeoutMs?: number}} opts
    */
   static connect(url, opts) {
@@ -155,22 +157,41 @@ export class MqttClient {
         if (code === 0) resolve(this);
         else fail(new Error(`${clientId}: CONNACK ${code}`));
       };
-      const ws = new WebSocket(url, "mqtt", { perMessageDeflate: false, skipUTF8Validation: true, handshakeTimeout: timeoutMs });
-      this.ws = ws;
-      ws.binaryType = "nodebuffer";
-      ws.on("open", () => ws.send(generate({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean, clientId, keepalive })));
-      ws.on("message", (data) => this.framer.push(/** @type {Buffer} */ (data)));
-      ws.on("error", (err) => {
-        if (!this.closed) fail(err);
-      });
-      ws.on("close", (code, reason) => {
+      const onClose = (info) => {
         const wasOpen = !this.closed;
         this.closed = true;
-        this.closeInfo = `${code} ${reason.toString()}`.trim();
+        this.closeInfo = info;
         for (const w of this.pingWaiters.splice(0)) w(); // no PINGRESP will come
         fail(new Error(`${clientId}: socket closed (${this.closeInfo})`));
         if (wasOpen && !this.ending && this.onLost) this.onLost(this);
-      });
+      };
+      const onError = (err) => {
+        if (!this.closed) fail(err);
+      };
+      const connect = generate({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean, clientId, keepalive });
+      if (url.startsWith("mqtt://") || url.startsWith("tcp://")) {
+        const { hostname, port } = new URL(url);
+        const sock = net.connect({ host: hostname, port: Number(port) || 1883, noDelay: true });
+        this.sock = sock;
+        /** @param {Buffer} b */
+        this.send = (b) => void sock.write(b);
+        this.closeSocket = () => sock.end();
+        sock.on("connect", () => sock.write(connect));
+        sock.on("data", (data) => this.framer.push(data));
+        sock.on("error", onError);
+        sock.on("close", (hadError) => onClose(hadError ? "TCP error" : "TCP closed"));
+      } else {
+        const ws = new WebSocket(url, "mqtt", { perMessageDeflate: false, skipUTF8Validation: true, handshakeTimeout: timeoutMs });
+        this.sock = ws;
+        ws.binaryType = "nodebuffer";
+        /** @param {Buffer} b */
+        this.send = (b) => ws.send(b);
+        this.closeSocket = () => ws.close(1000);
+        ws.on("open", () => ws.send(connect));
+        ws.on("message", (data) => this.framer.push(/** @type {Buffer} */ (data)));
+        ws.on("error", onError);
+        ws.on("close", (code, reason) => onClose(`${code} ${reason.toString()}`.trim()));
+      }
     });
   }
 
@@ -226,14 +247,14 @@ export class MqttClient {
     const messageId = this.pid();
     return new Promise((resolve) => {
       this.subWaiters.set(messageId, resolve);
-      this.ws.send(generate({ cmd: "subscribe", messageId, subscriptions: [{ topic: filter, qos }] }));
+      this.send(generate({ cmd: "subscribe", messageId, subscriptions: [{ topic: filter, qos }] }));
     });
   }
 
   /** Sends a PUBLISH; returns its packet id (0 for QoS 0). */
   publish(topic, payload, qos = 0, retain = false) {
     const pid = qos > 0 ? this.pid() : 0;
-    this.ws.send(publishBytes(topic, payload, qos, pid, retain));
+    this.send(publishBytes(topic, payload, qos, pid, retain));
     return pid;
   }
 
@@ -242,14 +263,14 @@ export class MqttClient {
     b[0] = 0x40;
     b[1] = 2;
     b.writeUInt16BE(pid, 2);
-    this.ws.send(b);
+    this.send(b);
   }
 
   /** PINGREQ; resolves on PINGRESP. The broker answers in order, so this is also a barrier. */
   ping() {
     return new Promise((resolve) => {
       this.pingWaiters.push(resolve);
-      this.ws.send(PINGREQ_BYTES);
+      this.send(PINGREQ_BYTES);
     });
   }
 
@@ -258,10 +279,10 @@ export class MqttClient {
     this.ending = true;
     if (this.closed) return Promise.resolve();
     return new Promise((resolve) => {
-      this.ws.once("close", () => resolve());
+      this.sock.once("close", () => resolve());
       try {
-        this.ws.send(DISCONNECT_BYTES);
-        this.ws.close(1000);
+        this.send(DISCONNECT_BYTES);
+        this.closeSocket();
       } catch {
         resolve();
       }
@@ -275,7 +296,8 @@ export class MqttClient {
   kill() {
     this.closed = true;
     try {
-      this.ws?.terminate();
+      if (this.sock instanceof net.Socket) this.sock.destroy();
+      else this.sock?.terminate();
     } catch {
       // already gone
     }

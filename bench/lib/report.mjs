@@ -13,7 +13,17 @@ export const METRICS = {
     ["deliveriesPerSec", "deliveries/s", true],
     ["serverCpuUsPerDelivery", "server CPU µs/delivery", false],
   ],
+  "fan-in-tcp": [
+    ["deliveriesPerSec", "deliveries/s", true],
+    ["serverCpuUsPerDelivery", "server CPU µs/delivery", false],
+    ["bridgeCpuUsPerDelivery", "bridge CPU µs/delivery", false],
+    ["serverPlusBridgeCpuUsPerDelivery", "server + bridge CPU µs/delivery", false],
+  ],
   "fan-out": [
+    ["deliveriesPerSec", "deliveries/s", true],
+    ["serverCpuUsPerDelivery", "server CPU µs/delivery", false],
+  ],
+  shared: [
     ["deliveriesPerSec", "deliveries/s", true],
     ["serverCpuUsPerDelivery", "server CPU µs/delivery", false],
   ],
@@ -42,7 +52,9 @@ export const METRICS = {
 
 export const SCENARIO_TITLES = {
   "fan-in": "fan-in",
+  "fan-in-tcp": "fan-in, native TCP clients",
   "fan-out": "fan-out",
+  shared: "shared subscription",
   qos1: "QoS 1 round trip",
   connect: "connect storm",
   retained: "retained on subscribe",
@@ -108,24 +120,25 @@ export function ratios(medians) {
   return out;
 }
 
-export function performanceTable(medians, peers) {
+export function performanceTable(medians, peers, unsupported = {}) {
   const others = peers.filter((p) => p.name !== "broker");
   const head = ["scenario", "metric", ...peers.map((p) => p.name), ...others.map((p) => `broker/${p.name}`)];
   const lines = [`| ${head.join(" | ")} |`, `|${head.map((_, i) => (i < 2 ? " --- " : " ---: ")).join("|")}|`];
   for (const [scenario, rows] of Object.entries(METRICS)) {
     const byPeer = medians[scenario];
     if (!byPeer) continue;
+    const na = unsupported[scenario] ?? {};
     rows.forEach(([field, label, higherBetter], i) => {
       const cells = [i === 0 ? SCENARIO_TITLES[scenario] : "", `${label} ${higherBetter ? "↑" : "↓"}`];
       for (const p of peers) {
         const m = byPeer[p.name];
         const mark = m && m.incomplete > 0 ? ` (${m.incomplete}/${m.rounds} incomplete)` : "";
-        cells.push(m ? `${fmt(m[field])}${i === 0 ? mark : ""}` : "–");
+        cells.push(na[p.name] ? "n/a" : m ? `${fmt(m[field])}${i === 0 ? mark : ""}` : "–");
       }
       for (const p of others) {
         const b = byPeer.broker?.[field];
         const o = byPeer[p.name]?.[field];
-        cells.push(b !== undefined && o !== undefined ? fmtRatio(b / o) : "–");
+        cells.push(na[p.name] ? "n/a" : b !== undefined && o !== undefined ? fmtRatio(b / o) : "–");
       }
       lines.push(`| ${cells.join(" | ")} |`);
     });

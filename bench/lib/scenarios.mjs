@@ -25,13 +25,17 @@ export async function waitQuiet(pid, { pct = 5, maxMs = 4000 } = {}) {
 
 /** Measures server CPU (whole process tree), generator CPU and wall time around a phase. */
 class Meter {
-  constructor(peer) {
+  /** @param {number} [extraPid] another process to measure apart (the bridge of the native row) */
+  constructor(peer, extraPid) {
     this.peer = peer;
+    this.extraPid = extraPid;
   }
   async start() {
     await waitQuiet(this.peer.pid);
+    if (this.extraPid) await waitQuiet(this.extraPid);
     if (this.peer.counters) await this.peer.counters.reset();
     this.server0 = treeUsage(this.peer.pid);
+    this.extra0 = this.extraPid ? treeUsage(this.extraPid) : null;
     this.gen0 = selfCpuMs();
     this.t0 = performance.now();
   }
@@ -43,7 +47,9 @@ class Meter {
   async stop() {
     if (this.wallMs === undefined) this.mark();
     await waitQuiet(this.peer.pid);
+    if (this.extraPid) await waitQuiet(this.extraPid);
     const s1 = treeUsage(this.peer.pid);
+    const extraCpuMs = this.extra0 ? treeUsage(this.extraPid).cpuMs - this.extra0.cpuMs : undefined;
     const counters = this.peer.counters ? await this.peer.counters.read() : null;
     const byComm = {};
     for (const [comm, v] of Object.entries(s1.byComm)) byComm[comm] = v.cpuMs - (this.server0.byComm[comm]?.cpuMs ?? 0);
@@ -52,6 +58,7 @@ class Meter {
       serverCpuMs: s1.cpuMs - this.server0.cpuMs,
       serverCpuMsByCommand: byComm,
       serverRssBytes: s1.rssBytes,
+      ...(extraCpuMs !== undefined ? { bridgeCpuMs: extraCpuMs } : {}),
       generatorCpuMs: this.genMs,
       generatorCpuPct: (this.genMs / this.wallMs) * 100,
       counters,
@@ -128,15 +135,20 @@ export function percentile(values, p) {
 // ---------------------------------------------------------------- fan-in / fan-out
 
 /**
- * Closed-loop QoS 0 flow from `pubs` to `subs`: publishes (round robin over the publishers,
- * each to its own topic) while fewer than `window` deliveries are outstanding, for
+ * Closed-loop flow from `pubs` to `subs` (QoS 0, or `p.qos`): publishes (round robin over the
+ * publishers, each to its own topic) while fewer than `window` deliveries are outstanding, for
  * `durationMs` or `maxMessages` publishes, whichever comes first; then waits for the
- * outstanding deliveries (at most `timeoutMs`).
+ * outstanding deliveries (at most `timeoutMs`). Each message reaches `fanout` subscribers
+ * (all of `subs` by default; 1 for a shared group). With `checkOnce`, every payload carries
+ * its sequence number (bytes 8–11) and each message must arrive exactly once across `subs`.
  */
-async function flow(peer, pubs, topics, subs, p) {
-  const fanout = subs.length;
-  const payload = stampedPayload(p.payload);
-  const meter = new Meter(peer);
+async function flow(peer, pubs, topics, subs, p, { fanout = subs.length, checkOnce = false, extraPid } = {}) {
+  const qos = p.qos ?? 0;
+  const payload = stampedPayload(Math.max(p.payload, checkOnce ? 12 : 8));
+  const seen = checkOnce ? new Uint8Array(p.maxMessages) : null;
+  const perSub = new Array(subs.length).fill(0);
+  let duplicates = 0;
+  const meter = new Meter(peer, extraPid);
   await meter.start();
   const stopAt = meter.t0 + p.durationMs;
   let sent = 0;
@@ -150,12 +162,17 @@ async function flow(peer, pubs, topics, subs, p) {
     if (!sending) return;
     while (sent < p.maxMessages && sent * fanout - delivered < p.window) {
       const i = sent % pubs.length;
-      pubs[i].publish(topics[i], payload, 0);
+      if (seen) payload.writeUInt32BE(sent, 8);
+      pubs[i].publish(topics[i], payload, qos);
       sent++;
     }
     if (sent >= p.maxMessages || performance.now() >= stopAt) sending = false;
   };
-  const onMessage = () => {
+  const onMessage = (_topic, body) => {
+    if (seen) {
+      const k = body.readUInt32BE(8);
+      if (seen[k]++ > 0) duplicates++;
+    }
     delivered++;
     lastDelivery = performance.now();
     if (!sending && delivered >= sent * fanout) done.finish();
@@ -164,7 +181,12 @@ async function flow(peer, pubs, topics, subs, p) {
       setImmediate(pump);
     }
   };
-  for (const s of subs) s.onMessage = onMessage;
+  subs.forEach((s, j) => {
+    s.onMessage = (t, body) => {
+      perSub[j]++;
+      onMessage(t, body);
+    };
+  });
   const lost = watchLost([...pubs, ...subs], done);
   // Stops sending at the deadline even when no delivery comes back to pump again.
   const stopper = setTimeout(() => {
@@ -178,28 +200,77 @@ async function flow(peer, pubs, topics, subs, p) {
   meter.wallMs = lastDelivery - meter.t0;
   const m = await meter.stop();
   const expected = sent * fanout;
+  let missing = 0;
+  if (seen) for (let k = 0; k < sent; k++) if (seen[k] === 0) missing++;
+  const once = seen ? { duplicates, missing, perMemberMin: Math.min(...perSub), perMemberMax: Math.max(...perSub) } : {};
+  const bridge = m.bridgeCpuMs !== undefined ? { bridgeCpuUsPerDelivery: (m.bridgeCpuMs * 1000) / Math.max(1, delivered), serverPlusBridgeCpuUsPerDelivery: ((m.serverCpuMs + m.bridgeCpuMs) * 1000) / Math.max(1, delivered) } : {};
   return {
     ...m,
-    lost: lost(),
+    ...once,
+    ...bridge,
+    lost: lost() || (duplicates || missing ? `${duplicates} duplicate(s), ${missing} missing` : ""),
     sent,
     expected,
     delivered,
-    complete: delivered >= expected,
+    complete: delivered >= expected && duplicates === 0 && missing === 0,
     deliveriesPerSec: (delivered / m.wallMs) * 1000,
     serverCpuUsPerDelivery: (m.serverCpuMs * 1000) / Math.max(1, delivered),
     generatorCpuUsPerDelivery: (m.generatorCpuMs * 1000) / Math.max(1, delivered),
   };
 }
 
-/** P publishers, each to its own topic, QoS 0; one `bench/in/#` subscriber. */
-export async function fanIn(peer, p, tag) {
-  const sub = await MqttClient.connect(peer.wsUrl, { clientId: `fi-sub-${tag}` });
+/**
+ * P publishers, each to its own topic, QoS 0; one `bench/in/#` subscriber. With `native`, the
+ * publishers and the subscriber connect over plain TCP: to `peer.tcpUrl`, which for the broker
+ * is the bridge (`peer.bridge`, whose CPU is measured apart).
+ */
+export async function fanIn(peer, p, tag, { native = false } = {}) {
+  const url = native ? peer.tcpUrl : peer.wsUrl;
+  const id = native ? "fit" : "fi";
+  const sub = await MqttClient.connect(url, { clientId: `${id}-sub-${tag}` });
   await sub.subscribe("bench/in/#", 0);
-  const { clients: pubs, failures } = await connectMany(peer.wsUrl, Array.from({ length: p.publishers }, (_, i) => `fi-pub-${tag}-${i}`));
-  if (failures > 0) throw new Error(`fan-in: ${failures} publishers could not connect`);
-  const r = await flow(peer, pubs, pubs.map((_, i) => `bench/in/${i}`), [sub], p);
+  const { clients: pubs, failures } = await connectMany(url, Array.from({ length: p.publishers }, (_, i) => `${id}-pub-${tag}-${i}`));
+  if (failures > 0) throw new Error(`fan-in${native ? " (TCP)" : ""}: ${failures} publishers could not connect`);
+  const r = await flow(peer, pubs, pubs.map((_, i) => `bench/in/${i}`), [sub], p, { extraPid: native ? peer.bridge?.pid : undefined });
   await endAll([sub, ...pubs]);
+  // A server that speaks TCP itself has no bridge: its server-side CPU is its own.
+  if (native && !peer.bridge) r.serverPlusBridgeCpuUsPerDelivery = r.serverCpuUsPerDelivery;
   return r;
+}
+
+/**
+ * 1 publisher → a shared subscription group of M members (`$share/bench/bench/shared`), QoS 0
+ * (or `p.qos` 1, acknowledged by the members): each message must reach exactly one member.
+ */
+export async function shared(peer, p, tag) {
+  const { clients: members, failures } = await connectMany(peer.wsUrl, Array.from({ length: p.members }, (_, i) => `sh-sub-${tag}-${i}`));
+  if (failures > 0) throw new Error(`shared: ${failures} members could not connect`);
+  const codes = await Promise.all(members.map((s) => s.subscribe("$share/bench/bench/shared", p.qos ?? 0)));
+  if (codes.some((c) => c[0] >= 0x80)) throw new Error(`shared: SUBSCRIBE refused (${codes.map((c) => c[0]).join(",")})`);
+  const pub = await MqttClient.connect(peer.wsUrl, { clientId: `sh-pub-${tag}` });
+  const r = await flow(peer, [pub], ["bench/shared"], members, p, { fanout: 1, checkOnce: true });
+  await endAll([pub, ...members]);
+  return { ...r, members: p.members };
+}
+
+/**
+ * Does the peer implement `$share/<group>/<filter>`? Two members, 20 QoS 0 messages: supported
+ * when each message reaches exactly one member. Returns null if so, else what was seen.
+ */
+export async function probeShared(peer) {
+  const members = await Promise.all([0, 1].map((i) => MqttClient.connect(peer.wsUrl, { clientId: `sh-probe-${i}` })));
+  const codes = await Promise.all(members.map((m) => m.subscribe("$share/probe/bench/probe", 0)));
+  const pub = await MqttClient.connect(peer.wsUrl, { clientId: "sh-probe-pub" });
+  let got = 0;
+  for (const m of members) m.onMessage = () => got++;
+  const n = 20;
+  for (let i = 0; i < n; i++) pub.publish("bench/probe", stampedPayload(8), 0);
+  await pub.ping();
+  await sleep(500);
+  await Promise.all(members.map((m) => m.ping()));
+  await endAll([pub, ...members]);
+  if (got === n) return null;
+  return `SUBACK ${codes.map((c) => `0x${c[0].toString(16).padStart(2, "0")}`).join("/")}, then ${got} deliveries of ${n} messages to 2 \`$share/probe/…\` members${got === 0 ? " (the filter is taken literally)" : got === 2 * n ? " (every member got every message)" : ""}`;
 }
 
 /** 1 publisher, S subscribers of `bench/out`, QoS 0. */

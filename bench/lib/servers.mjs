@@ -166,10 +166,11 @@ export async function startBroker({ vars = {} } = {}) {
   };
 }
 
-/** aedes over WebSocket, in a child process (bench/peers/aedes-server.mjs). */
+/** aedes over WebSocket (and plain TCP for the native row), in a child process (bench/peers/aedes-server.mjs). */
 export async function startAedes() {
   const port = await freePort();
-  const child = spawn(process.execPath, [join(ROOT, "bench/peers/aedes-server.mjs"), String(port)], {
+  const tcpPort = await freePort();
+  const child = spawn(process.execPath, [join(ROOT, "bench/peers/aedes-server.mjs"), String(port), String(tcpPort)], {
     cwd: ROOT,
     detached: true,
     stdio: ["ignore", "pipe", "pipe"],
@@ -190,6 +191,7 @@ export async function startAedes() {
     name: "aedes",
     label: "aedes 1.2 (node, ws)",
     wsUrl: `ws://127.0.0.1:${port}/`,
+    tcpUrl: `mqtt://127.0.0.1:${tcpPort}`,
     pid: child.pid,
     counters: null,
     output,
@@ -215,7 +217,8 @@ export async function startMosquitto(bin) {
     conf,
     [
       // Debian's mosquitto 2.0.11 exits with "Unable to start any listening sockets" when its
-      // only listener is a WebSocket one: an unused plain listener keeps it up.
+      // only listener is a WebSocket one: the plain listener keeps it up (and serves the
+      // native fan-in row).
       `listener ${tcpPort} 127.0.0.1`,
       `listener ${port} 127.0.0.1`,
       "protocol websockets",
@@ -252,6 +255,7 @@ export async function startMosquitto(bin) {
     name: "mosquitto",
     label: `mosquitto ${version} (C, libwebsockets)`.replace("  ", " "),
     wsUrl: `ws://127.0.0.1:${port}/`,
+    tcpUrl: `mqtt://127.0.0.1:${tcpPort}`,
     pid: child.pid,
     counters: null,
     output,
@@ -260,4 +264,33 @@ export async function startMosquitto(bin) {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * The project's TCP → WebSocket bridge (bridge/cli.mjs) in front of `wsUrl`, in its own process
+ * group, for the native fan-in row: plain TCP on 127.0.0.1 in, one WebSocket per connection out.
+ * Returns its `mqtt://` URL and its PID (its CPU is read from /proc like a server's).
+ */
+export async function startBridge(wsUrl) {
+  const port = await freePort();
+  const child = spawn(process.execPath, [join(ROOT, "bridge/cli.mjs"), "--listen", `127.0.0.1:${port}`, "--to", wsUrl], {
+    cwd: ROOT,
+    detached: true,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  track(child);
+  const output = tail(child, 50); // one JSON line per connection: drained, the last kept
+  await new Promise((ok, fail) => {
+    const t = setTimeout(() => fail(new Error(`bridge did not start:\n${output()}`)), 15_000);
+    const onData = (d) => {
+      if (d.toString().includes('"listening"')) {
+        clearTimeout(t);
+        child.stdout.off("data", onData);
+        ok();
+      }
+    };
+    child.stdout.on("data", onData);
+    child.once("exit", (code) => fail(new Error(`bridge exited (${code}):\n${output()}`)));
+  });
+  return { tcpUrl: `mqtt://127.0.0.1:${port}`, pid: child.pid, output, stop: () => stopChild(child) };
 }
