@@ -4,7 +4,7 @@
  */
 import type { Message } from "../router/messages";
 
-export type MonitorAction = "Connect" | "FailedConnect" | "Disconnect";
+export type MonitorAction = "Connect" | "FailedConnect" | "Disconnect" | "LimitExceeded";
 
 /** What the connection knows about itself when it reports. */
 export interface ConnectionFacts {
@@ -68,4 +68,13 @@ export function disconnectEvent(facts: ConnectionFacts, now: number, closeCode: 
     WriteBytes: traffic.writeBytes,
     WriteMsg: traffic.writeMsg,
   }, true);
+}
+
+/**
+ * A limit that answers without closing the connection (SUBACK refusal, keep alive clamped,
+ * offline queue full, session expired): `Limit` names its var, `Reason` says what happened.
+ * Not retained. Our addition to the IBM event set, so that every limit is visible.
+ */
+export function limitEvent(facts: ConnectionFacts, now: number, limit: string, reason: string): Message {
+  return event("LimitExceeded", facts, now, 0, reason, { Limit: limit }, false);
 }

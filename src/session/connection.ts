@@ -1,7 +1,7 @@
 import { DurableObject } from "cloudflare:workers";
 import { limiterStub, routerStub, sessionStub, type Env } from "../env";
 import type { ClaimResult } from "../limits/connection-limiter";
-import { connectEvent, disconnectEvent, failedConnectEvent, protocolName, type ConnectionFacts } from "../monitoring/events";
+import { connectEvent, disconnectEvent, failedConnectEvent, limitEvent, protocolName, type ConnectionFacts } from "../monitoring/events";
 import { getConfig, type Config } from "../config";
 import { errorMessage, log } from "../log";
 import {
@@ -436,7 +436,11 @@ export class MqttConnection extends DurableObject<Env> {
       const attached = await sessionStub(this.env, account, clientId).attach(account, clientId, this.id, cleanStart, expirySeconds);
       sessionPresent = attached.sessionPresent;
       await this.inboundQos2.add(attached.inboundQos2);
-      await routerStub(this.env, account).attach(account, clientId, this.id, cleanStart, expirySeconds > 0, [connectEvent(facts, meta.connectedAt)]);
+      const announce = [connectEvent(facts, meta.connectedAt)];
+      if (att.keepAlive !== requestedKeepAlive) {
+        announce.push(limitEvent(facts, meta.connectedAt, att.keepAlive > requestedKeepAlive || requestedKeepAlive === 0 ? "KEEPALIVE_MIN_SECONDS" : "KEEPALIVE_MAX_SECONDS", `keep alive ${requestedKeepAlive} s clamped to ${att.keepAlive} s`));
+      }
+      await routerStub(this.env, account).attach(account, clientId, this.id, cleanStart, expirySeconds > 0, announce);
     } catch (err) {
       log("error", "mqtt.connect_failed", { clientId, error: errorMessage(err) });
       this.connack(ws, att, ConnackCode.ServerUnavailable, false, { reasonString: "server unavailable" });
@@ -595,15 +599,26 @@ export class MqttConnection extends DurableObject<Env> {
     const { codes, requests, slots } = plan;
     for (const filter of plan.denied) log("info", "mqtt.subscribe_denied", { account: att.account, clientId: att.clientId, filter });
     let retained: Message[] = [];
+    const limitEvents: Message[] = [];
+    const meta = await this.loadMeta();
+    if (packet.subscriptions.length > this.config.limits.maxFiltersPerSubscribe) {
+      limitEvents.push(limitEvent(connectionFacts(meta), Date.now(), "MAX_FILTERS_PER_SUBSCRIBE", `${packet.subscriptions.length - this.config.limits.maxFiltersPerSubscribe} filter(s) past the limit refused`));
+    }
     if (requests.length > 0) {
       const result = await routerStub(this.env, att.account).subscribe(att.clientId, requests, this.config.limits.maxSubscriptions);
+      let refused = 0;
       result.granted.forEach((ok, i) => {
         const at = slots[i];
-        if (!ok && at !== undefined) codes[at] = subackFailure(att.protocolVersion, V5.quotaExceeded);
+        if (!ok && at !== undefined) {
+          codes[at] = subackFailure(att.protocolVersion, V5.quotaExceeded);
+          refused++;
+        }
       });
+      if (refused > 0) limitEvents.push(limitEvent(connectionFacts(meta), Date.now(), "MAX_SUBSCRIPTIONS", `${refused} subscription(s) past the limit refused`));
       retained = result.retained;
     }
     this.send(ws, att, { cmd: "suback", messageId: packet.messageId, granted: codes });
+    if (limitEvents.length > 0) await routerStub(this.env, att.account).publish(att.account, limitEvents);
     if (retained.length > 0) await this.accept(ws, att, retained);
   }
 

@@ -5,6 +5,7 @@ import { errorMessage, log } from "../log";
 import { isMessage, type DeliverResult, type Handover, type Message } from "../router/messages";
 import type { CloseCause } from "../protocol/codes";
 import { count, meterStorage } from "../metrics";
+import { limitEvent } from "../monitoring/events";
 
 /** Persistent state of one MQTT session, apart from its subscriptions (the router owns those). */
 interface SessionMeta {
@@ -206,9 +207,20 @@ export class MqttSession extends DurableObject<Env> {
       return;
     }
     await routerStub(this.env, meta.account).forget(meta.clientId);
+    this.announce(meta, "SESSION_EXPIRY_SECONDS", `session expired after ${meta.expirySeconds} s offline`);
     await this.ctx.storage.deleteAll();
     this.meta = null;
     log("info", "session.expired", { account: meta.account, clientId: meta.clientId });
+  }
+
+  /** A LimitExceeded monitoring event for this session (fire and forget: monitoring never blocks the queue). */
+  private announce(meta: SessionMeta, limit: string, reason: string): void {
+    const facts = { clientId: meta.clientId, user: "", addr: "", protocol: "", connectedAt: null };
+    this.ctx.waitUntil(
+      routerStub(this.env, meta.account)
+        .publish(meta.account, [limitEvent(facts, Date.now(), limit, reason)])
+        .catch((err: unknown) => log("warn", "session.announce_failed", { clientId: meta.clientId, error: errorMessage(err) })),
+    );
   }
 
   /** The one alarm: the earlier of the delayed will and the session expiry. */
@@ -229,6 +241,7 @@ export class MqttSession extends DurableObject<Env> {
       void this.ctx.storage.delete(drop);
       meta.dropped += excess;
       log("warn", "session.queue_full", { clientId: meta.clientId, dropped: excess });
+      this.announce(meta, "MAX_QUEUED_MESSAGES", `offline queue full: ${excess} oldest message(s) dropped (${meta.dropped} in all)`);
     }
     this.saveMeta(meta);
   }

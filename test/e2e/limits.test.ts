@@ -161,15 +161,19 @@ describe("limits (dedicated broker with small limits)", () => {
     await end(mon.client);
   });
 
-  it("MAX_SUBSCRIPTIONS: the 4th subscription gets SUBACK 0x80; re-subscribing and a freed slot are granted", async () => {
+  it("MAX_SUBSCRIPTIONS: the 4th subscription gets SUBACK 0x80 (LimitExceeded event); re-subscribing and a freed slot are granted", async () => {
     const acc = account();
-    const { raw } = await rawUser(acc, sid("ms"));
+    const mon = await watch(acc);
+    const id = sid("ms");
+    const { raw } = await rawUser(acc, id);
     for (const [i, filter] of ["s/1", "s/2", "s/3"].entries()) {
       raw.send({ cmd: "subscribe", messageId: i + 1, subscriptions: [{ topic: filter, qos: 1 }] });
       expect(await raw.next("suback")).toMatchObject({ messageId: i + 1, granted: [1] });
     }
     raw.send({ cmd: "subscribe", messageId: 4, subscriptions: [{ topic: "s/4", qos: 1 }] });
     expect(await raw.next("suback")).toMatchObject({ messageId: 4, granted: [0x80] });
+    expect(await mon.waitEvent(id, "LimitExceeded")).toMatchObject({ Limit: "MAX_SUBSCRIPTIONS", ClientID: id });
+    await end(mon.client);
     // A filter the session already has replaces it (no new slot) [MQTT-3.8.4-3].
     raw.send({ cmd: "subscribe", messageId: 5, subscriptions: [{ topic: "s/1", qos: 0 }] });
     expect(await raw.next("suback")).toMatchObject({ messageId: 5, granted: [0] });
@@ -184,11 +188,15 @@ describe("limits (dedicated broker with small limits)", () => {
     raw.close();
   });
 
-  it("MAX_FILTERS_PER_SUBSCRIBE: the 3rd filter of one SUBSCRIBE gets 0x80, the first two are granted", async () => {
+  it("MAX_FILTERS_PER_SUBSCRIBE: the 3rd filter of one SUBSCRIBE gets 0x80 (LimitExceeded event), the first two are granted", async () => {
     const acc = account();
-    const { raw } = await rawUser(acc, sid("mf"));
+    const mon = await watch(acc);
+    const id = sid("mf");
+    const { raw } = await rawUser(acc, id);
     raw.send({ cmd: "subscribe", messageId: 9, subscriptions: [{ topic: "f/1", qos: 1 }, { topic: "f/2", qos: 0 }, { topic: "f/3", qos: 1 }] });
     expect(await raw.next("suback")).toMatchObject({ messageId: 9, granted: [1, 0, 0x80] });
+    expect(await mon.waitEvent(id, "LimitExceeded")).toMatchObject({ Limit: "MAX_FILTERS_PER_SUBSCRIBE" });
+    await end(mon.client);
     raw.send({ cmd: "pingreq" });
     await raw.next("pingresp");
     raw.close();
@@ -200,14 +208,16 @@ describe("limits (dedicated broker with small limits)", () => {
     const id = sid("ka");
     const { raw, ack } = await rawUser(acc, id, { keepalive: 60 });
     expect(ack.returnCode).toBe(0);
+    expect(await mon.waitEvent(id, "LimitExceeded")).toMatchObject({ Limit: "KEEPALIVE_MAX_SECONDS", Reason: "keep alive 60 s clamped to 1 s" });
     // Unclamped, the deadline would be 91 s away; clamped, 1.5 s + 1 s of slack.
     await raw.waitClosed(15_000);
     expect(await mon.waitEvent(id, "Disconnect")).toMatchObject({ CloseCode: 160, Reason: "keep alive timeout" });
     await end(mon.client);
   }, 30_000);
 
-  it("MAX_QUEUED_MESSAGES: an offline session keeps the newest 5 of 8 QoS 1 messages (oldest dropped and counted)", async () => {
+  it("MAX_QUEUED_MESSAGES: an offline session keeps the newest 5 of 8 QoS 1 messages (oldest dropped and counted, LimitExceeded events)", async () => {
     const acc = account();
+    const mon = await watch(acc);
     const subId = sid("oq");
     // Publishers first: SESSION_EXPIRY_SECONDS = 2 leaves 2 s between the subscriber leaving and coming back.
     const pubs = [(await rawUser(acc, sid("oqp"))).raw, (await rawUser(acc, sid("oqp"))).raw];
@@ -232,6 +242,8 @@ describe("limits (dedicated broker with small limits)", () => {
       .filter((l) => l.includes('"event":"session.queue_full"') && l.includes(`"clientId":"${subId}"`))
       .map((l) => Number(/"dropped":(\d+)/.exec(l)?.[1] ?? "0"));
     expect(drops.reduce((a, b) => a + b, 0)).toBe(3);
+    expect(await mon.waitEvent(subId, "LimitExceeded")).toMatchObject({ Limit: "MAX_QUEUED_MESSAGES" });
+    await end(mon.client);
     for (const p of pubs) p.close();
     await end(again.client);
   });
@@ -260,8 +272,9 @@ describe("limits (dedicated broker with small limits)", () => {
     pub.close();
   });
 
-  it("SESSION_EXPIRY_SECONDS: after 4 s offline a persistent session is gone (session present 0, no queued messages)", async () => {
+  it("SESSION_EXPIRY_SECONDS: after 4 s offline a persistent session is gone (session present 0, no queued messages, LimitExceeded event)", async () => {
     const acc = account();
+    const mon = await watch(acc);
     const subId = sid("se");
     const first = await mqttUser(acc, subId, false);
     await subscribe(first.client, "e/t", 1);
@@ -270,6 +283,8 @@ describe("limits (dedicated broker with small limits)", () => {
     pub.send(publish("e/t", "queued", 1, 1));
     await pub.next("puback");
     await settle(4_000);
+    expect(await mon.waitEvent(subId, "LimitExceeded")).toMatchObject({ Limit: "SESSION_EXPIRY_SECONDS" });
+    await end(mon.client);
     const again = await connectCollecting({ clientId: subId, username: subId, password: first.token, clean: false, ...NO_KEEPALIVE }, broker.wsUrl);
     expect(again.sessionPresent).toBe(false);
     // Its subscription went with it: a new message is not delivered either.
