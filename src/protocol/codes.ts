@@ -21,7 +21,10 @@ export const SUBACK_FAILURE = 0x80;
 export interface CloseCauseInfo {
   /** Monitoring close code ($SYS/mon Disconnect events). */
   monitorCode: number;
-  /** MQTT 5 DISCONNECT reason code sent before the close (when the client speaks 5.0). */
+  /**
+   * MQTT 5 DISCONNECT reason code sent before the close (when the client speaks 5.0). An
+   * error code (>= 0x80) marks a close the broker decides; 0x00/0x04 are the client's own ends.
+   */
   v5Reason: number;
   /** WebSocket close code used on the socket. */
   wsCode: number;

@@ -59,19 +59,16 @@ export interface SubscriptionRequest {
   id?: number;
 }
 
-/** Where the router sends a session's messages. */
-export type DeliveryTarget =
-  /** Online: the connection object that holds the socket, by hex id. */
-  | { conn: string }
-  /** Offline persistent session: its session object queues QoS 1 messages. */
-  | { conn: null };
-
 /** Result of handing a batch to a connection object. */
 export type DeliverResult = "ok" | "gone";
+
+export function isQoS(v: unknown): v is QoS {
+  return v === 0 || v === 1 || v === 2;
+}
 
 /** Guard for a Message read back from storage or RPC. */
 export function isMessage(v: unknown): v is Message {
   if (typeof v !== "object" || v === null) return false;
   const m = v as Record<string, unknown>;
-  return typeof m.topic === "string" && m.payload instanceof Uint8Array && (m.qos === 0 || m.qos === 1 || m.qos === 2) && typeof m.retain === "boolean";
+  return typeof m.topic === "string" && m.payload instanceof Uint8Array && isQoS(m.qos) && typeof m.retain === "boolean";
 }

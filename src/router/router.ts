@@ -5,10 +5,11 @@ import { parseSharedFilter, topicMatches } from "../topics/topic";
 import { getConfig } from "../config";
 import { SharedGroups, isSharedKey, sharedKey } from "./shared";
 import { log } from "../log";
-import { isMessage, type DeliveryTarget, type ForwardedProps, type Message, type QoS, type SubscriptionRequest } from "./messages";
+import { isMessage, isQoS, type ForwardedProps, type Message, type QoS, type SubscriptionRequest } from "./messages";
 import { groupQueueKey, retainedKey, subscriptionKey, targetKey, parseSubscriptionKey, KEY } from "./keys";
 import { meterStorage } from "../metrics";
 
+/** Where a session's messages go: its connection object (hex id) while online, else (null) its session object's queue. */
 interface TargetRecord {
   conn: string | null;
   persistent: boolean;
@@ -35,10 +36,6 @@ function readSubOptions(v: unknown): SubOptions | null {
   if (r.rh === 1 || r.rh === 2) o.rh = r.rh;
   if (typeof r.id === "number") o.id = r.id;
   return o;
-}
-
-function isQoS(v: unknown): v is QoS {
-  return v === 0 || v === 1 || v === 2;
 }
 
 function isTarget(v: unknown): v is TargetRecord {
@@ -351,7 +348,7 @@ export class TopicRouter extends DurableObject<Env> {
     void this.ctx.storage.put(retainedKey(message.topic), record);
   }
 
-  private setTarget(clientId: string, target: DeliveryTarget & { persistent: boolean }): void {
+  private setTarget(clientId: string, target: TargetRecord): void {
     this.targets.set(clientId, target);
     void this.ctx.storage.put(targetKey(clientId), target);
   }

@@ -395,9 +395,9 @@ export class MqttConnection extends DurableObject<Env> {
     const requestedKeepAlive = packet.keepalive ?? 0;
     att.keepAlive = clampKeepAlive(requestedKeepAlive, limits);
     att.maxPacketOut = props?.maximumPacketSize ?? 0;
-    this.outbox.setWindow(Math.min(limits.maxInflight, props?.receiveMaximum ?? 65535));
-    this.outbox.setEphemeral(expirySeconds === 0);
     att.receiveMax = Math.min(limits.maxInflight, props?.receiveMaximum ?? 65535);
+    this.outbox.setWindow(att.receiveMax);
+    this.outbox.setEphemeral(expirySeconds === 0);
     const meta: ConnMeta = {
       account, clientId, cleanStart, expirySeconds, will, protocolVersion: version, identity,
       addr: att.addr, transport: att.transport, connectedAt: Date.now(),
@@ -593,14 +593,13 @@ export class MqttConnection extends DurableObject<Env> {
 
   private async onSubscribe(ws: WebSocket, att: Attachment, packet: ISubscribePacket): Promise<void> {
     if (!packet.messageId) return this.close(ws, "protocolError");
-    const { identity } = await this.loadMeta();
-    const plan = planSubscribe(packet, identity.acl, this.config.limits, att.protocolVersion);
+    const meta = await this.loadMeta();
+    const plan = planSubscribe(packet, meta.identity.acl, this.config.limits, att.protocolVersion);
     if (!plan.ok) return this.close(ws, "protocolError");
     const { codes, requests, slots } = plan;
     for (const filter of plan.denied) log("info", "mqtt.subscribe_denied", { account: att.account, clientId: att.clientId, filter });
     let retained: Message[] = [];
     const limitEvents: Message[] = [];
-    const meta = await this.loadMeta();
     if (packet.subscriptions.length > this.config.limits.maxFiltersPerSubscribe) {
       limitEvents.push(limitEvent(connectionFacts(meta), Date.now(), "MAX_FILTERS_PER_SUBSCRIBE", `${packet.subscriptions.length - this.config.limits.maxFiltersPerSubscribe} filter(s) past the limit refused`));
     }
@@ -737,7 +736,8 @@ export class MqttConnection extends DurableObject<Env> {
     if (ws) {
       const att = this.attachment(ws);
       // MQTT 5: the server says why before it closes a connection it decided to close [MQTT-3.14].
-      if (att.protocolVersion === 5 && att.phase === "connected" && SERVER_INITIATED.has(cause)) {
+      // Those are exactly the causes with an error reason (>= 0x80); the client's own ends are 0x00/0x04.
+      if (att.protocolVersion === 5 && att.phase === "connected" && info.v5Reason >= 0x80) {
         const properties = att.problemInfo ? { reasonString: info.reason } : undefined;
         this.send(ws, att, { cmd: "disconnect", reasonCode: info.v5Reason, ...(properties ? { properties } : {}) });
       }
@@ -871,10 +871,3 @@ function connectionFacts(meta: ConnMeta): ConnectionFacts {
     connectedAt: meta.connectedAt,
   };
 }
-
-/** Closes the broker decides on (an MQTT 5 client gets a DISCONNECT with the reason first). */
-const SERVER_INITIATED: ReadonlySet<CloseCause> = new Set<CloseCause>([
-  "serverClosed", "keepAliveTimeout", "notAuthorized", "tooLarge", "takenOver", "adminKick", "invalidData",
-  "protocolError", "tooManySubscriptions", "invalidClientId", "tooManyConnections", "invalidTopic",
-  "serverError", "rateExceeded", "topicAliasInvalid", "receiveMaximumExceeded",
-]);

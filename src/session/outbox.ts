@@ -1,4 +1,4 @@
-import type { Message } from "../router/messages";
+import { isMessage, type Message } from "../router/messages";
 
 /**
  * A QoS 1/2 message for the client, durable in the connection object's storage.
@@ -24,12 +24,10 @@ export type OutAction = { kind: "publish"; record: OutRecord } | { kind: "pubrel
 function isRecord(v: unknown): v is OutRecord {
   if (typeof v !== "object" || v === null) return false;
   const r = v as Record<string, unknown>;
-  const m = r.message as Record<string, unknown> | null;
   return (
     typeof r.seq === "number" && typeof r.pid === "number" && typeof r.dup === "boolean" &&
     (r.state === "queued" || r.state === "sent" || r.state === "released") &&
-    typeof m === "object" && m !== null && typeof m.topic === "string" && m.payload instanceof Uint8Array &&
-    (m.qos === 1 || m.qos === 2) && typeof m.retain === "boolean"
+    isMessage(r.message) && r.message.qos > 0
   );
 }
 
@@ -92,11 +90,6 @@ export class Outbox {
   private async flush(writes: Record<string, OutRecord>, deletes: string[]): Promise<void> {
     if (Object.keys(writes).length > 0) await this.storage.put(writes);
     if (deletes.length > 0) await this.storage.delete(deletes);
-  }
-
-  /** Number of messages sent and not yet completed. */
-  get inflight(): number {
-    return this.byPid.size;
   }
 
   async load(): Promise<Map<number, OutRecord>> {
