@@ -1,7 +1,6 @@
 import type { MqttConnection } from "./session/connection";
 import type { MqttSession } from "./session/session-store";
 import type { TopicRouter } from "./router/router";
-import { meterStub } from "./metrics";
 import type { ConnectionLimiter } from "./limits/connection-limiter";
 
 /** Bindings and vars from wrangler.toml (vars arrive as strings; config.ts parses them). */
@@ -40,29 +39,4 @@ export interface Env {
   MAX_FILTERS_PER_SUBSCRIBE?: string;
   PUBLISH_RATE_PER_SECOND?: string;
   PUBLISH_BURST?: string;
-}
-
-/** The connection object that terminates one WebSocket, by its hex id. */
-export function connectionStub(env: Env, connId: string): DurableObjectStub<MqttConnection> {
-  return meterStub(env, env.CONNECTION.get(env.CONNECTION.idFromString(connId)), "connection");
-}
-
-/** The owner of the persistent state of one MQTT session (account + client id). */
-export function sessionStub(env: Env, account: string, clientId: string): DurableObjectStub<MqttSession> {
-  return meterStub(env, env.SESSION.get(env.SESSION.idFromName(sessionName(account, clientId))), "session");
-}
-
-/** The topic router of one account. */
-export function routerStub(env: Env, account: string): DurableObjectStub<TopicRouter> {
-  return meterStub(env, env.ROUTER.get(env.ROUTER.idFromName(account)), "router");
-}
-
-/** The connection-limit object of one identity (account + device id or JWT subject). */
-export function limiterStub(env: Env, account: string, identity: string): DurableObjectStub<ConnectionLimiter> {
-  return meterStub(env, env.LIMITER.get(env.LIMITER.idFromName(sessionName(account, identity))), "limiter");
-}
-
-/** Client ids are free text; the NUL separator cannot occur in a valid MQTT string [MQTT-1.5.3-2]. */
-export function sessionName(account: string, clientId: string): string {
-  return `${account}\u0000${clientId}`;
 }

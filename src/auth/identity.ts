@@ -14,6 +14,12 @@ export interface Identity {
   expiresAt: number | null;
 }
 
+/**
+ * The connection rules of a JWT identity (SPEC "Connection modes"): single = one connection,
+ * its client id is the identity; multi = several, each with its own client id.
+ */
+export type ConnectionMode = "single" | "multi";
+
 export type AuthFailure =
   /** Unknown device, wrong password, token that does not verify: CONNACK 4 / HTTP 401. */
   | "bad_credentials"

@@ -4,7 +4,8 @@
  */
 
 import { Hono, type Context } from "hono";
-import { routerStub, sessionStub, type Env } from "../env";
+import type { Env } from "../env";
+import { routerStub, sessionStub } from "../stubs";
 import { isValidAccountId, timingSafeEqualString } from "../auth/passwords";
 import { createDevice, deleteDevice, getDevice, listDevices, setDeviceDisabled, type Device } from "../auth/registry";
 import { mintToken } from "../auth/tokens";
@@ -94,7 +95,7 @@ adminApi.patch("/accounts/:accountId/devices/:deviceId", async (c) => {
   const device = await setDeviceDisabled(c.env.DB, accountId, deviceId, value.disabled);
   if (device === null) return deviceNotFound(c);
   // A device's client id is its device id. Kicking after the write means a reconnect already sees the flag.
-  if (device.disabled) await sessionStub(c.env, accountId, deviceId).kick("notAuthorized");
+  if (device.disabled) await sessionStub(c.env, accountId, deviceId).close("notAuthorized");
   return c.json(deviceJson(device));
 });
 
@@ -102,7 +103,7 @@ adminApi.delete("/accounts/:accountId/devices/:deviceId", async (c) => {
   const accountId = c.req.param("accountId");
   const deviceId = c.req.param("deviceId");
   if (!(await deleteDevice(c.env.DB, accountId, deviceId))) return deviceNotFound(c);
-  await sessionStub(c.env, accountId, deviceId).kick("notAuthorized");
+  await sessionStub(c.env, accountId, deviceId).close("notAuthorized");
   return c.body(null, 204);
 });
 
@@ -138,7 +139,7 @@ adminApi.post("/accounts/:accountId/tokens", async (c) => {
 
 adminApi.delete("/accounts/:accountId/clients/:clientId", async (c) => {
   const publishWill = c.req.query("will") !== "false";
-  const closed = await sessionStub(c.env, c.req.param("accountId"), c.req.param("clientId")).kick("adminKick", publishWill);
+  const closed = await sessionStub(c.env, c.req.param("accountId"), c.req.param("clientId")).close("adminKick", { publishWill });
   if (!closed) return jsonError(c, 404, "client_not_connected", "no live connection with this client id");
   return c.body(null, 204);
 });

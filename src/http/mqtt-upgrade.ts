@@ -3,12 +3,7 @@ import type { Env } from "../env";
 import { jsonError } from "./errors";
 import { timingSafeEqualString } from "../auth/passwords";
 
-/** Headers from the Worker to the connection object: the client's address and transport. */
-export const ADDR_HEADER = "x-mqtt-client-addr";
-export const TRANSPORT_HEADER = "x-mqtt-transport";
-/** Headers a trusted TCP bridge sets (bridge/): the device's address, behind `x-bridge-token`. */
-export const BRIDGE_TOKEN_HEADER = "x-bridge-token";
-export const BRIDGE_ADDR_HEADER = "x-bridge-client-addr";
+import { ADDR_HEADER, BRIDGE_ADDR_HEADER, BRIDGE_TOKEN_HEADER, SUBPROTOCOL_HEADER, TRANSPORT_HEADER } from "../headers";
 
 /**
  * The client's address: the bridge's forwarded device address when the request carries the
@@ -47,8 +42,8 @@ export async function mqttUpgrade(c: Context<{ Bindings: Env }>): Promise<Respon
   }
   const headers = new Headers(c.req.raw.headers);
   // Internal headers for the connection object: whatever the client sent under these names is replaced.
-  headers.delete("x-mqtt-subprotocol");
-  if (chosen) headers.set("x-mqtt-subprotocol", chosen);
+  headers.delete(SUBPROTOCOL_HEADER);
+  if (chosen) headers.set(SUBPROTOCOL_HEADER, chosen);
   const peer = clientAddress(c);
   headers.set(ADDR_HEADER, peer.addr);
   headers.set(TRANSPORT_HEADER, peer.transport);

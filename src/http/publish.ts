@@ -1,12 +1,12 @@
 import type { Context } from "hono";
 import type { Env } from "../env";
-import { routerStub } from "../env";
+import { routerStub } from "../stubs";
 import { getConfig } from "../config";
 import { authenticateDevicePassword, authenticateToken, type AuthResult } from "../auth/identity";
 import { canPublish } from "../topics/acl";
 import { validateTopicName } from "../topics/topic";
 import type { ForwardedProps, Message } from "../router/messages";
-import { payloadFormatValid } from "../session/v5";
+import { payloadFormatValid } from "../session/properties";
 import { log } from "../log";
 import { jsonError } from "./errors";
 

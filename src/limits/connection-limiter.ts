@@ -1,9 +1,9 @@
 import { DurableObject } from "cloudflare:workers";
-import { connectionStub, type Env } from "../env";
+import type { Env } from "../env";
+import { connectionStub } from "../stubs";
 import { errorMessage, log } from "../log";
 import { meterStorage } from "../metrics";
-
-export type ConnectionMode = "single" | "multi";
+import type { ConnectionMode } from "../auth/identity";
 
 export type ClaimResult =
   | { ok: true }

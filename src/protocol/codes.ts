@@ -57,3 +57,34 @@ export const CLOSE_CAUSES = {
 } as const satisfies Record<string, CloseCauseInfo>;
 
 export type CloseCause = keyof typeof CLOSE_CAUSES;
+
+/** 3.1.1 CONNACK return code → MQTT 5 CONNACK reason code [MQTT-3.2.2.2]. */
+export const CONNACK_V5: Record<ConnackCode, number> = {
+  [ConnackCode.Accepted]: 0x00,
+  [ConnackCode.UnacceptableProtocolVersion]: 0x84,
+  [ConnackCode.IdentifierRejected]: 0x85,
+  [ConnackCode.ServerUnavailable]: 0x88,
+  [ConnackCode.BadUserNameOrPassword]: 0x86,
+  [ConnackCode.NotAuthorized]: 0x87,
+};
+
+/** MQTT 5 reason codes the broker puts in acknowledgements (PUBACK, PUBREC, SUBACK, UNSUBACK, CONNACK) [MQTT-2.4]. */
+export const V5 = {
+  success: 0x00,
+  noSubscriptionExisted: 0x11,
+  unspecified: 0x80,
+  protocolError: 0x82,
+  notAuthorized: 0x87,
+  badAuthenticationMethod: 0x8c,
+  topicFilterInvalid: 0x8f,
+  packetIdInUse: 0x91,
+  receiveMaximumExceeded: 0x93,
+  topicAliasInvalid: 0x94,
+  quotaExceeded: 0x97,
+  payloadFormatInvalid: 0x99,
+} as const;
+
+/** The SUBACK failure code: 3.1.1 has one; MQTT 5 says why. */
+export function subackFailure(version: 3 | 4 | 5, v5code: number): number {
+  return version === 5 ? v5code : SUBACK_FAILURE;
+}

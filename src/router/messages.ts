@@ -59,6 +59,25 @@ export interface SubscriptionRequest {
   id?: number;
 }
 
+/** Options of the router's `attach`: how a connection takes over a session's deliveries. */
+export interface RouterAttach {
+  /** The session begins with no subscriptions. */
+  cleanStart: boolean;
+  /** The session outlives the connection: deliveries go to its session object while offline. */
+  persistent: boolean;
+  /** Published after the attach, in the same call (the monitoring Connect event). */
+  announce?: Message[];
+}
+
+/** Options of the router's `detach`: what a leaving connection leaves behind. */
+export interface RouterDetach {
+  persistent: boolean;
+  /** Published first, in the same call (the will, the monitoring Disconnect event). */
+  announce?: Message[];
+  /** Shared-subscription messages the connection never finished: back to their groups. */
+  orphans?: Message[];
+}
+
 /** Result of handing a batch to a connection object. */
 export type DeliverResult = "ok" | "gone";
 

@@ -1,11 +1,12 @@
 import { DurableObject } from "cloudflare:workers";
-import { connectionStub, sessionStub, type Env } from "../env";
+import type { Env } from "../env";
+import { connectionStub, sessionStub } from "../stubs";
 import { SubscriptionTrie } from "../topics/trie";
 import { parseSharedFilter, topicMatches } from "../topics/topic";
 import { getConfig } from "../config";
 import { SharedGroups, isSharedKey, sharedKey } from "./shared";
 import { log } from "../log";
-import { isMessage, isQoS, type ForwardedProps, type Message, type QoS, type SubscriptionRequest } from "./messages";
+import { isMessage, isQoS, type ForwardedProps, type Message, type QoS, type SubscriptionRequest, type RouterAttach, type RouterDetach } from "./messages";
 import { groupQueueKey, retainedKey, subscriptionKey, targetKey, parseSubscriptionKey, KEY } from "./keys";
 import { meterStorage } from "../metrics";
 
@@ -110,7 +111,8 @@ export class TopicRouter extends DurableObject<Env> {
    * with no subscriptions; `persistent` says whether the session outlives the connection. `announce` (the monitoring Connect event) is published after,
    * in the same call.
    */
-  async attach(account: string, clientId: string, conn: string, cleanStart: boolean, persistent: boolean, announce: Message[] = []): Promise<void> {
+  async attach(account: string, clientId: string, conn: string, opts: RouterAttach): Promise<void> {
+    const { cleanStart, persistent, announce = [] } = opts;
     if (cleanStart) this.removeAllSubscriptions(clientId);
     this.setTarget(clientId, { conn, persistent });
     if (announce.length > 0) await this.publish(account, announce);
@@ -131,14 +133,8 @@ export class TopicRouter extends DurableObject<Env> {
    * connection already owns the session (takeover raced with the close). `announce` (the
    * will and the monitoring Disconnect event) is published first, in the same call.
    */
-  async detach(
-    account: string,
-    clientId: string,
-    conn: string,
-    persistent: boolean,
-    announce: Message[] = [],
-    orphans: Message[] = [],
-  ): Promise<void> {
+  async detach(account: string, clientId: string, conn: string, opts: RouterDetach): Promise<void> {
+    const { persistent, announce = [], orphans = [] } = opts;
     if (announce.length > 0) await this.publish(account, announce);
     const current = this.targets.get(clientId);
     if (current && current.conn === conn) {

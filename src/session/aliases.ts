@@ -1,4 +1,5 @@
-import { TOPIC_ALIAS_MAXIMUM } from "./v5";
+import { TOPIC_ALIAS_MAXIMUM } from "./properties";
+import { ALIASES_KEY } from "./keys";
 
 /**
  * MQTT 5 topic aliases set by the client on this connection [MQTT-3.3.2-8..12]. Durable
@@ -19,14 +20,14 @@ export class TopicAliases {
     if (topic === "") return map.get(alias) ?? null;
     if (map.get(alias) !== topic) {
       map.set(alias, topic);
-      await this.storage.put("aliases", [...map]);
+      await this.storage.put(ALIASES_KEY, [...map]);
     }
     return topic;
   }
 
   private async load(): Promise<Map<number, string>> {
     if (this.map) return this.map;
-    const stored = await this.storage.get("aliases");
+    const stored = await this.storage.get(ALIASES_KEY);
     const map = new Map<number, string>();
     if (Array.isArray(stored)) {
       for (const entry of stored) {

@@ -1,4 +1,8 @@
 import type { Limits } from "../config";
+import type { Attachment } from "./state";
+
+/** Even without a keep alive, the alarm checks this often that the socket still exists. */
+export const LIVENESS_CHECK_MS = 5 * 60_000;
 
 /**
  * Keep alive outside the configured range is clamped (3.1.1 has no way to tell the client;
@@ -15,4 +19,13 @@ export function keepAliveDeadline(lastSeen: number, keepAliveSeconds: number): n
   // lastSeen is kept to about a second (the attachment is not rewritten on every packet),
   // so allow that second of slack.
   return lastSeen + keepAliveSeconds * 1500 + 1000;
+}
+
+/** When the one alarm should next run: the keep-alive deadline, the token expiry, or the liveness check. */
+export function nextAlarm(att: Pick<Attachment, "lastSeen" | "keepAlive" | "expiresAt">, now: number): number {
+  let next = now + LIVENESS_CHECK_MS;
+  const deadline = keepAliveDeadline(att.lastSeen, att.keepAlive);
+  if (deadline !== null) next = Math.min(next, deadline);
+  if (att.expiresAt !== null) next = Math.min(next, att.expiresAt);
+  return next;
 }

@@ -1,4 +1,5 @@
 import { isMessage, type Message } from "../router/messages";
+import { INBOUND_PREFIX, OUT_PREFIX, inboundKey, outKey } from "./keys";
 
 /**
  * A QoS 1/2 message for the client, durable in the connection object's storage.
@@ -15,8 +16,6 @@ export interface OutRecord {
   message: Message;
 }
 
-export const OUT_PREFIX = "o:";
-const outKey = (seq: number): string => `${OUT_PREFIX}${seq.toString().padStart(16, "0")}`;
 
 /** What to put on the wire for one record. */
 export type OutAction = { kind: "publish"; record: OutRecord } | { kind: "pubrel"; pid: number };
@@ -247,7 +246,6 @@ export class Outbox {
   }
 }
 
-export const INBOUND_PREFIX = "i:";
 
 /**
  * Packet ids of inbound QoS 2 messages received (routed, PUBREC sent) and not yet
@@ -281,7 +279,7 @@ export class InboundQos2 {
     const writes: Record<string, true> = {};
     for (const pid of pids) {
       ids.add(pid);
-      writes[`${INBOUND_PREFIX}${pid}`] = true;
+      writes[inboundKey(pid)] = true;
     }
     await this.storage.put(writes);
   }
@@ -290,7 +288,7 @@ export class InboundQos2 {
   async release(pid: number): Promise<boolean> {
     const ids = await this.load();
     if (!ids.delete(pid)) return false;
-    await this.storage.delete(`${INBOUND_PREFIX}${pid}`);
+    await this.storage.delete(inboundKey(pid));
     return true;
   }
 

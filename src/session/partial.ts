@@ -1,4 +1,5 @@
 import { ATTACHMENT_RX_MAX, type Attachment } from "./state";
+import { RX_KEY } from "./keys";
 
 /**
  * The bytes of a packet that has not fully arrived, kept where they survive hibernation:
@@ -13,7 +14,7 @@ export class PartialPacket {
   async load(att: Attachment): Promise<Uint8Array> {
     if (this.bytes !== undefined) return this.bytes;
     if (att.rxStored) {
-      const stored = await this.storage.get("rx");
+      const stored = await this.storage.get(RX_KEY);
       this.bytes = stored instanceof Uint8Array ? stored : new Uint8Array(0);
     } else this.bytes = att.rx ?? new Uint8Array(0);
     return this.bytes;
@@ -28,11 +29,11 @@ export class PartialPacket {
     if (copy.byteLength <= ATTACHMENT_RX_MAX) {
       att.rx = copy.byteLength > 0 ? copy : null;
       att.rxStored = false;
-      if (wasStored) await this.storage.delete("rx");
+      if (wasStored) await this.storage.delete(RX_KEY);
     } else {
       att.rx = null;
       att.rxStored = true;
-      await this.storage.put("rx", copy);
+      await this.storage.put(RX_KEY, copy);
     }
   }
 

@@ -1,13 +1,29 @@
 import { DurableObject } from "cloudflare:workers";
-import { connectionStub, routerStub, type Env } from "../env";
+import type { Env } from "../env";
+import { connectionStub, routerStub } from "../stubs";
 import { getConfig } from "../config";
 import { errorMessage, log } from "../log";
 import { isMessage, type DeliverResult, type Handover, type Message } from "../router/messages";
 import type { CloseCause } from "../protocol/codes";
 import { count, meterStorage } from "../metrics";
 import { limitEvent } from "../monitoring/events";
+import { QUEUE_PREFIX, SESSION_META_KEY, queueKey } from "./keys";
 
 /** Persistent state of one MQTT session, apart from its subscriptions (the router owns those). */
+/** Options of the session object's `attach`. */
+export interface SessionAttach {
+  cleanStart: boolean;
+  expirySeconds: number;
+}
+
+/** Options of the session object's `detach`. */
+export interface SessionDetach {
+  handover: Handover;
+  expirySeconds: number;
+  /** An MQTT 5 will published after its delay unless the session reconnects first. */
+  delayedWill?: { message: Message; delaySeconds: number };
+}
+
 interface SessionMeta {
   account: string;
   clientId: string;
@@ -40,7 +56,6 @@ function isMeta(v: unknown): v is SessionMeta {
     (m.will === null || isMessage(m.will)) && (m.willAt === null || typeof m.willAt === "number");
 }
 
-const queueKey = (seq: number): string => `q:${seq.toString().padStart(16, "0")}`;
 
 /**
  * One object per MQTT session (account + client id), named by `sessionName`.
@@ -57,7 +72,7 @@ export class MqttSession extends DurableObject<Env> {
     super(ctx, env);
     meterStorage(ctx, env, "session");
     void ctx.blockConcurrencyWhile(async () => {
-      const stored = await ctx.storage.get("meta");
+      const stored = await ctx.storage.get(SESSION_META_KEY);
       this.meta = isMeta(stored) ? stored : null;
     });
   }
@@ -68,14 +83,8 @@ export class MqttSession extends DurableObject<Env> {
    * before answering. Returns whether a persistent session was present [MQTT-3.2.2-2] and the
    * inbound QoS 2 packet ids the new connection must still recognize.
    */
-  async attach(
-    account: string,
-    clientId: string,
-    conn: string,
-    cleanStart: boolean,
-    expirySeconds: number,
-  ): Promise<{ sessionPresent: boolean; inboundQos2: number[] }> {
-    const clean = cleanStart;
+  async attach(account: string, clientId: string, conn: string, opts: SessionAttach): Promise<{ sessionPresent: boolean; inboundQos2: number[] }> {
+    const { cleanStart: clean, expirySeconds } = opts;
     const prev = this.meta;
     const sessionPresent = !clean && prev !== null && prev.persistent;
     if (prev?.will) log("info", "session.will_cancelled", { clientId }); // reconnected within the will delay
@@ -150,7 +159,8 @@ export class MqttSession extends DurableObject<Env> {
    * (`expirySeconds` > 0). `delayedWill` is an MQTT 5 will to publish after its delay unless
    * the session reconnects first; it goes out at once if the session expires first.
    */
-  async detach(conn: string, handover: Handover, expirySeconds: number, delayedWill?: { message: Message; delaySeconds: number }): Promise<void> {
+  async detach(conn: string, opts: SessionDetach): Promise<void> {
+    const { handover, expirySeconds, delayedWill } = opts;
     const meta = this.meta;
     if (!meta) return;
     if (meta.owner === conn) {
@@ -177,10 +187,10 @@ export class MqttSession extends DurableObject<Env> {
   }
 
   /** Closes the session's live connection, if any (admin kick, disabled or deleted device). */
-  async kick(cause: CloseCause, publishWill = true): Promise<boolean> {
+  async close(cause: CloseCause, opts: { publishWill?: boolean } = {}): Promise<boolean> {
     const owner = this.meta?.owner;
     if (!owner) return false;
-    return connectionStub(this.env, owner).kick(cause, publishWill);
+    return connectionStub(this.env, owner).close(cause, opts);
   }
 
   /** Queue length and drop count, for tests and the admin API. */
@@ -248,7 +258,7 @@ export class MqttSession extends DurableObject<Env> {
 
   private async readQueue(meta: SessionMeta): Promise<Message[]> {
     if (meta.tail === meta.head) return [];
-    const map = await this.ctx.storage.list({ prefix: "q:" });
+    const map = await this.ctx.storage.list({ prefix: QUEUE_PREFIX });
     const out: Message[] = [];
     const now = Date.now();
     // MQTT 5 message expiry: an expired message is not delivered [MQTT-3.3.2-5].
@@ -267,6 +277,6 @@ export class MqttSession extends DurableObject<Env> {
 
   private saveMeta(meta: SessionMeta): void {
     this.meta = meta;
-    void this.ctx.storage.put("meta", meta);
+    void this.ctx.storage.put(SESSION_META_KEY, meta);
   }
 }

@@ -6,15 +6,14 @@
 import type { ProtocolVersion } from "../protocol/codec";
 import { isMessage, type Message } from "../router/messages";
 import type { Identity } from "../auth/identity";
-import type { TrafficCounters } from "../monitoring/events";
+import { protocolName, type ConnectionFacts, type TrafficCounters } from "../monitoring/events";
 import type { Bucket } from "./rate";
+import { META_KEY } from "./keys";
 
 /** Partial packets up to this size ride in the attachment; larger ones go to storage. */
 export const ATTACHMENT_RX_MAX = 1024;
 /** A socket that sends no CONNECT within this time is closed. */
 export const CONNECT_TIMEOUT_MS = 30_000;
-/** Even without a keep alive, the alarm checks this often that the socket still exists. */
-export const LIVENESS_CHECK_MS = 5 * 60_000;
 
 export interface Attachment {
   v: 1;
@@ -94,7 +93,7 @@ export function readAttachment(v: unknown): Attachment | null {
 }
 
 export async function readConnMeta(storage: DurableObjectStorage): Promise<ConnMeta | null> {
-  const v = await storage.get("meta");
+  const v = await storage.get(META_KEY);
   if (!isObj(v) || typeof v.account !== "string" || typeof v.clientId !== "string" || typeof v.cleanStart !== "boolean") return null;
   if (typeof v.expirySeconds !== "number" || typeof v.willDelaySeconds !== "number") return null;
   if (!isVersion(v.protocolVersion)) return null;
@@ -125,3 +124,14 @@ export function readBrowserCredentials(v: unknown): { token: string; csrf: strin
   return isObj(v) && typeof v.token === "string" && typeof v.csrf === "string" ? { token: v.token, csrf: v.csrf } : null;
 }
 
+
+/** What the monitoring events say about this connection. */
+export function connectionFacts(meta: ConnMeta): ConnectionFacts {
+  return {
+    clientId: meta.clientId,
+    user: meta.identity.id,
+    addr: meta.addr,
+    protocol: protocolName(meta.protocolVersion, meta.transport),
+    connectedAt: meta.connectedAt,
+  };
+}

@@ -2,7 +2,8 @@ import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { SignJWT, exportJWK, exportSPKI, generateKeyPair, importJWK, base64url, type CryptoKey, type JWTPayload } from "jose";
-import { jwtConfigFromEnv, readCookie, verifyToken, type JwtConfig } from "../../src/auth/jwt";
+import { jwtConfigFromEnv, verifyToken, type JwtConfig } from "../../src/auth/jwt";
+import { readCookie } from "../../src/auth/cookies";
 
 const SECRET = "unit-test-secret-0123456789abcdef0123456789abcdef";
 const NOW_S = 1_800_000_000;

@@ -2,10 +2,7 @@ import { describe, it, expect } from "vitest";
 import { SELF, env, listDurableObjectIds, runInDurableObject } from "cloudflare:test";
 import mqttPacket, { type Packet } from "mqtt-packet";
 import type { Env } from "../../src/env";
-import { routerStub, sessionStub } from "../../src/env";
-import { PartialPacket } from "../../src/session/partial";
-import { InboundQos2, Outbox } from "../../src/session/outbox";
-import { TopicAliases } from "../../src/session/aliases";
+import { routerStub, sessionStub } from "../../src/stubs";
 
 const E = env as unknown as Env;
 
@@ -46,17 +43,12 @@ async function connectionIds(): Promise<Set<string>> {
 
 /**
  * Drops a connection object's in-memory state, as hibernation does: the socket attachment
- * and storage stay; every in-memory helper starts empty, as after the constructor runs.
+ * and storage stay; the object rebuilds its state and port with the same function its
+ * constructor runs after every wake.
  */
 async function simulateWake(id: string): Promise<void> {
-  await runInDurableObject(E.CONNECTION.get(E.CONNECTION.idFromString(id)), (instance, state) => {
-    const mem = instance as unknown as Record<string, unknown>;
-    mem.att = null;
-    mem.meta = null;
-    mem.partial = new PartialPacket(state.storage);
-    mem.outbox = new Outbox(state.storage, 100);
-    mem.inboundQos2 = new InboundQos2(state.storage);
-    mem.aliases = new TopicAliases(state.storage);
+  await runInDurableObject(E.CONNECTION.get(E.CONNECTION.idFromString(id)), (instance) => {
+    (instance as unknown as { wake(): void }).wake();
   });
 }
 
@@ -87,9 +79,9 @@ describe("MqttConnection in workerd", () => {
     // A connection object that holds no socket, as after a runtime restart killed it.
     const deadConn = E.CONNECTION.newUniqueId().toString();
     const session = sessionStub(E, account, "crashed");
-    await session.attach(account, "crashed", deadConn, false, 3600);
+    await session.attach(account, "crashed", deadConn, { cleanStart: false, expirySeconds: 3600 });
     const router = routerStub(E, account);
-    await router.attach(account, "crashed", deadConn, false, true);
+    await router.attach(account, "crashed", deadConn, { cleanStart: false, persistent: true });
     await router.subscribe("crashed", [{ filter: "c/#", qos: 1 }], 10);
     await router.publish(account, [{ topic: "c/1", payload: new Uint8Array([1]), qos: 1, retain: false }]);
     expect(await session.stats()).toEqual({ online: false, persistent: true, queued: 1, dropped: 0 });

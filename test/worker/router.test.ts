@@ -1,7 +1,7 @@
 import { describe, it, expect } from "vitest";
 import { abortAllDurableObjects, env, runInDurableObject, runDurableObjectAlarm } from "cloudflare:test";
 import type { Env } from "../../src/env";
-import { routerStub, sessionStub } from "../../src/env";
+import { routerStub, sessionStub } from "../../src/stubs";
 import type { Message } from "../../src/router/messages";
 
 const E = env as unknown as Env;
@@ -12,7 +12,7 @@ describe("TopicRouter in workerd", () => {
   it("persists subscriptions, targets and retained messages and rebuilds them after a restart of the object", async () => {
     const account = `acc-${crypto.randomUUID()}`;
     const router = routerStub(E, account);
-    await router.attach(account, "c1", E.CONNECTION.newUniqueId().toString(), false, true);
+    await router.attach(account, "c1", E.CONNECTION.newUniqueId().toString(), { cleanStart: false, persistent: true });
     await router.subscribe("c1", [{ filter: "a/+", qos: 1 }, { filter: "#", qos: 0 }], 100);
     await router.publish(account, [msg("a/b", "kept", 1, true)]);
     expect(await router.stats()).toEqual({ subscriptions: 2, sessions: 1, retained: 1 });
@@ -42,11 +42,11 @@ describe("TopicRouter in workerd", () => {
     const router = routerStub(E, account);
     const conn = E.CONNECTION.newUniqueId().toString();
     const session = sessionStub(E, account, "p1");
-    await session.attach(account, "p1", conn, false, 3600);
-    await router.attach(account, "p1", conn, false, true);
+    await session.attach(account, "p1", conn, { cleanStart: false, expirySeconds: 3600 });
+    await router.attach(account, "p1", conn, { cleanStart: false, persistent: true });
     await router.subscribe("p1", [{ filter: "x/#", qos: 1 }], 100);
-    await router.detach(account, "p1", conn, true);
-    await session.detach(conn, { messages: [], inboundQos2: [] }, 1); // expires after 1 s offline
+    await router.detach(account, "p1", conn, { persistent: true });
+    await session.detach(conn, { handover: { messages: [], inboundQos2: [] }, expirySeconds: 1 }); // expires after 1 s offline
     await router.publish(account, [msg("x/1", "a", 1), msg("x/2", "b", 0), msg("x/3", "c", 1)]);
     expect(await session.stats()).toEqual({ online: false, persistent: true, queued: 2, dropped: 0 });
 
@@ -64,10 +64,10 @@ describe("TopicRouter in workerd", () => {
     const router = routerStub(E, account);
     const oldConn = E.CONNECTION.newUniqueId().toString();
     const newConn = E.CONNECTION.newUniqueId().toString();
-    await router.attach(account, "c", oldConn, false, true);
+    await router.attach(account, "c", oldConn, { cleanStart: false, persistent: true });
     await router.subscribe("c", [{ filter: "t", qos: 1 }], 10);
-    await router.attach(account, "c", newConn, false, true);
-    await router.detach(account, "c", oldConn, false); // late detach of the taken-over connection
+    await router.attach(account, "c", newConn, { cleanStart: false, persistent: true });
+    await router.detach(account, "c", oldConn, { persistent: false }); // late detach of the taken-over connection
     expect(await router.stats()).toMatchObject({ subscriptions: 1, sessions: 1 });
   });
 });

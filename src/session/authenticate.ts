@@ -3,7 +3,7 @@ import type { Env } from "../env";
 import { ConnackCode, type CloseCause } from "../protocol/codes";
 import type { IConnectPacket } from "../protocol/codec";
 import { toBytes } from "../protocol/bytes";
-import { forwardedProps } from "./v5";
+import { forwardedProps } from "./properties";
 import { utf8ByteLength, validateTopicName } from "../topics/topic";
 import { canPublish } from "../topics/acl";
 import type { Message } from "../router/messages";
@@ -14,6 +14,7 @@ import {
   looksLikeJwt,
   type AuthFailure,
   type AuthResult,
+  type ConnectionMode,
   type Identity,
 } from "../auth/identity";
 import { timingSafeEqualString } from "../auth/passwords";
@@ -23,8 +24,6 @@ export interface BrowserCredentials {
   token: string;
   csrf: string;
 }
-
-export type ConnectionMode = "single" | "multi";
 
 export type ConnectDecision =
   | { ok: true; identity: Identity; clientId: string; mode: ConnectionMode; will: Message | null; willDenied: boolean }

@@ -1,35 +1,8 @@
 /**
- * MQTT 5 pieces of the session that are pure: reason codes for the answers the broker
- * gives, and the PUBLISH properties it reads, forwards and writes.
+ * MQTT 5 PUBLISH properties, pure: the ones the broker reads, forwards and writes.
  */
-import { ConnackCode } from "../protocol/codes";
 import type { IPublishPacket, UserProperties } from "../protocol/codec";
 import type { ForwardedProps, Message } from "../router/messages";
-
-/** 3.1.1 CONNACK return code → MQTT 5 CONNACK reason code. */
-export const CONNACK_V5: Record<ConnackCode, number> = {
-  [ConnackCode.Accepted]: 0x00,
-  [ConnackCode.UnacceptableProtocolVersion]: 0x84,
-  [ConnackCode.IdentifierRejected]: 0x85,
-  [ConnackCode.ServerUnavailable]: 0x88,
-  [ConnackCode.BadUserNameOrPassword]: 0x86,
-  [ConnackCode.NotAuthorized]: 0x87,
-};
-
-export const V5 = {
-  success: 0x00,
-  noSubscriptionExisted: 0x11,
-  unspecified: 0x80,
-  notAuthorized: 0x87,
-  badAuthenticationMethod: 0x8c,
-  topicFilterInvalid: 0x8f,
-  packetIdInUse: 0x91,
-  receiveMaximumExceeded: 0x93,
-  topicAliasInvalid: 0x94,
-  quotaExceeded: 0x97,
-  payloadFormatInvalid: 0x99,
-  protocolError: 0x82,
-} as const;
 
 /** The topic alias maximum the broker offers MQTT 5 clients (inbound aliases). */
 export const TOPIC_ALIAS_MAXIMUM = 32;

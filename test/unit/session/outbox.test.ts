@@ -1,0 +1,60 @@
+import { describe, expect, it } from "vitest";
+import { Outbox } from "../../../src/session/outbox";
+import type { Message } from "../../../src/router/messages";
+import { deliverMessages } from "../../../src/session/handlers/deliver";
+import { FakeLink, MemoryStorage, connectedAttachment } from "./fake-link";
+
+const msg = (topic: string, qos: 1 | 2 = 1): Message => ({ topic, payload: new Uint8Array([1]), qos, retain: false });
+const publishedPids = (actions: Awaited<ReturnType<Outbox["add"]>>): number[] => actions.flatMap((a) => (a.kind === "publish" ? [a.record.pid] : []));
+
+describe("Outbox", () => {
+  it("keeps at most the window in flight and admits the next one on PUBACK", async () => {
+    const box = new Outbox(new MemoryStorage().asDurableObjectStorage(), 2);
+    expect(publishedPids(await box.add([msg("a"), msg("b"), msg("c")]))).toEqual([1, 2]);
+    expect(await box.complete(1, "puback")).toEqual([expect.objectContaining({ kind: "publish", record: expect.objectContaining({ pid: 3 }) })]);
+    expect(await box.complete(1, "puback")).toEqual([]); // a duplicate PUBACK changes nothing
+  });
+
+  it("hands unfinished messages over with their packet ids and DUP; the next connection resends them as they were [MQTT-4.4.0-1]", async () => {
+    const storage = new MemoryStorage().asDurableObjectStorage();
+    const first = new Outbox(storage, 10);
+    await first.add([msg("a"), msg("b", 2)]);
+    expect(await first.received(2)).toBe(true);
+    const handover = await first.handover();
+    expect(handover).toEqual([
+      expect.objectContaining({ topic: "a", pid: 1, dup: true, released: false }),
+      expect.objectContaining({ topic: "b", pid: 2, dup: true, released: true }),
+    ]);
+    const next = new Outbox(new MemoryStorage().asDurableObjectStorage(), 10);
+    const actions = await next.add(handover);
+    expect(actions).toEqual([
+      { kind: "publish", record: expect.objectContaining({ pid: 1, dup: true }) },
+      { kind: "pubrel", pid: 2 },
+    ]);
+  });
+
+  it("survives a wake: a new Outbox over the same storage resends what was in flight", async () => {
+    const storage = new MemoryStorage().asDurableObjectStorage();
+    const box = new Outbox(storage, 10);
+    await box.add([msg("a")]);
+    const woken = new Outbox(storage, 10);
+    expect(publishedPids(await woken.resend())).toEqual([1]);
+  });
+});
+
+describe("delivery", () => {
+  it("a message larger than the client's Maximum Packet Size is skipped and the next one flows", async () => {
+    const link = new FakeLink(undefined, connectedAttachment(5, { maxPacketOut: 40 }));
+    const big: Message = { topic: "t", payload: new Uint8Array(100), qos: 1, retain: false };
+    await deliverMessages(link, [big, msg("small")]);
+    expect(link.sent).toEqual([expect.objectContaining({ cmd: "publish", topic: "small", messageId: 2 })]);
+  });
+
+  it("QoS 0 before CONNACK waits; QoS 1 is stored and not sent", async () => {
+    const link = new FakeLink(undefined, connectedAttachment(4, { phase: "connecting" }));
+    await deliverMessages(link, [{ ...msg("q0"), qos: 0 }, msg("q1")]);
+    expect(link.sent).toEqual([]);
+    expect(link.state.early.map((m) => m.topic)).toEqual(["q0"]);
+    expect((await link.state.outbox.handover()).map((m) => m.topic)).toEqual(["q1"]);
+  });
+});

@@ -1,0 +1,102 @@
+import { describe, expect, it } from "vitest";
+import type { IPublishPacket } from "../../../src/protocol/codec";
+import { V5 } from "../../../src/protocol/codes";
+import { decidePublish, onPublish } from "../../../src/session/handlers/publish";
+import { FakeLink, connectedAttachment, connMeta, deferred, settle, testConfig } from "./fake-link";
+
+const publish = (messageId: number | undefined, qos: 0 | 1 | 2, topic = "a/b"): IPublishPacket => ({
+  cmd: "publish", topic, payload: Buffer.from("x"), qos, retain: false, dup: false, ...(messageId === undefined ? {} : { messageId }),
+});
+
+describe("PUBLISH handler", () => {
+  it("a QoS 1 PUBLISH calls the router once and sends PUBACK only after the call resolves", async () => {
+    const link = new FakeLink();
+    const call = deferred<void>();
+    link.router.onPublish = () => call.promise;
+    await onPublish(link, publish(7, 1));
+    await settle();
+    expect(link.router.published).toHaveLength(1);
+    expect(link.router.published[0]?.map((m) => m.topic)).toEqual(["a/b"]);
+    expect(link.cmds()).toEqual([]);
+    call.resolve();
+    await settle();
+    expect(link.sent).toEqual([{ cmd: "puback", messageId: 7 }]);
+    expect(link.router.published).toHaveLength(1);
+  });
+
+  it("no PUBACK and a close when the router call rejects", async () => {
+    const link = new FakeLink();
+    link.router.onPublish = () => Promise.reject(new Error("router down"));
+    await onPublish(link, publish(7, 1));
+    await settle();
+    expect(link.cmds()).toEqual([]);
+    expect(link.closes).toEqual(["serverError"]);
+  });
+
+  it("publishes arriving during a router call travel together in the next one, acknowledged in order", async () => {
+    const link = new FakeLink();
+    const calls = [deferred<void>(), deferred<void>()];
+    let n = 0;
+    link.router.onPublish = () => calls[n++]?.promise ?? Promise.resolve();
+    await onPublish(link, publish(1, 1, "t/1"));
+    await onPublish(link, publish(undefined, 0, "t/2"));
+    await onPublish(link, publish(3, 1, "t/3"));
+    await settle();
+    expect(link.router.published.map((b) => b.map((m) => m.topic))).toEqual([["t/1"]]);
+    calls[0]?.resolve();
+    await settle();
+    expect(link.sent).toEqual([{ cmd: "puback", messageId: 1 }]);
+    expect(link.router.published.map((b) => b.map((m) => m.topic))).toEqual([["t/1"], ["t/2", "t/3"]]);
+    calls[1]?.resolve();
+    await settle();
+    expect(link.sent).toEqual([{ cmd: "puback", messageId: 1 }, { cmd: "puback", messageId: 3 }]);
+  });
+
+  it("a QoS 2 retransmission during routing is acknowledged but routed once", async () => {
+    const link = new FakeLink();
+    const call = deferred<void>();
+    link.router.onPublish = () => call.promise;
+    await onPublish(link, publish(5, 2));
+    await onPublish(link, { ...publish(5, 2), dup: true });
+    call.resolve();
+    await settle();
+    expect(link.router.published.flat()).toHaveLength(1);
+    expect(link.sent).toEqual([{ cmd: "pubrec", messageId: 5 }, { cmd: "pubrec", messageId: 5 }]);
+    expect(await link.state.inboundQos2.has(5)).toBe(true);
+  });
+
+  it("past the publish rate the connection closes without routing", async () => {
+    const link = new FakeLink(testConfig({ publishRatePerSecond: 1, publishBurst: 1 }), connectedAttachment(4, { bucket: { tokens: 1, at: 1_000 } }));
+    await onPublish(link, publish(undefined, 0));
+    await onPublish(link, publish(undefined, 0));
+    await settle();
+    expect(link.router.published.flat()).toHaveLength(1);
+    expect(link.closes).toEqual(["rateExceeded"]);
+  });
+
+  it("an MQTT 5 publish the ACL refuses gets PUBACK 0x87 and is not routed", async () => {
+    const meta = connMeta({ protocolVersion: 5, identity: { kind: "user", account: "acc", id: "u", acl: { pub: ["mine/#"], sub: [] }, expiresAt: null } });
+    const link = new FakeLink(testConfig(), connectedAttachment(5), meta);
+    await onPublish(link, publish(2, 1, "theirs/x"));
+    await settle();
+    expect(link.router.published).toEqual([]);
+    expect(link.sent).toEqual([expect.objectContaining({ cmd: "puback", messageId: 2, reasonCode: V5.notAuthorized })]);
+  });
+});
+
+describe("decidePublish", () => {
+  const acl = { pub: ["a/#"], sub: [] };
+  it("routes an allowed publish with its forwarded properties and expiry", () => {
+    const packet: IPublishPacket = { ...publish(1, 1), properties: { contentType: "text/plain", messageExpiryInterval: 10 } };
+    const d = decidePublish(packet, "a/b", new Uint8Array([1]), acl, "c1", 5_000);
+    expect(d.reason).toBeUndefined();
+    expect(d.message).toMatchObject({ topic: "a/b", qos: 1, from: "c1", props: { contentType: "text/plain" }, expiresAt: 15_000 });
+  });
+  it("refuses an invalid UTF-8 payload marked as UTF-8 with 0x99, before the ACL", () => {
+    const packet: IPublishPacket = { ...publish(1, 1, "z"), properties: { payloadFormatIndicator: true } };
+    expect(decidePublish(packet, "z", new Uint8Array([0xff]), acl, "c1", 0)).toMatchObject({ message: null, reason: V5.payloadFormatInvalid });
+  });
+  it("refuses a topic outside the ACL with 0x87", () => {
+    expect(decidePublish(publish(1, 1, "b/c"), "b/c", new Uint8Array(), acl, "c1", 0)).toMatchObject({ message: null, reason: V5.notAuthorized });
+  });
+});

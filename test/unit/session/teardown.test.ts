@@ -1,0 +1,65 @@
+import { describe, expect, it } from "vitest";
+import { planTeardown, closeConnection } from "../../../src/session/handlers/teardown";
+import type { Message } from "../../../src/router/messages";
+import { FakeLink, connectedAttachment, connMeta } from "./fake-link";
+
+const will: Message = { topic: "w", payload: new Uint8Array([1]), qos: 1, retain: false };
+const traffic = { readBytes: 1, readMsg: 1, writeBytes: 2, writeMsg: 2 };
+const inflight: Message = { topic: "t", payload: new Uint8Array(), qos: 1, retain: false, pid: 4, dup: true };
+const shared: Message = { topic: "s", payload: new Uint8Array(), qos: 1, retain: false, pid: 5, share: "g\u0000s" };
+
+const eventAction = (m: Message | undefined): unknown => (m ? JSON.parse(new TextDecoder().decode(m.payload)).Action : undefined);
+
+describe("planTeardown", () => {
+  it("a takeover of a persistent session publishes the will and the Disconnect event and answers the hand-over instead of detaching the session", () => {
+    const plan = planTeardown({
+      meta: connMeta({ expirySeconds: 3600, will, willDelaySeconds: 30 }),
+      cause: "takenOver", handBack: false, willSuppressed: false, traffic,
+      unfinished: [inflight], inboundQos2: [9], now: 10,
+    });
+    expect(plan.announce[0]).toBe(will); // no hand-back: the will delay cannot be kept by the session
+    expect(eventAction(plan.announce[1])).toBe("Disconnect");
+    expect(plan.sessionDetach).toBeNull();
+    expect(plan.handover).toEqual({ messages: [inflight], inboundQos2: [9] });
+    expect(plan.persistent).toBe(true);
+    expect(plan.orphans).toEqual([]);
+  });
+
+  it("a lost persistent connection with a will delay hands the will to the session object", () => {
+    const plan = planTeardown({
+      meta: connMeta({ expirySeconds: 3600, will, willDelaySeconds: 30 }),
+      cause: "networkLost", handBack: true, willSuppressed: false, traffic, unfinished: [], inboundQos2: [], now: 10,
+    });
+    expect(plan.announce.map(eventAction)).toEqual(["Disconnect"]);
+    expect(plan.sessionDetach).toEqual({ handover: { messages: [], inboundQos2: [] }, expirySeconds: 3600, delayedWill: { message: will, delaySeconds: 30 } });
+  });
+
+  it("a clean session gives unfinished shared messages back to their groups and keeps nothing", () => {
+    const plan = planTeardown({
+      meta: connMeta({ expirySeconds: 0, identity: { kind: "user", account: "acc", id: "u", acl: { pub: [], sub: [] }, expiresAt: null } }),
+      cause: "clientDisconnect", handBack: true, willSuppressed: false, traffic, unfinished: [inflight, shared], inboundQos2: [], now: 10,
+    });
+    expect(plan.orphans).toEqual([shared]);
+    expect(plan.handover).toEqual({ messages: [], inboundQos2: [] });
+    expect(plan.releaseSlot).toBe(true);
+  });
+
+  it("DISCONNECT publishes no will [MQTT-3.1.2-10]; an admin close can suppress it", () => {
+    const base = { handBack: true, traffic, unfinished: [], inboundQos2: [], now: 10 };
+    expect(planTeardown({ ...base, meta: connMeta({ will }), cause: "clientDisconnect", willSuppressed: false }).announce).toHaveLength(1);
+    expect(planTeardown({ ...base, meta: connMeta({ will }), cause: "adminKick", willSuppressed: true }).announce).toHaveLength(1);
+    expect(planTeardown({ ...base, meta: connMeta({ will }), cause: "adminKick", willSuppressed: false }).announce[0]).toBe(will);
+  });
+});
+
+describe("closeConnection", () => {
+  it("runs once: the second caller gets the same hand-over, the router hears one detach", async () => {
+    const link = new FakeLink(undefined, connectedAttachment(5), connMeta({ protocolVersion: 5 }));
+    const [a, b] = await Promise.all([closeConnection(link, "keepAliveTimeout"), closeConnection(link, "networkLost")]);
+    expect(a).toBe(b);
+    expect(link.router.detached).toHaveLength(1);
+    // MQTT 5: the broker says why before it closes (§4.13.2).
+    expect(link.sent).toEqual([expect.objectContaining({ cmd: "disconnect", reasonCode: 0x8d })]);
+    expect(link.storage.data.size).toBe(0);
+  });
+});
