@@ -3,9 +3,7 @@ import {
   concatBytes,
   decodePacket,
   encodePacket,
-  peekConnectVersion,
   readFrames,
-  type IConnectPacket,
   type Packet,
   type ProtocolVersion,
 } from "../../src/protocol/codec";
@@ -428,25 +426,6 @@ function lp(value: string | number[]): Array<number | string> {
   const raw = typeof value === "string" ? Array.from(Buffer.from(value)) : value;
   return [raw.length >> 8, raw.length & 0xff, ...raw];
 }
-
-describe("peekConnectVersion", () => {
-  it("reads 3, 4 and 5", () => {
-    for (const v of VECTORS.filter((x) => x.decoded.cmd === "connect")) {
-      const p = decodeOk(v.bytes, 4);
-      expect(p.cmd).toBe("connect");
-      if (p.cmd === "connect") expect(peekConnectVersion(p)).toBe(v.version);
-    }
-  });
-
-  it("refuses mismatched name and level, and bridge mode", () => {
-    const base: IConnectPacket = { cmd: "connect", clientId: "x" };
-    expect(peekConnectVersion({ ...base, protocolId: "MQTT", protocolVersion: 3 })).toBeNull();
-    expect(peekConnectVersion({ ...base, protocolId: "MQIsdp", protocolVersion: 4 })).toBeNull();
-    expect(peekConnectVersion(base)).toBeNull();
-    // decodePacket reports bridge levels as unsupported; a hand-built packet can still say it.
-    expect(peekConnectVersion({ ...base, protocolId: "MQTT", protocolVersion: 4, bridgeMode: true } as IConnectPacket)).toBeNull();
-  });
-});
 
 describe("encodePacket", () => {
   it("throws instead of emitting a truncated packet", () => {
