@@ -1,4 +1,22 @@
-import type { Env } from "./env";
+
+/** The vars the config reads (strings, as wrangler passes them; a subset of the Worker's bindings). */
+export interface ConfigVars {
+  ANONYMOUS_ACCOUNT?: string;
+  KEEPALIVE_MAX_SECONDS?: string;
+  KEEPALIVE_MIN_SECONDS?: string;
+  MAX_CLIENT_ID_BYTES?: string;
+  MAX_FILTERS_PER_SUBSCRIBE?: string;
+  MAX_INFLIGHT?: string;
+  MAX_MULTI_CONNECTIONS?: string;
+  MAX_PAYLOAD_BYTES?: string;
+  MAX_QUEUED_MESSAGES?: string;
+  MAX_SUBSCRIPTIONS?: string;
+  MAX_TOPIC_BYTES?: string;
+  MAX_TOPIC_LEVELS?: string;
+  PUBLISH_BURST?: string;
+  PUBLISH_RATE_PER_SECOND?: string;
+  SESSION_EXPIRY_SECONDS?: string;
+}
 
 /** Broker limits, parsed once per isolate from wrangler vars. */
 export interface Limits {
@@ -53,10 +71,10 @@ function int(value: string | undefined, fallback: number, min = 0): number {
   return Number.isInteger(n) && n >= min ? n : fallback;
 }
 
-let cached: { env: Env; config: Config } | undefined;
+let cached: { env: ConfigVars; config: Config } | undefined;
 
 /** Reads the config from env vars; cached per env object (one per isolate). */
-export function getConfig(env: Env): Config {
+export function getConfig(env: ConfigVars): Config {
   if (cached && cached.env === env) return cached.config;
   const maxPayloadBytes = int(env.MAX_PAYLOAD_BYTES, DEFAULT_LIMITS.maxPayloadBytes, 1);
   const maxTopicBytes = int(env.MAX_TOPIC_BYTES, DEFAULT_LIMITS.maxTopicBytes, 1);

@@ -23,7 +23,10 @@
  *   writes one row per key it removes.
  * - `alarmDelete`: `deleteAlarm()` calls (not priced: the pricing page bills only `setAlarm`).
  */
-import type { Env } from "./env";
+/** The one var the counters read. */
+export interface MetricsBindings {
+  BENCH_COUNTERS?: string;
+}
 
 export type BillableUnit = "doRpc" | "doFetch" | "wsIn" | "alarmRun" | "alarmSet" | "alarmDelete" | "rowsRead" | "rowsWritten";
 
@@ -45,7 +48,7 @@ const detail = new Map<string, number>();
 let since = Date.now();
 
 /** Whether counting is on (`BENCH_COUNTERS="1"`). */
-export function countersEnabled(env: Env): boolean {
+export function countersEnabled(env: MetricsBindings): boolean {
   if (enabled === undefined) enabled = env.BENCH_COUNTERS === "1";
   return enabled;
 }
@@ -57,7 +60,7 @@ function add(unit: BillableUnit, n: number, where: string): void {
 }
 
 /** Counts `n` billable units of `unit`, attributed to `where` (object and method). */
-export function count(env: Env, unit: BillableUnit, where: string, n = 1): void {
+export function count(env: MetricsBindings, unit: BillableUnit, where: string, n = 1): void {
   if (enabled === undefined) enabled = env.BENCH_COUNTERS === "1";
   if (!enabled || n === 0) return;
   add(unit, n, where);
@@ -80,7 +83,7 @@ export function resetCounters(): void {
  * that counts, then forwards the call unchanged); outside bench mode returns `stub` itself.
  * `fetch` is left to the receiving object to count.
  */
-export function meterStub<T extends object>(env: Env, stub: T, name: string): T {
+export function meterStub<T extends object>(env: MetricsBindings, stub: T, name: string): T {
   if (!countersEnabled(env)) return stub;
   return new Proxy(stub, {
     get(target, prop) {
@@ -106,7 +109,7 @@ function keyCount(keys: KeyArg): number {
  * wrapping the methods of its `ctx.storage` (the same object for the object's whole life).
  * Call once, first thing in the constructor. Outside bench mode it does nothing.
  */
-export function meterStorage(ctx: DurableObjectState, env: Env, where: string): void {
+export function meterStorage(ctx: DurableObjectState, env: MetricsBindings, where: string): void {
   if (!countersEnabled(env)) return;
   const s = ctx.storage;
   const get = s.get.bind(s) as (keys: KeyArg, opts?: DurableObjectGetOptions) => Promise<unknown>;

@@ -1,6 +1,5 @@
-import type { Env } from "../env";
 import { ACCOUNT_WIDE_ACL, deviceAcl, type Acl } from "../topics/acl";
-import { jwtConfigFromEnv, verifyToken } from "./jwt";
+import { jwtConfigFromEnv, verifyToken, type JwtBindings } from "./jwt";
 import { authenticateDevice } from "./registry";
 
 /** Who is connecting or calling, after authentication. */
@@ -20,6 +19,12 @@ export interface Identity {
  */
 export type ConnectionMode = "single" | "multi";
 
+/** The connection-limit object's answer to a claim for a slot. */
+export type ClaimResult =
+  | { ok: true }
+  /** `mixed`: the identity holds connections in the other mode; `full`: multi-mode cap reached. */
+  | { ok: false; reason: "mixed" | "full" };
+
 export type AuthFailure =
   /** Unknown device, wrong password, token that does not verify: CONNACK 4 / HTTP 401. */
   | "bad_credentials"
@@ -30,6 +35,12 @@ export type AuthFailure =
   /** No credentials and anonymous access off: CONNACK 5 / HTTP 401. */
   | "anonymous_disabled";
 
+/** The bindings authentication reads: the device registry, the password pepper, the JWT secrets. */
+export interface AuthBindings extends JwtBindings {
+  DB: D1Database;
+  DEVICE_PEPPER?: string;
+}
+
 export type AuthResult = { ok: true; identity: Identity } | { ok: false; failure: AuthFailure };
 
 /** Three base64url segments: the shape of a compact JWS. Device passwords are one segment. */
@@ -38,7 +49,7 @@ export function looksLikeJwt(s: string): boolean {
 }
 
 /** A device by id and password, against the D1 registry; the account comes from the registry. */
-export async function authenticateDevicePassword(env: Env, deviceId: string, password: string): Promise<AuthResult> {
+export async function authenticateDevicePassword(env: AuthBindings, deviceId: string, password: string): Promise<AuthResult> {
   const pepper = env.DEVICE_PEPPER;
   if (!pepper) return { ok: false, failure: "bad_credentials" };
   const result = await authenticateDevice(env.DB, pepper, deviceId, password);
@@ -51,7 +62,7 @@ export async function authenticateDevicePassword(env: Env, deviceId: string, pas
  * A user or application by JWT. `expectedSubject`, when given (the MQTT user name),
  * must equal the token's `sub`.
  */
-export async function authenticateToken(env: Env, token: string, expectedSubject?: string): Promise<AuthResult> {
+export async function authenticateToken(env: JwtBindings, token: string, expectedSubject?: string): Promise<AuthResult> {
   const verified = await verifyToken(token, jwtConfigFromEnv(env));
   if (!verified.ok) return { ok: false, failure: verified.reason === "expired" ? "expired" : "bad_credentials" };
   const { claims } = verified;

@@ -13,8 +13,8 @@ import {
   type JWTVerifyGetKey,
   type JWTVerifyOptions,
 } from "jose";
-import type { Env } from "../env";
 import { validateAcl, type Acl } from "../topics/acl";
+import { isRecord } from "../guards";
 
 /** The verified claims the broker uses. */
 export interface TokenClaims {
@@ -44,7 +44,14 @@ export type VerifyResult =
   | { ok: false; reason: "expired" | "invalid" | "unconfigured" };
 
 /** The JWT-related secrets of the Worker environment; empty strings count as unset. */
-export function jwtConfigFromEnv(env: Pick<Env, "JWT_SECRET" | "JWT_JWKS" | "JWT_JWKS_URL">): JwtConfig {
+/** The secrets JWT verification reads (a subset of the Worker's bindings). */
+export interface JwtBindings {
+  JWT_SECRET?: string;
+  JWT_JWKS?: string;
+  JWT_JWKS_URL?: string;
+}
+
+export function jwtConfigFromEnv(env: JwtBindings): JwtConfig {
   const config: JwtConfig = {};
   if (env.JWT_SECRET) config.secret = env.JWT_SECRET;
   if (env.JWT_JWKS) config.jwks = env.JWT_JWKS;
@@ -83,7 +90,7 @@ function secretKey(secret: string): Uint8Array {
 
 /** Outer shape only; createLocalJWKSet validates the keys themselves (and throws on a bad document). */
 function isJwksLike(doc: unknown): doc is JSONWebKeySet {
-  return typeof doc === "object" && doc !== null && "keys" in doc && Array.isArray(doc.keys);
+  return isRecord(doc) && Array.isArray(doc.keys);
 }
 
 function localKeySet(jwks: string): JWTVerifyGetKey | null {

@@ -10,6 +10,7 @@ import { isValidAccountId, timingSafeEqualString } from "../auth/passwords";
 import { createDevice, deleteDevice, getDevice, listDevices, setDeviceDisabled, type Device } from "../auth/registry";
 import { mintToken } from "../auth/tokens";
 import { jsonError } from "./errors";
+import { isRecord } from "../guards";
 
 type AdminContext = Context<{ Bindings: Env }>;
 
@@ -180,10 +181,6 @@ async function readJson(c: AdminContext, optional: boolean): Promise<JsonBody> {
   } catch {
     return { ok: false, response: jsonError(c, 400, "invalid_json", "the body is not valid JSON") };
   }
-}
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
 function hasOnlyKeys(v: Record<string, unknown>, allowed: readonly string[]): boolean {

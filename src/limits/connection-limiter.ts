@@ -3,12 +3,9 @@ import type { Env } from "../env";
 import { connectionStub } from "../stubs";
 import { errorMessage, log } from "../log";
 import { meterStorage } from "../metrics";
-import type { ConnectionMode } from "../auth/identity";
+import type { ClaimResult, ConnectionMode } from "../auth/identity";
+import { isRecord } from "../guards";
 
-export type ClaimResult =
-  | { ok: true }
-  /** `mixed`: the identity holds connections in the other mode; `full`: multi-mode cap reached. */
-  | { ok: false; reason: "mixed" | "full" };
 
 interface Slot {
   conn: string;
@@ -24,15 +21,13 @@ const RECHECK_MS = 30_000;
 
 function readState(v: unknown): LimiterState {
   const empty: LimiterState = { mode: null, slots: {} };
-  if (typeof v !== "object" || v === null) return empty;
-  const r = v as Record<string, unknown>;
+  if (!isRecord(v)) return empty;
+  const r = v;
   const mode = r.mode === "single" || r.mode === "multi" ? r.mode : null;
   const slots: Record<string, Slot> = {};
-  if (typeof r.slots === "object" && r.slots !== null) {
-    for (const [clientId, slot] of Object.entries(r.slots as Record<string, unknown>)) {
-      if (typeof slot !== "object" || slot === null) continue;
-      const s = slot as Record<string, unknown>;
-      if (typeof s.conn === "string") slots[clientId] = { conn: s.conn };
+  if (isRecord(r.slots)) {
+    for (const [clientId, slot] of Object.entries(r.slots)) {
+      if (isRecord(slot) && typeof slot.conn === "string") slots[clientId] = { conn: slot.conn };
     }
   }
   return { mode: Object.keys(slots).length > 0 ? mode : null, slots };

@@ -23,7 +23,6 @@ export type {
   IUnsubscribePacket,
   Packet,
   PacketCmd,
-  QoS,
   UserProperties,
 } from "mqtt-packet";
 export type { ProtocolVersion } from "./packets";

@@ -5,30 +5,13 @@
  */
 import { parser as createParser } from "mqtt-packet";
 import type { Packet, Parser } from "mqtt-packet";
-import type { ProtocolVersion } from "./packets";
+import type { DecodeFailure, ProtocolVersion } from "./packets";
 import { checkConnectHeader, checkFixedHeader, findMisplacedProperty, findRuleViolation, tagParserError } from "./rules";
 
 /** Output of {@link decodePacket}. */
 export type DecodeResult = { ok: true; packet: Packet } | DecodeFailure;
+export type { DecodeFailure };
 
-/** A frame {@link decodePacket} refused. */
-export interface DecodeFailure {
-  ok: false;
-  /**
-   * `"[MQTT-x.y.z-n]: what"` when a protocol rule listed on {@link decodePacket} is broken;
-   * otherwise mqtt-packet's message (truncated field, unknown property, ...).
-   */
-  error: string;
-  /**
-   * Set only for a CONNECT whose protocol name is valid but whose level is not 3, 4 or 5
-   * (bridge-mode levels 0x83..0x85 included): the session answers CONNACK 0x01 "unacceptable
-   * protocol version" and closes [MQTT-3.1.2-2] instead of treating it as malformed.
-   * The rest of that CONNECT is not parsed.
-   */
-  unsupportedLevel?: true;
-  /** The raw protocol level byte of an `unsupportedLevel` CONNECT. */
-  protocolLevel?: number;
-}
 
 // Capture slots for the synchronous parser callbacks: parse() emits before it returns, and
 // module-level slots avoid a closure or result object per call.

@@ -4,8 +4,7 @@
  * Checks return a message starting with the rule id, or null; none throws.
  */
 import type { Packet } from "mqtt-packet";
-import { CONNECT_PASSWORD, CONNECT_USERNAME, CONNECT_WILL, CONNECT_WILL_QOS, CONNECT_WILL_RETAIN, type ProtocolVersion } from "./packets";
-import type { DecodeFailure } from "./decode";
+import { CONNECT_PASSWORD, CONNECT_USERNAME, CONNECT_WILL, CONNECT_WILL_QOS, CONNECT_WILL_RETAIN, type DecodeFailure, type ProtocolVersion } from "./packets";
 import { bodyOffset } from "./framing";
 import { findBadString, hasSuspectProperty, isSuspect } from "./strings";
 

@@ -2,6 +2,8 @@
  * The contract between sessions and routers: a message travelling through the broker.
  * Kept small and flat because it crosses Durable Object RPC boundaries in batches.
  */
+import { isRecord } from "../guards";
+
 export type QoS = 0 | 1 | 2;
 
 export interface Message {
@@ -87,7 +89,7 @@ export function isQoS(v: unknown): v is QoS {
 
 /** Guard for a Message read back from storage or RPC. */
 export function isMessage(v: unknown): v is Message {
-  if (typeof v !== "object" || v === null) return false;
-  const m = v as Record<string, unknown>;
+  if (!isRecord(v)) return false;
+  const m = v;
   return typeof m.topic === "string" && m.payload instanceof Uint8Array && isQoS(m.qos) && typeof m.retain === "boolean";
 }

@@ -9,6 +9,7 @@ import { log } from "../log";
 import { isMessage, isQoS, type ForwardedProps, type Message, type QoS, type SubscriptionRequest, type RouterAttach, type RouterDetach } from "./messages";
 import { groupQueueKey, retainedKey, subscriptionKey, targetKey, parseSubscriptionKey, KEY } from "./keys";
 import { meterStorage } from "../metrics";
+import { isRecord } from "../guards";
 
 /** Where a session's messages go: its connection object (hex id) while online, else (null) its session object's queue. */
 interface TargetRecord {
@@ -28,8 +29,8 @@ type SubOptions = Omit<SubscriptionRequest, "filter">;
 
 function readSubOptions(v: unknown): SubOptions | null {
   if (isQoS(v)) return { qos: v }; // stored before MQTT 5 options existed
-  if (typeof v !== "object" || v === null) return null;
-  const r = v as Record<string, unknown>;
+  if (!isRecord(v)) return null;
+  const r = v;
   if (!isQoS(r.qos)) return null;
   const o: SubOptions = { qos: r.qos };
   if (r.nl === true) o.nl = true;
@@ -40,20 +41,20 @@ function readSubOptions(v: unknown): SubOptions | null {
 }
 
 function isTarget(v: unknown): v is TargetRecord {
-  if (typeof v !== "object" || v === null) return false;
-  const r = v as Record<string, unknown>;
+  if (!isRecord(v)) return false;
+  const r = v;
   return (typeof r.conn === "string" || r.conn === null) && typeof r.persistent === "boolean";
 }
 
 function isGroupQueued(v: unknown): v is { key: string; message: Message } {
-  if (typeof v !== "object" || v === null) return false;
-  const r = v as Record<string, unknown>;
+  if (!isRecord(v)) return false;
+  const r = v;
   return typeof r.key === "string" && isMessage(r.message);
 }
 
 function isRetained(v: unknown): v is RetainedRecord {
-  if (typeof v !== "object" || v === null) return false;
-  const r = v as Record<string, unknown>;
+  if (!isRecord(v)) return false;
+  const r = v;
   return r.payload instanceof Uint8Array && isQoS(r.qos);
 }
 

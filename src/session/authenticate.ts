@@ -1,5 +1,4 @@
 import type { Config } from "../config";
-import type { Env } from "../env";
 import { ConnackCode, type CloseCause } from "../protocol/codes";
 import type { IConnectPacket } from "../protocol/codec";
 import { toBytes } from "../protocol/bytes";
@@ -12,6 +11,7 @@ import {
   authenticateDevicePassword,
   authenticateToken,
   looksLikeJwt,
+  type AuthBindings,
   type AuthFailure,
   type AuthResult,
   type ConnectionMode,
@@ -46,7 +46,7 @@ const FAILURE_CODES: Record<AuthFailure, ConnackCode> = {
 };
 
 /** Credentials per the identity table of the SPEC: device password, JWT, browser cookie + CSRF, or none. */
-async function authenticate(packet: IConnectPacket, env: Env, config: Config, browser: BrowserCredentials | null): Promise<AuthResult> {
+async function authenticate(packet: IConnectPacket, env: AuthBindings, config: Config, browser: BrowserCredentials | null): Promise<AuthResult> {
   const username = packet.username;
   if (username === undefined) return anonymousIdentity(config.anonymousAccount);
   const password = packet.password === undefined ? "" : new TextDecoder().decode(packet.password);
@@ -63,7 +63,7 @@ async function authenticate(packet: IConnectPacket, env: Env, config: Config, br
  */
 export async function authenticateConnect(
   packet: IConnectPacket,
-  env: Env,
+  env: AuthBindings,
   config: Config,
   browser: BrowserCredentials | null,
 ): Promise<ConnectDecision> {

@@ -1,24 +1,32 @@
 /**
  * The port between the connection object and its packet handlers (`handlers/`): everything
- * a handler may touch, and nothing else. The object implements it over the socket and its
- * storage (`connection.ts`); unit tests implement it in memory (test/unit/session/).
+ * a handler may touch, and nothing else. `socket-link.ts` implements it over the socket and
+ * the object's storage; unit tests implement it in memory (test/unit/session/).
  */
 import type { Config } from "../config";
-import type { ClaimResult } from "../limits/connection-limiter";
-import { encodePacket, type IConnectPacket, type Packet } from "../protocol/codec";
-import { CLOSE_CAUSES, type CloseCause } from "../protocol/codes";
-import { errorMessage, log } from "../log";
-import type { ConnectionMode } from "../auth/identity";
+import type { ClaimResult, ConnectionMode } from "../auth/identity";
 import type { Handover, Message, QoS, RouterAttach, RouterDetach, SubscriptionRequest } from "../router/messages";
-import type { SessionAttach, SessionDetach } from "./session-store";
+import type { IConnectPacket, Packet } from "../protocol/codec";
+import type { CloseCause } from "../protocol/codes";
 import type { ConnectDecision, BrowserCredentials } from "./authenticate";
+import type { Attachment, ConnMeta } from "./state";
 import { InboundQos2, Outbox } from "./outbox";
 import { TopicAliases } from "./aliases";
 import { PartialPacket } from "./partial";
-import { readAttachment, readBrowserCredentials, readConnMeta, type Attachment, type ConnMeta } from "./state";
-import { BROWSER_KEY, META_KEY } from "./keys";
-import { nextAlarm } from "./keepalive";
-import { closeConnection } from "./handlers/teardown";
+
+/** Options of the session object's `attach`. */
+export interface SessionAttach {
+  cleanStart: boolean;
+  expirySeconds: number;
+}
+
+/** Options of the session object's `detach`. */
+export interface SessionDetach {
+  handover: Handover;
+  expirySeconds: number;
+  /** An MQTT 5 will published after its delay unless the session reconnects first. */
+  delayedWill?: { message: Message; delaySeconds: number };
+}
 
 /** The account's router, as a connection sees it (the account is bound). */
 export interface RouterPort {
@@ -143,111 +151,4 @@ export interface Link {
   scheduleAlarm(att: Attachment): Promise<void>;
   /** Drops everything this object stored (the connection has ended). */
   clearStorage(): Promise<void>;
-}
-
-/** The port over the object's one WebSocket and its storage. */
-export class SocketLink implements Link {
-  constructor(
-    private readonly ctx: DurableObjectState,
-    readonly connId: string,
-    readonly config: Config,
-    readonly state: ConnState,
-    readonly services: Services,
-  ) {}
-
-  now(): number {
-    return Date.now();
-  }
-
-  private socket(): WebSocket | undefined {
-    return this.ctx.getWebSockets()[0];
-  }
-
-  attachment(): Attachment | null {
-    const ws = this.socket();
-    if (!ws) return null;
-    if (this.state.att) return this.state.att;
-    const att = readAttachment(ws.deserializeAttachment());
-    if (!att) throw new Error("socket without a valid attachment");
-    this.state.att = att;
-    this.state.outbox.setWindow(att.receiveMax);
-    this.state.outbox.setEphemeral(att.clean);
-    return att;
-  }
-
-  att(): Attachment {
-    // Cached: a handler still running after the socket closed keeps its attachment.
-    const att = this.state.att ?? this.attachment();
-    if (!att) throw new Error("no socket");
-    return att;
-  }
-
-  saveAttachment(att: Attachment): void {
-    this.state.att = att;
-    this.socket()?.serializeAttachment(att);
-  }
-
-  send(packet: Packet): void {
-    this.sendBytes(encodePacket(packet, this.att().protocolVersion));
-  }
-
-  sendBytes(bytes: Uint8Array): void {
-    const att = this.att();
-    try {
-      att.traffic.writeBytes += bytes.byteLength;
-      att.traffic.writeMsg++;
-      this.socket()?.send(bytes);
-    } catch (err) {
-      log("warn", "mqtt.send_failed", { clientId: att.clientId, error: errorMessage(err) });
-    }
-  }
-
-  closeSocket(code: number, reason: string): void {
-    try {
-      this.socket()?.close(code, reason);
-    } catch {
-      // already closing
-    }
-  }
-
-  async close(cause: CloseCause, opts: { quiet?: boolean } = {}): Promise<void> {
-    const att = this.attachment();
-    if (!opts.quiet && cause !== "clientDisconnect") {
-      const info = CLOSE_CAUSES[cause];
-      log("info", "mqtt.close", { clientId: att?.clientId, cause, code: info.monitorCode, reason: info.reason });
-    }
-    await closeConnection(this, cause);
-  }
-
-  async meta(): Promise<ConnMeta> {
-    if (this.state.meta) return this.state.meta;
-    const meta = await readConnMeta(this.ctx.storage);
-    if (!meta) throw new Error("connected socket without identity in storage");
-    this.state.meta = meta;
-    return meta;
-  }
-
-  readMeta(): Promise<ConnMeta | null> {
-    return readConnMeta(this.ctx.storage);
-  }
-
-  async saveMeta(meta: ConnMeta): Promise<void> {
-    this.state.meta = meta;
-    await this.ctx.storage.put(META_KEY, meta);
-  }
-
-  async takeBrowserCredentials(): Promise<BrowserCredentials | null> {
-    const browser = readBrowserCredentials(await this.ctx.storage.get(BROWSER_KEY));
-    if (browser) await this.ctx.storage.delete(BROWSER_KEY);
-    return browser;
-  }
-
-  async scheduleAlarm(att: Attachment): Promise<void> {
-    await this.ctx.storage.setAlarm(nextAlarm(att, this.now()));
-  }
-
-  async clearStorage(): Promise<void> {
-    await this.ctx.storage.deleteAlarm();
-    await this.ctx.storage.deleteAll();
-  }
 }

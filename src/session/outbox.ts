@@ -1,5 +1,6 @@
 import { isMessage, type Message } from "../router/messages";
 import { INBOUND_PREFIX, OUT_PREFIX, inboundKey, outKey } from "./keys";
+import { isRecord } from "../guards";
 
 /**
  * A QoS 1/2 message for the client, durable in the connection object's storage.
@@ -20,9 +21,9 @@ export interface OutRecord {
 /** What to put on the wire for one record. */
 export type OutAction = { kind: "publish"; record: OutRecord } | { kind: "pubrel"; pid: number };
 
-function isRecord(v: unknown): v is OutRecord {
-  if (typeof v !== "object" || v === null) return false;
-  const r = v as Record<string, unknown>;
+function isOutRecord(v: unknown): v is OutRecord {
+  if (!isRecord(v)) return false;
+  const r = v;
   return (
     typeof r.seq === "number" && typeof r.pid === "number" && typeof r.dup === "boolean" &&
     (r.state === "queued" || r.state === "sent" || r.state === "released") &&
@@ -97,7 +98,7 @@ export class Outbox {
     const stored = await this.storage.list({ prefix: OUT_PREFIX });
     let maxPid = 0;
     for (const value of stored.values()) {
-      if (!isRecord(value)) continue;
+      if (!isOutRecord(value)) continue;
       records.set(value.seq, value);
       this.stored.add(value.seq);
       this.nextSeq = Math.max(this.nextSeq, value.seq + 1);

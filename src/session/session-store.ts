@@ -8,22 +8,10 @@ import type { CloseCause } from "../protocol/codes";
 import { count, meterStorage } from "../metrics";
 import { limitEvent } from "../monitoring/events";
 import { QUEUE_PREFIX, SESSION_META_KEY, queueKey } from "./keys";
+import { isRecord } from "../guards";
+import type { SessionAttach, SessionDetach } from "./link";
 
 /** Persistent state of one MQTT session, apart from its subscriptions (the router owns those). */
-/** Options of the session object's `attach`. */
-export interface SessionAttach {
-  cleanStart: boolean;
-  expirySeconds: number;
-}
-
-/** Options of the session object's `detach`. */
-export interface SessionDetach {
-  handover: Handover;
-  expirySeconds: number;
-  /** An MQTT 5 will published after its delay unless the session reconnects first. */
-  delayedWill?: { message: Message; delaySeconds: number };
-}
-
 interface SessionMeta {
   account: string;
   clientId: string;
@@ -47,8 +35,8 @@ interface SessionMeta {
 }
 
 function isMeta(v: unknown): v is SessionMeta {
-  if (typeof v !== "object" || v === null) return false;
-  const m = v as Record<string, unknown>;
+  if (!isRecord(v)) return false;
+  const m = v;
   return typeof m.account === "string" && typeof m.clientId === "string" && (typeof m.owner === "string" || m.owner === null) &&
     typeof m.persistent === "boolean" && typeof m.head === "number" && typeof m.tail === "number" && typeof m.dropped === "number" &&
     Array.isArray(m.inboundQos2) && m.inboundQos2.every((x) => typeof x === "number") &&

@@ -9,6 +9,7 @@ import type { Identity } from "../auth/identity";
 import { protocolName, type ConnectionFacts, type TrafficCounters } from "../monitoring/events";
 import type { Bucket } from "./rate";
 import { META_KEY } from "./keys";
+import { isRecord, isStringArray } from "../guards";
 
 /** Partial packets up to this size ride in the attachment; larger ones go to storage. */
 export const ATTACHMENT_RX_MAX = 1024;
@@ -64,12 +65,10 @@ export interface ConnMeta {
   connectedAt: number;
 }
 
-type Obj = Record<string, unknown>;
-const isObj = (v: unknown): v is Obj => typeof v === "object" && v !== null;
 const isVersion = (v: unknown): v is ProtocolVersion => v === 3 || v === 4 || v === 5;
 
 export function readAttachment(v: unknown): Attachment | null {
-  if (!isObj(v) || v.v !== 1) return null;
+  if (!isRecord(v) || v.v !== 1) return null;
   if (v.phase !== "connecting" && v.phase !== "connected" && v.phase !== "closing") return null;
   if (typeof v.account !== "string" || typeof v.clientId !== "string" || typeof v.clean !== "boolean") return null;
   if (typeof v.keepAlive !== "number" || !isVersion(v.protocolVersion)) return null;
@@ -78,9 +77,9 @@ export function readAttachment(v: unknown): Attachment | null {
   if (!(v.expiresAt === null || typeof v.expiresAt === "number")) return null;
   if (v.transport !== "ws" && v.transport !== "tcp") return null;
   const b = v.bucket;
-  if (!isObj(b) || typeof b.tokens !== "number" || typeof b.at !== "number") return null;
+  if (!isRecord(b) || typeof b.tokens !== "number" || typeof b.at !== "number") return null;
   const t = v.traffic;
-  if (!isObj(t) || typeof t.readBytes !== "number" || typeof t.readMsg !== "number" || typeof t.writeBytes !== "number" || typeof t.writeMsg !== "number") return null;
+  if (!isRecord(t) || typeof t.readBytes !== "number" || typeof t.readMsg !== "number" || typeof t.writeBytes !== "number" || typeof t.writeMsg !== "number") return null;
   if (typeof v.maxPacketOut !== "number" || typeof v.receiveMax !== "number" || typeof v.problemInfo !== "boolean") return null;
   return {
     maxPacketOut: v.maxPacketOut, receiveMax: v.receiveMax, problemInfo: v.problemInfo,
@@ -94,7 +93,7 @@ export function readAttachment(v: unknown): Attachment | null {
 
 export async function readConnMeta(storage: DurableObjectStorage): Promise<ConnMeta | null> {
   const v = await storage.get(META_KEY);
-  if (!isObj(v) || typeof v.account !== "string" || typeof v.clientId !== "string" || typeof v.cleanStart !== "boolean") return null;
+  if (!isRecord(v) || typeof v.account !== "string" || typeof v.clientId !== "string" || typeof v.cleanStart !== "boolean") return null;
   if (typeof v.expirySeconds !== "number" || typeof v.willDelaySeconds !== "number") return null;
   if (!isVersion(v.protocolVersion)) return null;
   const identity = readIdentity(v.identity);
@@ -108,20 +107,19 @@ export async function readConnMeta(storage: DurableObjectStorage): Promise<ConnM
   };
 }
 
-const isStringArray = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === "string");
 
 function readIdentity(v: unknown): Identity | null {
-  if (!isObj(v) || (v.kind !== "device" && v.kind !== "user" && v.kind !== "anonymous")) return null;
+  if (!isRecord(v) || (v.kind !== "device" && v.kind !== "user" && v.kind !== "anonymous")) return null;
   if (typeof v.account !== "string" || typeof v.id !== "string") return null;
   if (!(v.expiresAt === null || typeof v.expiresAt === "number")) return null;
   const acl = v.acl;
-  if (!isObj(acl) || !isStringArray(acl.pub) || !isStringArray(acl.sub)) return null;
+  if (!isRecord(acl) || !isStringArray(acl.pub) || !isStringArray(acl.sub)) return null;
   return { kind: v.kind, account: v.account, id: v.id, acl: { pub: acl.pub, sub: acl.sub }, expiresAt: v.expiresAt };
 }
 
 /** Browser credentials from the upgrade request's cookies, kept until CONNECT. */
 export function readBrowserCredentials(v: unknown): { token: string; csrf: string } | null {
-  return isObj(v) && typeof v.token === "string" && typeof v.csrf === "string" ? { token: v.token, csrf: v.csrf } : null;
+  return isRecord(v) && typeof v.token === "string" && typeof v.csrf === "string" ? { token: v.token, csrf: v.csrf } : null;
 }
 
 

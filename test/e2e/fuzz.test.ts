@@ -22,7 +22,7 @@ import { mintToken } from "../helpers/admin";
 import { mulberry32 } from "../helpers/random";
 import { concat } from "../helpers/packets";
 import { TEST_VARS, startBroker, stopBroker, type Broker } from "../helpers/broker";
-import { MALFORMED, SERVER_ONLY, UNSUPPORTED_LEVELS, connect, frame, publish, str, subscribe, u16, unsubscribe, varint } from "../helpers/malformed";
+import { MALFORMED, SERVER_ONLY, UNSUPPORTED_LEVELS, connect, frame, publish, subscribe, u16, unsubscribe, varint } from "../helpers/malformed";
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x5eed2026);
 const TARGET_PACKETS = Number(process.env.FUZZ_PACKETS ?? 10_000);

@@ -268,7 +268,7 @@ describe("verifyToken via remote JWKS", () => {
   beforeAll(async () => {
     key = await generateKeyPair("ES256", { extractable: true });
     const body = JSON.stringify({ keys: [{ ...(await exportJWK(key.publicKey)), kid: "remote-1", alg: "ES256" }] });
-    server = createServer((req, res) => {
+    server = createServer((_req, res) => {
       fetches++;
       res.writeHead(200, { "content-type": "application/json" });
       res.end(body);

@@ -8,8 +8,7 @@ import { errorMessage, log } from "../../log";
 import { disconnectEvent, type TrafficCounters } from "../../monitoring/events";
 import type { Handover, Message } from "../../router/messages";
 import { connectionFacts, type ConnMeta } from "../state";
-import type { Link } from "../link";
-import type { SessionDetach } from "../session-store";
+import type { Link, SessionDetach } from "../link";
 
 export interface TeardownInput {
   meta: ConnMeta;

@@ -1,0 +1,117 @@
+import type { Config } from "../config";
+import { encodePacket, type Packet } from "../protocol/codec";
+import { CLOSE_CAUSES, type CloseCause } from "../protocol/codes";
+import { errorMessage, log } from "../log";
+import type { BrowserCredentials } from "./authenticate";
+import { readAttachment, readBrowserCredentials, readConnMeta, type Attachment, type ConnMeta } from "./state";
+import { BROWSER_KEY, META_KEY } from "./keys";
+import { nextAlarm } from "./keepalive";
+import type { ConnState, Link, Services } from "./link";
+import { closeConnection } from "./handlers/teardown";
+
+/** The port over the object's one WebSocket and its storage. */
+export class SocketLink implements Link {
+  constructor(
+    private readonly ctx: DurableObjectState,
+    readonly connId: string,
+    readonly config: Config,
+    readonly state: ConnState,
+    readonly services: Services,
+  ) {}
+
+  now(): number {
+    return Date.now();
+  }
+
+  private socket(): WebSocket | undefined {
+    return this.ctx.getWebSockets()[0];
+  }
+
+  attachment(): Attachment | null {
+    const ws = this.socket();
+    if (!ws) return null;
+    if (this.state.att) return this.state.att;
+    const att = readAttachment(ws.deserializeAttachment());
+    if (!att) throw new Error("socket without a valid attachment");
+    this.state.att = att;
+    this.state.outbox.setWindow(att.receiveMax);
+    this.state.outbox.setEphemeral(att.clean);
+    return att;
+  }
+
+  att(): Attachment {
+    // Cached: a handler still running after the socket closed keeps its attachment.
+    const att = this.state.att ?? this.attachment();
+    if (!att) throw new Error("no socket");
+    return att;
+  }
+
+  saveAttachment(att: Attachment): void {
+    this.state.att = att;
+    this.socket()?.serializeAttachment(att);
+  }
+
+  send(packet: Packet): void {
+    this.sendBytes(encodePacket(packet, this.att().protocolVersion));
+  }
+
+  sendBytes(bytes: Uint8Array): void {
+    const att = this.att();
+    try {
+      att.traffic.writeBytes += bytes.byteLength;
+      att.traffic.writeMsg++;
+      this.socket()?.send(bytes);
+    } catch (err) {
+      log("warn", "mqtt.send_failed", { clientId: att.clientId, error: errorMessage(err) });
+    }
+  }
+
+  closeSocket(code: number, reason: string): void {
+    try {
+      this.socket()?.close(code, reason);
+    } catch {
+      // already closing
+    }
+  }
+
+  async close(cause: CloseCause, opts: { quiet?: boolean } = {}): Promise<void> {
+    const att = this.attachment();
+    if (!opts.quiet && cause !== "clientDisconnect") {
+      const info = CLOSE_CAUSES[cause];
+      log("info", "mqtt.close", { clientId: att?.clientId, cause, code: info.monitorCode, reason: info.reason });
+    }
+    await closeConnection(this, cause);
+  }
+
+  async meta(): Promise<ConnMeta> {
+    if (this.state.meta) return this.state.meta;
+    const meta = await readConnMeta(this.ctx.storage);
+    if (!meta) throw new Error("connected socket without identity in storage");
+    this.state.meta = meta;
+    return meta;
+  }
+
+  readMeta(): Promise<ConnMeta | null> {
+    return readConnMeta(this.ctx.storage);
+  }
+
+  async saveMeta(meta: ConnMeta): Promise<void> {
+    this.state.meta = meta;
+    await this.ctx.storage.put(META_KEY, meta);
+  }
+
+  async takeBrowserCredentials(): Promise<BrowserCredentials | null> {
+    const browser = readBrowserCredentials(await this.ctx.storage.get(BROWSER_KEY));
+    if (browser) await this.ctx.storage.delete(BROWSER_KEY);
+    return browser;
+  }
+
+  async scheduleAlarm(att: Attachment): Promise<void> {
+    await this.ctx.storage.setAlarm(nextAlarm(att, this.now()));
+  }
+
+  async clearStorage(): Promise<void> {
+    await this.ctx.storage.deleteAlarm();
+    await this.ctx.storage.deleteAll();
+  }
+}
