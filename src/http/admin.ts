@@ -63,6 +63,8 @@ adminApi.post("/accounts/:accountId/devices", async (c) => {
       ? jsonError(c, 409, "device_exists", "a device with this id already exists")
       : jsonError(c, 400, "invalid_device_id", "device ids are 1 to 64 characters of A-Z a-z 0-9 _ . -");
   }
+  // The device's id is its client id: no other identity may use it from now on.
+  await sessionStub(c.env, accountId, created.device.deviceId).reserve(accountId, created.device.deviceId, { kind: "device", id: created.device.deviceId });
   return c.json({ accountId, deviceId: created.device.deviceId, password: created.password }, 201);
 });
 
@@ -104,7 +106,9 @@ adminApi.delete("/accounts/:accountId/devices/:deviceId", async (c) => {
   const accountId = c.req.param("accountId");
   const deviceId = c.req.param("deviceId");
   if (!(await deleteDevice(c.env.DB, accountId, deviceId))) return deviceNotFound(c);
-  await sessionStub(c.env, accountId, deviceId).close("notAuthorized");
+  const session = sessionStub(c.env, accountId, deviceId);
+  await session.close("notAuthorized");
+  await session.unreserve();
   return c.body(null, 204);
 });
 

@@ -3,6 +3,7 @@
  * Kept small and flat because it crosses Durable Object RPC boundaries in batches.
  */
 import { isRecord } from "../guards";
+import type { Acl } from "../topics/acl";
 
 export type QoS = 0 | 1 | 2;
 
@@ -69,6 +70,8 @@ export interface RouterAttach {
   persistent: boolean;
   /** Published after the attach, in the same call (the monitoring Connect event). */
   announce?: Message[];
+  /** The connecting identity's ACL: a resumed session keeps only the subscriptions it still covers. */
+  acl?: Acl;
 }
 
 /** Options of the router's `detach`: what a leaving connection leaves behind. */

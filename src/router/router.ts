@@ -5,11 +5,12 @@ import { SubscriptionTrie } from "../topics/trie";
 import { parseSharedFilter, topicMatches } from "../topics/topic";
 import { getConfig } from "../config";
 import { SharedGroups, isSharedKey, sharedKey } from "./shared";
-import { log } from "../log";
-import { isMessage, isQoS, type ForwardedProps, type Message, type QoS, type SubscriptionRequest, type RouterAttach, type RouterDetach } from "./messages";
+import { errorMessage, log } from "../log";
+import { isMessage, isQoS, type ForwardedProps, type Message, type QoS, type SubscriptionRequest, type RouterAttach, type RouterDetach, type DeliverResult } from "./messages";
 import { groupQueueKey, retainedKey, subscriptionKey, targetKey, parseSubscriptionKey, KEY } from "./keys";
 import { meterStorage } from "../metrics";
 import { isRecord } from "../guards";
+import { canSubscribe } from "../topics/acl";
 
 /** Where a session's messages go: its connection object (hex id) while online, else (null) its session object's queue. */
 interface TargetRecord {
@@ -76,6 +77,8 @@ export class TopicRouter extends DurableObject<Env> {
   /** Group key -> QoS 1/2 messages waiting for a member to come back; storage `g:<seq>`. */
   private readonly groupQueues = new Map<string, Array<{ seq: number; message: Message }>>();
   private nextGroupSeq = 0;
+  /** Deliveries dropped since the object woke (a clean target that failed, QoS 0 to a failed target). */
+  private dropped = 0;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -113,8 +116,18 @@ export class TopicRouter extends DurableObject<Env> {
    * in the same call.
    */
   async attach(account: string, clientId: string, conn: string, opts: RouterAttach): Promise<void> {
-    const { cleanStart, persistent, announce = [] } = opts;
+    const { cleanStart, persistent, announce = [], acl } = opts;
     if (cleanStart) this.removeAllSubscriptions(clientId);
+    else if (acl) {
+      // Rights can shrink between connections (a new token, a changed ACL): resumed
+      // subscriptions the identity no longer covers are dropped.
+      for (const filter of [...(this.filtersByClient.get(clientId) ?? [])]) {
+        if (!canSubscribe(acl, filter)) {
+          this.removeSubscription(clientId, filter);
+          log("info", "router.subscription_revoked", { clientId, filter });
+        }
+      }
+    }
     this.setTarget(clientId, { conn, persistent });
     if (announce.length > 0) await this.publish(account, announce);
     // A member coming back takes what its shared groups queued while no member was online.
@@ -298,6 +311,10 @@ export class TopicRouter extends DurableObject<Env> {
     return queue;
   }
 
+  /**
+   * One call per target, each isolated: a target that fails (error, overload, gone) is
+   * handled in `deliverTo` and never fails the publisher's batch or the other targets.
+   */
   private async deliverAll(account: string, perClient: Map<string, Message[]>): Promise<void> {
     const calls: Promise<void>[] = [];
     for (const [clientId, batch] of perClient) calls.push(this.deliverTo(account, clientId, batch));
@@ -305,19 +322,27 @@ export class TopicRouter extends DurableObject<Env> {
   }
 
   /** Number of subscriptions and retained messages: for tests and the admin API. */
-  async stats(): Promise<{ subscriptions: number; sessions: number; retained: number }> {
-    return { subscriptions: this.trie.size, sessions: this.targets.size, retained: this.retained.size };
+  async stats(): Promise<{ subscriptions: number; sessions: number; retained: number; dropped: number }> {
+    return { subscriptions: this.trie.size, sessions: this.targets.size, retained: this.retained.size, dropped: this.dropped };
   }
 
+  /** Never rejects: a failure stays with its target (queued for a persistent session, else dropped and counted). */
   private async deliverTo(account: string, clientId: string, batch: Message[]): Promise<void> {
     const target = this.targets.get(clientId);
     if (!target) return;
     if (target.conn) {
-      const result = await connectionStub(this.env, target.conn).deliver(clientId, batch);
+      let result: DeliverResult | "failed";
+      try {
+        result = await connectionStub(this.env, target.conn).deliver(clientId, batch);
+      } catch (err) {
+        log("warn", "router.deliver_failed", { clientId, messages: batch.length, error: errorMessage(err) });
+        result = "failed";
+      }
       if (result === "ok") return;
       // The connection ended without a detach reaching us yet (crash, restart): its
-      // session object is the owner now.
-      if (this.targets.get(clientId)?.conn === target.conn) {
+      // session object is the owner now. ("failed": the connection lives on; the session
+      // object's queue keeps the batch for it.)
+      if (result === "gone" && this.targets.get(clientId)?.conn === target.conn) {
         if (target.persistent) this.setTarget(clientId, { conn: null, persistent: true });
         else {
           this.forgetNow(clientId);
@@ -325,10 +350,19 @@ export class TopicRouter extends DurableObject<Env> {
         }
       }
     }
-    if (!target.persistent) return;
     const durable = batch.filter((m) => m.qos > 0);
-    if (durable.length === 0) return; // QoS 0 is not queued for offline sessions
-    await sessionStub(this.env, account, clientId).enqueue(clientId, durable);
+    if (!target.persistent || durable.length === 0) {
+      // QoS 0 is not queued, and a clean session has nowhere to keep anything.
+      this.dropped += batch.length;
+      log("info", "router.dropped", { clientId, messages: batch.length, total: this.dropped });
+      return;
+    }
+    await sessionStub(this.env, account, clientId)
+      .enqueue(clientId, durable)
+      .catch((err: unknown) => {
+        this.dropped += durable.length;
+        log("error", "router.enqueue_failed", { clientId, messages: durable.length, error: errorMessage(err) });
+      });
   }
 
   private storeRetained(message: Message): void {

@@ -13,6 +13,9 @@ import { authenticateConnect } from "./authenticate";
 import { fullBucket } from "./rate";
 import { keepAliveDeadline } from "./keepalive";
 import { CONNECT_TIMEOUT_MS, type Attachment } from "./state";
+
+/** After an alarm that failed, the next try. */
+const ALARM_RETRY_MS = 30_000;
 import { BROWSER_KEY } from "./keys";
 import { createConnState, type ConnState, type Services } from "./link";
 import { SocketLink } from "./socket-link";
@@ -155,6 +158,8 @@ export class MqttConnection extends DurableObject<Env> {
       await this.link.scheduleAlarm(att);
     } catch (err) {
       log("error", "MqttConnection:alarm", { error: errorMessage(err) });
+      // The clock must keep running: a silent client or a vanished socket is checked again.
+      await this.ctx.storage.setAlarm(Date.now() + ALARM_RETRY_MS).catch(() => undefined);
     }
   }
 

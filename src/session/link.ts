@@ -14,10 +14,24 @@ import { InboundQos2, Outbox } from "./outbox";
 import { TopicAliases } from "./aliases";
 import { PartialPacket } from "./partial";
 
+/** Who a session belongs to. */
+export interface SessionOwner {
+  kind: "device" | "user" | "anonymous";
+  id: string;
+}
+
+/** The session object's answer to a connection claiming it. */
+export type SessionAttached =
+  | { ok: true; sessionPresent: boolean; inboundQos2: number[] }
+  /** Another identity owns this client id: refused with CONNACK 2 / 0x85. */
+  | { ok: false; reason: "not_owner" };
+
 /** Options of the session object's `attach`. */
 export interface SessionAttach {
   cleanStart: boolean;
   expirySeconds: number;
+  /** The connecting identity: only the session's owner may use its client id. */
+  identity: SessionOwner;
 }
 
 /** Options of the session object's `detach`. */
@@ -39,7 +53,7 @@ export interface RouterPort {
 
 /** The session object of one client id. */
 export interface SessionPort {
-  attach(conn: string, opts: SessionAttach): Promise<{ sessionPresent: boolean; inboundQos2: number[] }>;
+  attach(conn: string, opts: SessionAttach): Promise<SessionAttached>;
   detach(conn: string, opts: SessionDetach): Promise<void>;
 }
 
@@ -91,8 +105,8 @@ export interface ConnState {
   early: Message[];
   /** Publishes waiting for the router call in flight; they travel together in the next one. */
   publishQueue: PendingPublish[];
-  /** A router call for publishes is in flight. */
-  routing: boolean;
+  /** The batcher's run while a router call for publishes is in flight (null when idle). */
+  flushing: Promise<void> | null;
   /** Set once the connection started to close: the hand-over it produces. */
   closing: Promise<Handover> | null;
   /** An admin close without the will. */
@@ -111,7 +125,7 @@ export function createConnState(storage: DurableObjectStorage, config: Config): 
     aliases: new TopicAliases(storage),
     early: [],
     publishQueue: [],
-    routing: false,
+    flushing: null,
     closing: null,
     willSuppressed: false,
   };
@@ -145,6 +159,8 @@ export interface Link {
   /** The stored meta, or null (an ended or never-connected object). */
   readMeta(): Promise<ConnMeta | null>;
   saveMeta(meta: ConnMeta): Promise<void>;
+  /** Removes the stored meta: a connection refused after it was stored ends without detaching. */
+  forgetMeta(): Promise<void>;
   /** The browser credentials kept from the upgrade request, removed once read. */
   takeBrowserCredentials(): Promise<BrowserCredentials | null>;
   /** Arms the one alarm for the next keep-alive, liveness or token-expiry check. */

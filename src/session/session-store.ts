@@ -9,7 +9,10 @@ import { count, meterStorage } from "../metrics";
 import { limitEvent } from "../monitoring/events";
 import { QUEUE_PREFIX, SESSION_META_KEY, queueKey } from "./keys";
 import { isRecord } from "../guards";
-import type { SessionAttach, SessionDetach } from "./link";
+import type { SessionAttach, SessionAttached, SessionDetach, SessionOwner } from "./link";
+
+/** Keys per storage call, at most (a Durable Object storage limit). */
+const STORAGE_BATCH = 128;
 
 /** Persistent state of one MQTT session, apart from its subscriptions (the router owns those). */
 interface SessionMeta {
@@ -17,6 +20,13 @@ interface SessionMeta {
   clientId: string;
   /** Hex id of the connection object that holds the session's socket now, or null when offline. */
   owner: string | null;
+  /** The owner a forward found gone before its detach arrived: its detach still counts. */
+  departed?: string | null;
+  /**
+   * The identity that created the session (kind and id): another identity may not use the
+   * client id, resume the session or boot its connection. A device's id is reserved for it.
+   */
+  identity?: SessionOwner | null;
   persistent: boolean;
   /** Queue bounds: messages are stored under q:<seq> for head <= seq < tail. */
   head: number;
@@ -34,9 +44,15 @@ interface SessionMeta {
   willAt: number | null;
 }
 
+function isOwner(v: unknown): v is SessionOwner {
+  return isRecord(v) && (v.kind === "device" || v.kind === "user" || v.kind === "anonymous") && typeof v.id === "string";
+}
+
 function isMeta(v: unknown): v is SessionMeta {
   if (!isRecord(v)) return false;
   const m = v;
+  if (!(m.identity === undefined || m.identity === null || isOwner(m.identity))) return false;
+  if (!(m.departed === undefined || m.departed === null || typeof m.departed === "string")) return false;
   return typeof m.account === "string" && typeof m.clientId === "string" && (typeof m.owner === "string" || m.owner === null) &&
     typeof m.persistent === "boolean" && typeof m.head === "number" && typeof m.tail === "number" && typeof m.dropped === "number" &&
     Array.isArray(m.inboundQos2) && m.inboundQos2.every((x) => typeof x === "number") &&
@@ -44,6 +60,14 @@ function isMeta(v: unknown): v is SessionMeta {
     (m.will === null || isMessage(m.will)) && (m.willAt === null || typeof m.willAt === "number");
 }
 
+
+/** A session with nothing in it but its owner: a device's client id, reserved. */
+function reservedMeta(account: string, clientId: string, identity: SessionOwner): SessionMeta {
+  return {
+    account, clientId, owner: null, departed: null, identity, persistent: false, head: 0, tail: 0, dropped: 0,
+    inboundQos2: [], expirySeconds: 0, expiresAt: null, will: null, willAt: null,
+  };
+}
 
 /**
  * One object per MQTT session (account + client id), named by `sessionName`.
@@ -71,15 +95,23 @@ export class MqttSession extends DurableObject<Env> {
    * before answering. Returns whether a persistent session was present [MQTT-3.2.2-2] and the
    * inbound QoS 2 packet ids the new connection must still recognize.
    */
-  async attach(account: string, clientId: string, conn: string, opts: SessionAttach): Promise<{ sessionPresent: boolean; inboundQos2: number[] }> {
-    const { cleanStart: clean, expirySeconds } = opts;
+  async attach(account: string, clientId: string, conn: string, opts: SessionAttach): Promise<SessionAttached> {
+    const { cleanStart: clean, expirySeconds, identity } = opts;
     const prev = this.meta;
+    const holder = prev?.identity;
+    if (holder && (holder.kind !== identity.kind || holder.id !== identity.id)) {
+      // Checked before any takeover: a stranger cannot boot the owner either.
+      log("warn", "session.not_owner", { account, clientId, owner: `${holder.kind}:${holder.id}`, by: `${identity.kind}:${identity.id}` });
+      return { ok: false, reason: "not_owner" };
+    }
     const sessionPresent = !clean && prev !== null && prev.persistent;
     if (prev?.will) log("info", "session.will_cancelled", { clientId }); // reconnected within the will delay
     const meta: SessionMeta = {
       account,
       clientId,
       owner: conn,
+      departed: null,
+      identity: { kind: identity.kind, id: identity.id },
       persistent: expirySeconds > 0,
       head: prev?.head ?? 0,
       tail: prev?.tail ?? 0,
@@ -107,14 +139,47 @@ export class MqttSession extends DurableObject<Env> {
 
     if (clean) {
       await this.clearQueue(meta);
-      return { sessionPresent, inboundQos2: [] };
+      return { ok: true, sessionPresent, inboundQos2: [] };
     }
     const queued = carried.messages.concat(await this.readQueue(meta));
     if (queued.length > 0) {
-      const result = await connectionStub(this.env, conn).deliver(clientId, queued);
+      const result: DeliverResult | "failed" = await connectionStub(this.env, conn)
+        .deliver(clientId, queued)
+        .catch((err: unknown) => {
+          log("warn", "session.handover_failed", { clientId, error: errorMessage(err) });
+          return "failed" as const;
+        });
       if (result === "ok") await this.clearQueue(meta);
+      // The carried messages exist nowhere else: they join the queue for the next delivery.
+      else if (carried.messages.length > 0) await this.append(meta, carried.messages);
     }
-    return { sessionPresent, inboundQos2: carried.inboundQos2 };
+    return { ok: true, sessionPresent, inboundQos2: carried.inboundQos2 };
+  }
+
+  /**
+   * Reserves this client id for a device (admin provisioning): only that device may use it.
+   * A session another identity holds under the id ends (its connection is closed, its
+   * subscriptions forgotten); the device's own session is kept.
+   */
+  async reserve(account: string, clientId: string, owner: SessionOwner): Promise<void> {
+    const meta = this.meta;
+    if (meta?.identity?.kind === owner.kind && meta.identity.id === owner.id) return;
+    if (meta?.owner) await connectionStub(this.env, meta.owner).close("notAuthorized").catch(() => false);
+    if (meta) {
+      await routerStub(this.env, account).forget(clientId);
+      await this.ctx.storage.deleteAll();
+    }
+    this.saveMeta(reservedMeta(account, clientId, owner));
+  }
+
+  /** The reservation ends (device deleted): the client id is free again once no session uses it. */
+  async unreserve(): Promise<void> {
+    const meta = this.meta;
+    if (!meta) return;
+    if (meta.owner === null && !meta.persistent) {
+      await this.ctx.storage.deleteAll();
+      this.meta = null;
+    } else this.saveMeta({ ...meta, identity: null });
   }
 
   /**
@@ -125,20 +190,25 @@ export class MqttSession extends DurableObject<Env> {
     const meta = this.meta;
     if (!meta || meta.clientId !== clientId) return;
     if (meta.owner) {
-      const result: DeliverResult = await connectionStub(this.env, meta.owner)
+      const result: DeliverResult | "failed" = await connectionStub(this.env, meta.owner)
         .deliver(clientId, messages)
         .catch((err: unknown) => {
           log("warn", "session.forward_failed", { clientId, error: errorMessage(err) });
-          return "gone" as const;
+          return "failed" as const;
         });
       if (result === "ok") return;
-      meta.owner = null;
-      meta.expiresAt = Date.now() + meta.expirySeconds * 1000;
-      this.saveMeta(meta);
-      this.scheduleAlarm(meta);
+      if (result === "gone") {
+        // The connection ended and its detach has not arrived yet: it still counts when it does.
+        meta.departed = meta.owner;
+        meta.owner = null;
+        meta.expiresAt = Date.now() + meta.expirySeconds * 1000;
+        this.saveMeta(meta);
+        this.scheduleAlarm(meta);
+      }
+      // "failed": the connection is alive but could not take them now: they wait in the queue.
     }
     if (!meta.persistent) return;
-    this.append(meta, messages);
+    await this.append(meta, messages);
   }
 
   /**
@@ -151,14 +221,17 @@ export class MqttSession extends DurableObject<Env> {
     const { handover, expirySeconds, delayedWill } = opts;
     const meta = this.meta;
     if (!meta) return;
-    if (meta.owner === conn) {
+    if (meta.owner === conn || (meta.owner === null && meta.departed === conn)) {
       if (expirySeconds <= 0) {
         await this.ctx.storage.deleteAll();
         this.meta = null;
+        // A device's client id stays reserved for it.
+        if (meta.identity?.kind === "device") this.saveMeta(reservedMeta(meta.account, meta.clientId, meta.identity));
         return;
       }
       const now = Date.now();
       meta.owner = null;
+      meta.departed = null;
       meta.persistent = true;
       meta.expirySeconds = expirySeconds;
       meta.inboundQos2 = handover.inboundQos2;
@@ -208,6 +281,7 @@ export class MqttSession extends DurableObject<Env> {
     this.announce(meta, "SESSION_EXPIRY_SECONDS", `session expired after ${meta.expirySeconds} s offline`);
     await this.ctx.storage.deleteAll();
     this.meta = null;
+    if (meta.identity?.kind === "device") this.saveMeta(reservedMeta(meta.account, meta.clientId, meta.identity));
     log("info", "session.expired", { account: meta.account, clientId: meta.clientId });
   }
 
@@ -227,16 +301,24 @@ export class MqttSession extends DurableObject<Env> {
     if (times.length > 0) void this.ctx.storage.setAlarm(Math.min(...times));
   }
 
-  private append(meta: SessionMeta, messages: Message[]): void {
+  /** Queues messages durably (the router hears "delivered" only after the write), oldest dropped past the bound. */
+  private async append(meta: SessionMeta, messages: Message[]): Promise<void> {
     const max = getConfig(this.env).limits.maxQueuedMessages;
-    const entries: Record<string, Message> = {};
-    for (const m of messages) entries[queueKey(meta.tail++)] = m;
-    void this.ctx.storage.put(entries);
+    const keys = messages.map(() => queueKey(meta.tail++));
+    // Storage takes at most 128 keys per call.
+    for (let i = 0; i < keys.length; i += STORAGE_BATCH) {
+      const entries: Record<string, Message> = {};
+      keys.slice(i, i + STORAGE_BATCH).forEach((key, j) => {
+        const m = messages[i + j];
+        if (m) entries[key] = m;
+      });
+      await this.ctx.storage.put(entries);
+    }
     const excess = meta.tail - meta.head - max;
     if (excess > 0) {
       const drop: string[] = [];
       for (let i = 0; i < excess; i++) drop.push(queueKey(meta.head++));
-      void this.ctx.storage.delete(drop);
+      for (let i = 0; i < drop.length; i += STORAGE_BATCH) await this.ctx.storage.delete(drop.slice(i, i + STORAGE_BATCH));
       meta.dropped += excess;
       log("warn", "session.queue_full", { clientId: meta.clientId, dropped: excess });
       this.announce(meta, "MAX_QUEUED_MESSAGES", `offline queue full: ${excess} oldest message(s) dropped (${meta.dropped} in all)`);
@@ -258,7 +340,7 @@ export class MqttSession extends DurableObject<Env> {
     if (meta.tail === meta.head) return;
     const keys: string[] = [];
     for (let s = meta.head; s < meta.tail; s++) keys.push(queueKey(s));
-    for (let i = 0; i < keys.length; i += 128) await this.ctx.storage.delete(keys.slice(i, i + 128));
+    for (let i = 0; i < keys.length; i += STORAGE_BATCH) await this.ctx.storage.delete(keys.slice(i, i + STORAGE_BATCH));
     meta.head = meta.tail;
     this.saveMeta(meta);
   }

@@ -100,6 +100,11 @@ export class SocketLink implements Link {
     await this.ctx.storage.put(META_KEY, meta);
   }
 
+  async forgetMeta(): Promise<void> {
+    this.state.meta = null;
+    await this.ctx.storage.delete(META_KEY);
+  }
+
   async takeBrowserCredentials(): Promise<BrowserCredentials | null> {
     const browser = readBrowserCredentials(await this.ctx.storage.get(BROWSER_KEY));
     if (browser) await this.ctx.storage.delete(BROWSER_KEY);

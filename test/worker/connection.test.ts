@@ -79,7 +79,7 @@ describe("MqttConnection in workerd", () => {
     // A connection object that holds no socket, as after a runtime restart killed it.
     const deadConn = E.CONNECTION.newUniqueId().toString();
     const session = sessionStub(E, account, "crashed");
-    await session.attach(account, "crashed", deadConn, { cleanStart: false, expirySeconds: 3600 });
+    await session.attach(account, "crashed", deadConn, { cleanStart: false, expirySeconds: 3600, identity: { kind: "anonymous", id: "anonymous" } });
     const router = routerStub(E, account);
     await router.attach(account, "crashed", deadConn, { cleanStart: false, persistent: true });
     await router.subscribe("crashed", [{ filter: "c/#", qos: 1 }], 10);

@@ -15,7 +15,7 @@ describe("TopicRouter in workerd", () => {
     await router.attach(account, "c1", E.CONNECTION.newUniqueId().toString(), { cleanStart: false, persistent: true });
     await router.subscribe("c1", [{ filter: "a/+", qos: 1 }, { filter: "#", qos: 0 }], 100);
     await router.publish(account, [msg("a/b", "kept", 1, true)]);
-    expect(await router.stats()).toEqual({ subscriptions: 2, sessions: 1, retained: 1 });
+    expect(await router.stats()).toEqual({ subscriptions: 2, sessions: 1, retained: 1, dropped: 0 });
 
     await runInDurableObject(router, async (_instance, state) => {
       const keys = [...(await state.storage.list()).keys()].sort();
@@ -26,9 +26,25 @@ describe("TopicRouter in workerd", () => {
     // Drop every object's in-memory state as an eviction would; the constructor reloads from storage.
     await abortAllDurableObjects();
     const fresh = routerStub(E, account);
-    expect(await fresh.stats()).toEqual({ subscriptions: 2, sessions: 1, retained: 1 });
+    expect(await fresh.stats()).toEqual({ subscriptions: 2, sessions: 1, retained: 1, dropped: 0 });
     const { retained } = await fresh.subscribe("c2", [{ filter: "a/#", qos: 1 }], 100);
     expect(retained.map((m) => [m.topic, new TextDecoder().decode(m.payload), m.retain])).toEqual([["a/b", "kept", true]]);
+  });
+
+  it("one failing target does not fail the batch: the others get their copies, the failure is counted", async () => {
+    const account = `acc-${crypto.randomUUID()}`;
+    const router = routerStub(E, account);
+    // A target whose delivery throws (an id of another namespace), and a persistent session whose connection is gone.
+    await router.attach(account, "broken", E.SESSION.newUniqueId().toString(), { cleanStart: true, persistent: false });
+    await router.subscribe("broken", [{ filter: "f/#", qos: 1 }], 10);
+    const conn = E.CONNECTION.newUniqueId().toString();
+    const healthy = sessionStub(E, account, "healthy");
+    await healthy.attach(account, "healthy", conn, { cleanStart: false, expirySeconds: 3600, identity: { kind: "anonymous", id: "anonymous" } });
+    await router.attach(account, "healthy", conn, { cleanStart: false, persistent: true });
+    await router.subscribe("healthy", [{ filter: "f/#", qos: 1 }], 10);
+    await router.publish(account, [msg("f/1", "one", 1)]); // resolves
+    expect(await healthy.stats()).toMatchObject({ queued: 1 });
+    expect((await router.stats()).dropped).toBe(1);
   });
 
   it("refuses subscriptions beyond the per-session limit", async () => {
@@ -42,7 +58,7 @@ describe("TopicRouter in workerd", () => {
     const router = routerStub(E, account);
     const conn = E.CONNECTION.newUniqueId().toString();
     const session = sessionStub(E, account, "p1");
-    await session.attach(account, "p1", conn, { cleanStart: false, expirySeconds: 3600 });
+    await session.attach(account, "p1", conn, { cleanStart: false, expirySeconds: 3600, identity: { kind: "anonymous", id: "anonymous" } });
     await router.attach(account, "p1", conn, { cleanStart: false, persistent: true });
     await router.subscribe("p1", [{ filter: "x/#", qos: 1 }], 100);
     await router.detach(account, "p1", conn, { persistent: true });

@@ -166,17 +166,28 @@ async function claimSlot(link: Link, meta: ConnMeta, mode: ConnectionMode): Prom
  */
 async function attachSession(link: Link, meta: ConnMeta, params: SessionParameters): Promise<boolean | null> {
   const att = link.att();
-  const { account, clientId } = meta;
+  const { account, clientId, identity } = meta;
   try {
-    const attached = await link.services.session(account, clientId).attach(link.connId, { cleanStart: params.cleanStart, expirySeconds: params.expirySeconds });
+    const attached = await link.services
+      .session(account, clientId)
+      .attach(link.connId, { cleanStart: params.cleanStart, expirySeconds: params.expirySeconds, identity: { kind: identity.kind, id: identity.id } });
+    if (!attached.ok) {
+      await refuseForeignSession(link, meta);
+      return null;
+    }
     await link.state.inboundQos2.add(attached.inboundQos2);
+    // Taken over while the session answered: a closing connection must not become the delivery target.
+    if (link.state.closing) return null;
     const facts = connectionFacts(meta);
     const announce: Message[] = [connectEvent(facts, meta.connectedAt)];
     if (att.keepAlive !== params.requestedKeepAlive) {
       const raised = att.keepAlive > params.requestedKeepAlive || params.requestedKeepAlive === 0;
       announce.push(limitEvent(facts, meta.connectedAt, raised ? "KEEPALIVE_MIN_SECONDS" : "KEEPALIVE_MAX_SECONDS", `keep alive ${params.requestedKeepAlive} s clamped to ${att.keepAlive} s`));
     }
-    await link.services.router(account).attach(clientId, link.connId, { cleanStart: params.cleanStart, persistent: params.expirySeconds > 0, announce });
+    // The session object decides whether a session was present; the router follows it.
+    await link.services.router(account).attach(clientId, link.connId, {
+      cleanStart: params.cleanStart || !attached.sessionPresent, persistent: params.expirySeconds > 0, announce, acl: identity.acl,
+    });
     return attached.sessionPresent;
   } catch (err) {
     log("error", "mqtt.connect_failed", { clientId, error: errorMessage(err) });
@@ -184,6 +195,24 @@ async function attachSession(link: Link, meta: ConnMeta, params: SessionParamete
     await link.close("serverError", { quiet: true });
     return null;
   }
+}
+
+/**
+ * The client id belongs to another identity's session (or is a device's): CONNACK 2 / 0x85,
+ * no takeover. Nothing was attached, so the stored meta goes before the close (no detach,
+ * no Disconnect event), and a JWT identity's slot is given back here.
+ */
+async function refuseForeignSession(link: Link, meta: ConnMeta): Promise<void> {
+  const { account, clientId, identity } = meta;
+  const reason = "client id in use by another identity";
+  log("warn", "mqtt.connect_refused", { account, clientId, identity: identity.id, code: ConnackCode.IdentifierRejected, reason });
+  await link.forgetMeta();
+  if (identity.kind === "user") {
+    await link.services.limiter(account, identity.id).release(link.connId, clientId).catch(() => undefined);
+  }
+  await reportFailure(link, identity, { ...connectionFacts(meta), connectedAt: null }, "invalidClientId", reason);
+  connack(link, ConnackCode.IdentifierRejected, false, { reasonString: reason });
+  await link.close("invalidClientId", { quiet: true });
 }
 
 /** What an MQTT 5 CONNACK tells the client about the server and its session. Pure. */

@@ -4,8 +4,12 @@
  */
 import type { IDisconnectPacket } from "../../protocol/codec";
 import type { Link } from "../link";
+import { drainPublishes } from "./publish";
 
 export async function onDisconnect(link: Link, packet: IDisconnectPacket): Promise<void> {
+  // Publishes sent right before DISCONNECT (publish-then-disconnect, every command-line
+  // publisher) are routed before the close, QoS 0 included.
+  await drainPublishes(link);
   if (link.att().protocolVersion === 5) {
     const meta = await link.meta();
     const expiry = packet.properties?.sessionExpiryInterval;

@@ -57,7 +57,11 @@ export async function onPublish(link: Link, packet: IPublishPacket): Promise<voi
   }
   if (packetId !== undefined) state.inboundPending++;
   state.publishQueue.push(pending);
-  if (!state.routing) void flushPublishes(link);
+  if (!state.flushing) {
+    state.flushing = flushPublishes(link).finally(() => {
+      state.flushing = null;
+    });
+  }
 }
 
 /**
@@ -86,7 +90,6 @@ export function decidePublish(packet: IPublishPacket, topic: string, payload: Ui
 export async function flushPublishes(link: Link): Promise<void> {
   const state = link.state;
   const att = link.att();
-  state.routing = true;
   try {
     while (state.publishQueue.length > 0 && !state.closing) {
       const batch = state.publishQueue;
@@ -111,7 +114,10 @@ export async function flushPublishes(link: Link): Promise<void> {
     // No acknowledgement went out for this batch: the client retransmits after reconnecting.
     log("error", "mqtt.route_failed", { clientId: att.clientId, error: errorMessage(err) });
     await link.close("serverError");
-  } finally {
-    state.routing = false;
   }
+}
+
+/** Waits until every publish received so far has been routed (or the connection closed). */
+export async function drainPublishes(link: Link): Promise<void> {
+  while (link.state.flushing) await link.state.flushing;
 }

@@ -51,7 +51,7 @@ describe("CONNECT handler", () => {
         order.push("session");
         // A message handed over while the handshake runs waits for CONNACK.
         link.state.early.push({ topic: "early", payload: new Uint8Array(), qos: 0, retain: false });
-        return { sessionPresent: true, inboundQos2: [] };
+        return { ok: true, sessionPresent: true, inboundQos2: [] };
       },
       detach: async () => undefined,
     });
@@ -63,6 +63,22 @@ describe("CONNECT handler", () => {
     expect(link.sent[0]).toEqual({ cmd: "connack", returnCode: 0, sessionPresent: true });
     expect(link.att()).toMatchObject({ phase: "connected", account: "acc", clientId: "multi-1", clean: false });
     expect((await link.readMeta())?.identity).toEqual(user);
+  });
+
+  it("a client id owned by another identity answers CONNACK 2, gives the slot back and never attaches the router", async () => {
+    const link = new FakeLink(testConfig(), connectedAttachment(4, { phase: "connecting" }), null);
+    const released: string[] = [];
+    link.services.authenticate = async () => ({ ok: true, identity: user, clientId: "dev-1", mode: "multi", will: null, willDenied: false });
+    link.services.limiter = () => ({ claim: async () => ({ ok: true }), release: async (_conn, clientId) => void released.push(clientId) });
+    link.services.session = () => ({ attach: async () => ({ ok: false, reason: "not_owner" }), detach: async () => undefined });
+    await onConnect(link, connect({ clean: false }));
+    expect(link.sent).toEqual([{ cmd: "connack", returnCode: 2, sessionPresent: false }]);
+    expect(link.closes).toEqual(["invalidClientId"]);
+    expect(released).toEqual(["dev-1"]);
+    expect(link.router.attached).toEqual([]);
+    expect(await link.readMeta()).toBeNull();
+    // The FailedConnect event goes to the account's monitoring topic.
+    expect(link.router.published.flat().map((m) => m.topic)).toEqual(["$SYS/mon/dev-1"]);
   });
 
   it("a full multi-connection quota answers CONNACK 3 and closes without attaching", async () => {

@@ -154,7 +154,7 @@ export class FakeLink implements Link {
     this.state.outbox.setEphemeral(att.clean);
     this.services = {
       router: () => this.router,
-      session: () => ({ attach: async () => ({ sessionPresent: false, inboundQos2: [] }), detach: async () => undefined }),
+      session: () => ({ attach: async () => ({ ok: true, sessionPresent: false, inboundQos2: [] }), detach: async () => undefined }),
       limiter: () => ({ claim: async () => ({ ok: true }), release: async () => undefined }),
       authenticate: async (): Promise<ConnectDecision> => ({ ok: false, code: 5, cause: "notAuthorized", reason: "fake" }),
     };
@@ -210,6 +210,10 @@ export class FakeLink implements Link {
 
   async saveMeta(meta: ConnMeta): Promise<void> {
     this.stored = meta;
+  }
+
+  async forgetMeta(): Promise<void> {
+    this.stored = null;
   }
 
   async takeBrowserCredentials(): Promise<null> {

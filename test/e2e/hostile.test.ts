@@ -1,0 +1,130 @@
+/**
+ * Hostile or careless clients with ordinary credentials: each attack gets its answer, and a
+ * bystander in the same account and one in another account lose nothing.
+ */
+import { describe, it, expect } from "vitest";
+import type { MqttClient } from "mqtt";
+import { connect, connectCollecting, end, subscribe, uid, waitFor, type Received } from "../helpers/mqtt";
+import { RawClient, encode } from "../helpers/raw";
+import { createDevice, deviceTopic, mintToken } from "../helpers/admin";
+
+/** A subscriber that must keep receiving whatever the attacker does. */
+async function bystander(account: string): Promise<{ client: MqttClient; got: Received[]; topic: string }> {
+  const subject = uid("bystander");
+  const token = await mintToken(account, subject);
+  const topic = `bystander/${subject}`;
+  const { client, got } = await connectCollecting({ clientId: subject, username: subject, password: token, protocolVersion: 4 });
+  await subscribe(client, topic, 1);
+  return { client, got, topic };
+}
+
+/** Publishes a QoS 1 marker to the bystander's own topic and waits for it: proof it is served. */
+async function stillServed(b: { client: MqttClient; got: Received[]; topic: string }): Promise<void> {
+  const marker = uid("marker");
+  await b.client.publishAsync(b.topic, marker, { qos: 1 });
+  await waitFor(() => b.got.some((m) => m.payload === marker), `the bystander's marker on ${b.topic}`);
+}
+
+/** CONNECT with a JWT over a raw client; the CONNACK's 3.1.1 return code or 5.0 reason code. */
+async function rawConnect(version: 4 | 5, clientId: string, username: string, token: string, clean: boolean): Promise<{ raw: RawClient; code: number | undefined }> {
+  const raw = await RawClient.open(undefined, "mqtt", version);
+  const ack = await raw.connect(clientId, {
+    username, password: Buffer.from(token), clean,
+    ...(version === 5 && !clean ? { properties: { sessionExpiryInterval: 3600 } } : {}),
+  });
+  return { raw, code: version === 5 ? ack.reasonCode : ack.returnCode };
+}
+
+describe("session ownership", () => {
+  for (const version of [4, 5] as const) {
+    it(`a JWT user cannot take a device's client id: CONNACK ${version === 5 ? "0x85" : "2"}, the device stays connected and keeps its commands (MQTT ${version})`, async () => {
+      const device = await createDevice(uid("acc"));
+      const other = await bystander(uid("acc"));
+      const same = await bystander(device.accountId);
+      const commands = deviceTopic(device, "cmd");
+      const { client: dev, got: devGot } = await connectCollecting({ clientId: device.deviceId, username: device.deviceId, password: device.password, clean: false, protocolVersion: 4 });
+      await subscribe(dev, commands, 1);
+
+      const attacker = await mintToken(device.accountId, "mallory", { acl: { pub: [], sub: [] } });
+      const { raw, code } = await rawConnect(version, device.deviceId, "mallory", attacker, false);
+      expect(code).toBe(version === 5 ? 0x85 : 2);
+      await raw.waitClosed();
+
+      // The device was not booted and still gets its commands; nothing reached the attacker.
+      const opsId = uid("ops");
+      const ops = await connect({ clientId: opsId, username: opsId, password: await mintToken(device.accountId, opsId), protocolVersion: 4 });
+      await ops.publishAsync(commands, "reboot", { qos: 1 });
+      await waitFor(() => devGot.some((m) => m.payload === "reboot"), "the command at the device");
+      expect(dev.connected).toBe(true);
+      expect(raw.packets.filter((p) => p.cmd === "publish")).toEqual([]);
+      await stillServed(same);
+      await stillServed(other);
+      await end(dev, ops, same.client, other.client);
+    });
+  }
+
+  it("one user cannot resume another user's persistent session or read its messages", async () => {
+    const account = uid("acc");
+    const other = await bystander(uid("acc"));
+    const clientId = uid("private");
+    const aliceToken = await mintToken(account, "alice");
+    const { client: alice } = await connectCollecting({ clientId, username: "alice", password: aliceToken, clean: false, protocolVersion: 4 });
+    await subscribe(alice, `private/${clientId}`, 1);
+    await end(alice);
+
+    const sender = await connect({ clientId: uid("s"), username: "sender", password: await mintToken(account, "sender"), protocolVersion: 4 });
+    await sender.publishAsync(`private/${clientId}`, "for alice", { qos: 1 });
+
+    const bobToken = await mintToken(account, "bob");
+    const bob = await rawConnect(4, clientId, "bob", bobToken, false);
+    expect(bob.code).toBe(2);
+    await bob.raw.waitClosed();
+    expect(bob.raw.packets.filter((p) => p.cmd === "publish")).toEqual([]);
+
+    // Alice still has her session and the queued message.
+    const back = await connectCollecting({ clientId, username: "alice", password: aliceToken, clean: false, protocolVersion: 4 });
+    expect(back.sessionPresent).toBe(true);
+    await waitFor(() => back.got.some((m) => m.payload === "for alice"), "alice's queued message");
+    await stillServed(other);
+    await end(back.client, sender, other.client);
+  });
+
+  it("a resumed session keeps only the subscriptions the identity's current ACL covers", async () => {
+    const account = uid("acc");
+    const clientId = uid("shrink");
+    const wide = await mintToken(account, "carol", { acl: { pub: ["#"], sub: ["a/#", "b/#"] } });
+    const first = await connect({ clientId, username: "carol", password: wide, clean: false, protocolVersion: 4 });
+    await subscribe(first, ["a/x", "b/x"], 1);
+    await end(first);
+    const narrow = await mintToken(account, "carol", { acl: { pub: ["#"], sub: ["a/#"] } });
+    const { client, got, sessionPresent } = await connectCollecting({ clientId, username: "carol", password: narrow, clean: false, protocolVersion: 4 });
+    expect(sessionPresent).toBe(true);
+    const pub = await connect({ clientId: uid("p"), username: "p", password: await mintToken(account, "p"), protocolVersion: 4 });
+    await pub.publishAsync("b/x", "revoked", { qos: 1 });
+    await pub.publishAsync("a/x", "kept", { qos: 1 });
+    await waitFor(() => got.some((m) => m.payload === "kept"), "the message on the covered filter");
+    // Deliveries to one session keep the router's order: "revoked" would have come first.
+    expect(got.map((m) => m.payload)).toEqual(["kept"]);
+    await end(client, pub);
+  });
+});
+
+describe("no silent loss", () => {
+  it("50 QoS 0 publishes sent right before DISCONNECT all reach the subscriber", async () => {
+    const topic = `burst/${uid("t")}`;
+    const other = await bystander(uid("acc"));
+    const { client: sub, got } = await connectCollecting({ clientId: uid("sub"), protocolVersion: 4 });
+    await subscribe(sub, topic, 0);
+    const raw = await RawClient.open();
+    expect((await raw.connect(uid("burst"))).returnCode).toBe(0);
+    // One frame: 50 PUBLISH then DISCONNECT, as a command-line publisher writes them.
+    const packets = Array.from({ length: 50 }, (_, i) => encode({ cmd: "publish", topic, payload: Buffer.from(String(i)), qos: 0, retain: false, dup: false }));
+    packets.push(encode({ cmd: "disconnect" }));
+    raw.sendBytes(Buffer.concat(packets.map((p) => Buffer.from(p))));
+    await raw.waitClosed();
+    await waitFor(() => got.length === 50, `50 messages (got ${got.length})`);
+    expect(got.map((m) => m.payload)).toEqual(Array.from({ length: 50 }, (_, i) => String(i)));
+    await stillServed(other);
+    await end(sub, other.client);
+  });
+});
