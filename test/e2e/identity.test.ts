@@ -180,23 +180,9 @@ describe("JWT identities", () => {
     const acc = uid("acc");
     const token = await mintToken(acc, "webuser");
     const csrf = "csrf-" + uid();
-    const { default: WebSocket } = await import("ws");
-    const open = (cookie: string) =>
-      new Promise<InstanceType<typeof WebSocket>>((ok, fail) => {
-        const ws = new WebSocket(inject("brokerWsUrl"), "mqtt", { headers: { cookie } });
-        ws.once("open", () => ok(ws));
-        ws.once("error", fail);
-      });
-    const { default: mqttPacket } = await import("mqtt-packet");
-    const connackOf = (ws: InstanceType<typeof WebSocket>, password: string) =>
-      new Promise<number>((ok) => {
-        const parser = mqttPacket.parser({ protocolVersion: 4 });
-        parser.on("packet", (p) => {
-          if (p.cmd === "connack") ok(p.returnCode ?? -1);
-        });
-        ws.on("message", (d: Buffer) => parser.parse(d));
-        ws.send(mqttPacket.generate({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 30, clientId: uid(), username: "webuser", password: Buffer.from(password) }));
-      });
+    const open = (cookie: string) => RawClient.open(undefined, { version: 4, headers: { cookie } });
+    const connackOf = async (raw: RawClient, password: string): Promise<number> =>
+      (await raw.connect(uid(), { keepalive: 30, username: "webuser", password: Buffer.from(password) })).returnCode ?? -1;
     const good = await open(`mqtt_token=${token}; mqtt_csrf=${csrf}`);
     expect(await connackOf(good, csrf)).toBe(0);
     good.close();

@@ -3,13 +3,14 @@ import type { IPublishPacket } from "mqtt-packet";
 import { connect, connectCollecting, end, settle, subscribe, uid, waitFor } from "../helpers/mqtt";
 import { RawClient } from "../helpers/raw";
 import { mintToken } from "../helpers/admin";
+import { prop, props, publish, utf8 } from "../helpers/bytes";
 
 const v5 = { protocolVersion: 5 as const };
 const publishes = (raw: RawClient): IPublishPacket[] => raw.packets.flatMap((p) => (p.cmd === "publish" ? [p] : []));
 
 /** A raw MQTT 5 connection; returns it with its CONNACK. */
 async function raw5(clientId: string, extra: Parameters<RawClient["connect"]>[1] = {}) {
-  const raw = await RawClient.open(undefined, "mqtt", 5);
+  const raw = await RawClient.open(undefined, { version: 5 });
   const ack = await raw.connect(clientId, extra);
   return { raw, ack };
 }
@@ -355,13 +356,13 @@ describe("MQTT 5.0", () => {
   it("malformed 5.0 properties close with DISCONNECT 0x81: a duplicate property, a property not allowed in the packet", async () => {
     const cases = [
       // PUBLISH "a" with Content Type twice
-      [0x30, 0x0d, 0x00, 0x01, 0x61, 0x08, 0x03, 0x00, 0x01, 0x78, 0x03, 0x00, 0x01, 0x79, 0x70],
+      publish({ topic: "a", version: 5, properties: props(prop.contentType("x"), prop.contentType("y")), payload: utf8("p") }),
       // PUBLISH "a" with Session Expiry Interval (a CONNECT/CONNACK/DISCONNECT property)
-      [0x30, 0x0a, 0x00, 0x01, 0x61, 0x05, 0x11, 0x00, 0x00, 0x00, 0x05, 0x70],
+      publish({ topic: "a", version: 5, properties: props(prop.sessionExpiry(5)), payload: utf8("p") }),
     ];
     for (const bytes of cases) {
       const c = await raw5(uid());
-      c.raw.sendBytes(new Uint8Array(bytes));
+      c.raw.sendBytes(bytes);
       const d = await c.raw.next("disconnect");
       expect([0x81, 0x82]).toContain(d.cmd === "disconnect" ? d.reasonCode : -1);
       await c.raw.waitClosed();
