@@ -17,7 +17,7 @@
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import type { MqttClient } from "mqtt";
 import { RawClient } from "../helpers/raw";
-import { connectCollecting, end, waitFor } from "../helpers/mqtt";
+import { connectCollecting, end, sleep, waitFor } from "../helpers/mqtt";
 import { mintToken } from "../helpers/admin";
 import { mulberry32 } from "../helpers/random";
 import { TEST_VARS, startBroker, stopBroker, type Broker } from "../helpers/broker";
@@ -269,8 +269,6 @@ interface ConnResult {
   answeredPing: boolean;
   failure?: string;
 }
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 async function hostileConnection(url: string, index: number, clientId: string, kinds: Map<string, number>): Promise<ConnResult> {
   const r = mulberry32((SEED ^ Math.imul(index + 1, 0x9e3779b1)) >>> 0);

@@ -66,6 +66,18 @@ export class RawClient {
     }
   }
 
+  /**
+   * PINGREQ, then waits for its PINGRESP. The broker handles a connection's packets in order,
+   * so once it answers, it has handled every packet sent before, and every packet it sent on
+   * this connection before the PINGRESP has arrived: what is not there by now did not come.
+   */
+  async pingRoundTrip(ms = 10_000): Promise<void> {
+    // PINGRESPs already here answer earlier PINGREQs: ours is the one after them.
+    const earlier = this.packets.filter((p) => p.cmd === "pingresp").length;
+    this.send({ cmd: "pingreq" });
+    for (let i = 0; i <= earlier; i++) await this.next("pingresp", ms);
+  }
+
   async waitClosed(ms = 10_000): Promise<{ code: number; reason: string }> {
     const deadline = Date.now() + ms;
     while (!this.closed) {
