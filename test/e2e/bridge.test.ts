@@ -10,10 +10,10 @@ import net from "node:net";
 import tls from "node:tls";
 import { randomBytes } from "node:crypto";
 import mqtt, { type MqttClient } from "mqtt";
-import mqttPacket from "mqtt-packet";
 import { collect, connect, end, subscribe, uid, waitFor } from "../helpers/mqtt";
 import { requireTool, startBridge, type BridgeProcess } from "../helpers/bridge";
 import { TEST_VARS } from "../helpers/broker";
+import { encode } from "../helpers/bytes";
 
 interface Run {
   code: number | null;
@@ -195,7 +195,7 @@ describe("native clients through the bridge", () => {
     await new Promise((ok, fail) => sock.once("connect", ok).once("error", fail));
     const connack = new Promise<Buffer>((ok) => sock.once("data", ok));
     sock.write(
-      mqttPacket.generate({
+      encode({
         cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 60, clientId: id,
         will: { topic, payload: Buffer.from("reset"), qos: 1, retain: false },
       }),

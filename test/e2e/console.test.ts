@@ -4,7 +4,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { connectCollecting, end, settle, subscribe, uid, waitFor, type Received } from "../helpers/mqtt";
+import { connectCollecting, end, pingRoundTrip, subscribe, uid, waitFor, type Received } from "../helpers/mqtt";
 import { mintToken } from "../helpers/admin";
 
 /** Debian's Chromium (`.ci/run` installs it); CHROMIUM_PATH points elsewhere. */
@@ -144,7 +144,7 @@ describe("the web console in Chromium", () => {
       () => mon.got.some((m) => isConnectOf(m, nodeUser) || m.topic === "$SYS/mon/test"),
       "a $SYS/mon message at the privileged client",
     );
-    await settle(300);
+    await pingRoundTrip(mon.client); // the retained events follow the SUBACK; its own message was routed
     if (mon.got.some((m) => isConnectOf(m, nodeUser))) {
       await page.waitForSelector(`#events li[data-action="Connect"][data-topic="$SYS/mon/${nodeUser}"]`, { timeout: 10_000 });
       console.info("console test: the page showed the broker's Connect event");

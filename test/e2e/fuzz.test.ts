@@ -17,12 +17,12 @@
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import type { MqttClient } from "mqtt";
 import { RawClient } from "../helpers/raw";
-import { connectCollecting, end, waitFor } from "../helpers/mqtt";
+import { connectCollecting, end, sleep, waitFor } from "../helpers/mqtt";
 import { mintToken } from "../helpers/admin";
 import { mulberry32 } from "../helpers/random";
-import { concat } from "../helpers/packets";
 import { TEST_VARS, startBroker, stopBroker, type Broker } from "../helpers/broker";
-import { MALFORMED, SERVER_ONLY, UNSUPPORTED_LEVELS, connect, frame, publish, subscribe, u16, unsubscribe, varint } from "../helpers/malformed";
+import { MALFORMED, SERVER_ONLY, UNSUPPORTED_LEVELS } from "../helpers/malformed";
+import { bytes, connect, frame, publish, subscribe, u16, unsubscribe, varint } from "../helpers/bytes";
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x5eed2026);
 const TARGET_PACKETS = Number(process.env.FUZZ_PACKETS ?? 10_000);
@@ -36,7 +36,7 @@ type Rng = () => number;
 const int = (r: Rng, lo: number, hi: number): number => lo + Math.floor(r() * (hi - lo + 1));
 const pick = <T>(r: Rng, items: readonly T[]): T => items[Math.floor(r() * items.length)] as T;
 const chance = (r: Rng, p: number): boolean => r() < p;
-const bytes = (r: Rng, n: number): number[] => Array.from({ length: n }, () => int(r, 0, 255));
+const randomBytes = (r: Rng, n: number): number[] => Array.from({ length: n }, () => int(r, 0, 255));
 
 // ------------------------------------------------------------------ packet generators
 
@@ -70,7 +70,7 @@ function validPacket(r: Rng, v: Version): Uint8Array {
     case 0:
     case 1:
     case 2: {
-      const payload = bytes(r, chance(r, 0.1) ? int(r, 128, 400) : int(r, 0, 24));
+      const payload = randomBytes(r, chance(r, 0.1) ? int(r, 128, 400) : int(r, 0, 24));
       return publish({ topic: topicName(r), qos: int(r, 0, 2), id, payload, version: v });
     }
     case 3:
@@ -116,7 +116,7 @@ function toleratedPacket(r: Rng, v: Version): { kind: string; bytes: Uint8Array 
       const qos = int(r, 0, 2);
       const flags = (chance(r, 0.5) ? 0x08 : 0) | (qos << 1) | (chance(r, 0.05) ? 1 : 0);
       const topic = chance(r, 0.5) ? topicName(r) : `f/${pick(r, ODD_STRINGS).replace(/[+#]/g, "x") || "e"}`;
-      return { kind: "publish flags/strings", bytes: publish({ topic, qos, id, flags, payload: bytes(r, int(r, 0, 64)), version: v }) };
+      return { kind: "publish flags/strings", bytes: publish({ topic, qos, id, flags, payload: randomBytes(r, int(r, 0, 64)), version: v }) };
     }
     case 1:
     case 2:
@@ -129,7 +129,7 @@ function toleratedPacket(r: Rng, v: Version): { kind: string; bytes: Uint8Array 
       return { kind: "unknown ids", bytes: frame(pick(r, [0x40, 0x50, 0x62, 0x70]), u16(id)) };
     default:
       // A valid packet with a payload size that needs a 2- or 3-byte Remaining Length.
-      return { kind: "long lengths", bytes: publish({ topic: topicName(r), qos: int(r, 0, 1), id, payload: bytes(r, chance(r, 0.95) ? int(r, 128, 2_000) : int(r, 16_384, 40_000)), version: v }) };
+      return { kind: "long lengths", bytes: publish({ topic: topicName(r), qos: int(r, 0, 1), id, payload: randomBytes(r, chance(r, 0.95) ? int(r, 128, 2_000) : int(r, 16_384, 40_000)), version: v }) };
   }
 }
 
@@ -175,14 +175,14 @@ function hostilePacket(r: Rng, v: Version): { kind: string; bytes: Uint8Array } 
     const s = hostileString(r);
     const id = int(r, 0, 3);
     const b = pick(r, [
-      () => publish({ topic: s, qos: int(r, 0, 2), id, payload: bytes(r, int(r, 0, 8)), version: v }),
+      () => publish({ topic: s, qos: int(r, 0, 2), id, payload: randomBytes(r, int(r, 0, 8)), version: v }),
       () => subscribe(int(r, 1, 9), [[s, int(r, 0, 3)]], v),
       () => unsubscribe(int(r, 1, 9), [s], v),
       () => connect({ clientId: s }),
     ])();
     return { kind: "mutated string", bytes: b };
   }
-  if (n < 80) return { kind: "garbage", bytes: Uint8Array.from(bytes(r, int(r, 1, 40))) };
+  if (n < 80) return { kind: "garbage", bytes: Uint8Array.from(randomBytes(r, int(r, 1, 40))) };
   if (n < 92) return { kind: "malformed table", bytes: pick(r, TABLES[v]) };
   if (n < 96) {
     // A valid packet with a field swapped for a random one.
@@ -205,9 +205,9 @@ class Framer {
   private pending: Uint8Array = new Uint8Array(0);
   private broken = false;
 
-  push(bytes: Uint8Array): void {
+  push(chunk: Uint8Array): void {
     if (this.broken) return;
-    this.pending = this.pending.length === 0 ? bytes.slice() : concat([this.pending, bytes]);
+    this.pending = this.pending.length === 0 ? chunk.slice() : bytes(this.pending, chunk);
     let off = 0;
     while (off < this.pending.length) {
       let remaining = 0;
@@ -270,8 +270,6 @@ interface ConnResult {
   failure?: string;
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
 async function hostileConnection(url: string, index: number, clientId: string, kinds: Map<string, number>): Promise<ConnResult> {
   const r = mulberry32((SEED ^ Math.imul(index + 1, 0x9e3779b1)) >>> 0);
   const budget = int(r, 4, MAX_BUDGET);
@@ -280,7 +278,7 @@ async function hostileConnection(url: string, index: number, clientId: string, k
   const hard = pick(r, [0.06, 0.15, 0.3, 0.5]);
   const v: Version = chance(r, 0.2) ? 5 : 4;
   const result: ConnResult = { version: v, packets: 0, frames: 0, bytes: 0, closedByBroker: false, answeredPing: false };
-  const raw = await RawClient.open(url, "mqtt", v);
+  const raw = await RawClient.open(url, { version: v });
   const framer = new Framer();
   const send = (b: Uint8Array): void => {
     raw.sendBytes(b);
@@ -331,7 +329,7 @@ async function hostileConnection(url: string, index: number, clientId: string, k
     }
     if (first && coalesce) group.unshift(hello);
     first = false;
-    const stream = concat(group);
+    const stream = bytes(...group);
     // Random frame splits, also inside fixed headers and length fields.
     const cuts = chance(r, 0.4) ? Array.from({ length: int(r, 1, 3) }, () => int(r, 1, Math.max(1, stream.length - 1))).sort((a, b) => a - b) : [];
     let at = 0;

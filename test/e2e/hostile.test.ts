@@ -5,7 +5,8 @@
 import { describe, it, expect } from "vitest";
 import type { MqttClient } from "mqtt";
 import { connect, connectCollecting, end, subscribe, uid, waitFor, type Received } from "../helpers/mqtt";
-import { RawClient, encode } from "../helpers/raw";
+import { RawClient } from "../helpers/raw";
+import { encode } from "../helpers/bytes";
 import { createDevice, deviceTopic, mintToken } from "../helpers/admin";
 
 /** A subscriber that must keep receiving whatever the attacker does. */
@@ -27,7 +28,7 @@ async function stillServed(b: { client: MqttClient; got: Received[]; topic: stri
 
 /** CONNECT with a JWT over a raw client; the CONNACK's 3.1.1 return code or 5.0 reason code. */
 async function rawConnect(version: 4 | 5, clientId: string, username: string, token: string, clean: boolean): Promise<{ raw: RawClient; code: number | undefined }> {
-  const raw = await RawClient.open(undefined, "mqtt", version);
+  const raw = await RawClient.open(undefined, { version });
   const ack = await raw.connect(clientId, {
     username, password: Buffer.from(token), clean,
     ...(version === 5 && !clean ? { properties: { sessionExpiryInterval: 3600 } } : {}),

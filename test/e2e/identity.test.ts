@@ -1,9 +1,10 @@
 import { describe, it, expect, inject } from "vitest";
 import { SignJWT } from "jose";
 import type { MqttClient } from "mqtt";
-import { DEFAULT_VERSION, connect, connectCollecting, end, settle, subscribe, uid, waitFor } from "../helpers/mqtt";
+import { DEFAULT_VERSION, connect, connectCollecting, end, pingRoundTrip, subscribe, uid, waitFor } from "../helpers/mqtt";
 import { RawClient } from "../helpers/raw";
 import { admin, createDevice, deviceTopic, mintToken } from "../helpers/admin";
+import { monitor } from "../helpers/monitor";
 
 /** MQTT 5 CONNACK reason codes as their 3.1.1 counterparts, so one table serves both runs. */
 const V5_TO_V4: Record<number, number> = { 0x84: 1, 0x85: 2, 0x88: 3, 0x97: 3, 0x86: 4, 0x87: 5 };
@@ -98,7 +99,7 @@ describe("devices", () => {
     await deniedPublish(c.client, deviceTopic(other, "evt"), "denied");
     await c.client.publishAsync(deviceTopic(dev, "evt"), "allowed", { qos: 1 });
     await waitFor(() => app.got.some((m) => m.payload === "allowed"), "the allowed publish");
-    await settle(200);
+    await pingRoundTrip(app.client); // both publishes were acknowledged: routed or dropped
     expect(app.got.map((m) => m.payload)).toEqual(["allowed"]);
 
     await app.client.publishAsync(deviceTopic(dev, "cmd"), "do-it", { qos: 1 });
@@ -111,6 +112,7 @@ describe("devices", () => {
     const dev = await createDevice(acc);
     const app = await connectCollecting({ clientId: uid("app"), username: "app", password: await mintToken(acc, "app") });
     await subscribe(app.client, "#", 1);
+    const mon = await monitor(acc);
     const raw = await RawClient.open();
     await raw.connect(dev.deviceId, {
       username: dev.deviceId,
@@ -118,9 +120,11 @@ describe("devices", () => {
       will: { topic: "elsewhere/will", payload: Buffer.from("w"), qos: 1, retain: false },
     });
     raw.terminate();
-    await settle(700);
+    // A will goes out with the connection's Disconnect event (the will first).
+    await mon.waitEvent(dev.deviceId, "Disconnect");
+    await pingRoundTrip(app.client);
     expect(app.got).toEqual([]);
-    await end(app.client);
+    await end(app.client, mon.client);
   });
 });
 
@@ -162,7 +166,7 @@ describe("JWT identities", () => {
     await c.client.publishAsync("sensors/a/out", "ok", { qos: 1 });
     await deniedPublish(c.client, "sensors/a/in", "no");
     await waitFor(() => c.got.some((m) => m.payload === "ok"), "the allowed message echoed back");
-    await settle(200);
+    await pingRoundTrip(c.client); // both publishes were acknowledged: routed or dropped
     expect(c.got.map((m) => m.payload)).toEqual(["ok"]);
     await end(c.client);
   });
@@ -180,23 +184,9 @@ describe("JWT identities", () => {
     const acc = uid("acc");
     const token = await mintToken(acc, "webuser");
     const csrf = "csrf-" + uid();
-    const { default: WebSocket } = await import("ws");
-    const open = (cookie: string) =>
-      new Promise<InstanceType<typeof WebSocket>>((ok, fail) => {
-        const ws = new WebSocket(inject("brokerWsUrl"), "mqtt", { headers: { cookie } });
-        ws.once("open", () => ok(ws));
-        ws.once("error", fail);
-      });
-    const { default: mqttPacket } = await import("mqtt-packet");
-    const connackOf = (ws: InstanceType<typeof WebSocket>, password: string) =>
-      new Promise<number>((ok) => {
-        const parser = mqttPacket.parser({ protocolVersion: 4 });
-        parser.on("packet", (p) => {
-          if (p.cmd === "connack") ok(p.returnCode ?? -1);
-        });
-        ws.on("message", (d: Buffer) => parser.parse(d));
-        ws.send(mqttPacket.generate({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 30, clientId: uid(), username: "webuser", password: Buffer.from(password) }));
-      });
+    const open = (cookie: string) => RawClient.open(undefined, { version: 4, headers: { cookie } });
+    const connackOf = async (raw: RawClient, password: string): Promise<number> =>
+      (await raw.connect(uid(), { keepalive: 30, username: "webuser", password: Buffer.from(password) })).returnCode ?? -1;
     const good = await open(`mqtt_token=${token}; mqtt_csrf=${csrf}`);
     expect(await connackOf(good, csrf)).toBe(0);
     good.close();
@@ -223,13 +213,15 @@ describe("account isolation", () => {
     await pubA.publishAsync(deviceTopic(devA, "evt"), "live-a", { qos: 1 });
     await waitFor(() => subA.got.some((m) => m.payload === "live-a"), "the control message");
     // Account B's device disconnects too: its Disconnect event must not reach account A.
+    const monB = await monitor(b);
     await end(pubB);
-    await settle(300);
+    await monB.waitEvent(devB.deviceId, "Disconnect");
+    await pingRoundTrip(subA.client);
     expect(subA.got.filter((m) => !m.topic.startsWith("$SYS/")).map((m) => m.payload)).toEqual(["live-a"]);
     const events = subA.got.filter((m) => m.topic.startsWith("$SYS/mon/"));
     expect(events.some((m) => m.topic === `$SYS/mon/${devA.deviceId}`)).toBe(true); // A's own events arrive
     expect(events.some((m) => m.topic.includes(devB.deviceId) || m.payload.includes(devB.deviceId))).toBe(false);
-    await end(pubA, subA.client);
+    await end(pubA, subA.client, monB.client);
   });
 });
 

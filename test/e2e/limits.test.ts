@@ -5,12 +5,12 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import type { Packet } from "mqtt-packet";
-import { RawClient, encode } from "../helpers/raw";
-import { connectCollecting, end, settle, subscribe, uid, waitFor } from "../helpers/mqtt";
+import { RawClient } from "../helpers/raw";
+import { connectCollecting, end, pingRoundTrip, sleep, subscribe, uid, waitFor } from "../helpers/mqtt";
 import { mintToken } from "../helpers/admin";
 import { monitor, type Monitor } from "../helpers/monitor";
 import { TEST_VARS, startBroker, stopBroker, type Broker } from "../helpers/broker";
-import { concat, remainingLength } from "../helpers/packets";
+import { bytes, encode, varint } from "../helpers/bytes";
 
 const LIMITS = {
   MAX_CLIENT_ID_BYTES: "16",
@@ -155,7 +155,7 @@ describe("limits (dedicated broker with small limits)", () => {
     const id = sid("ph");
     const { raw } = await rawUser(acc, id);
     // Fixed header only: PUBLISH QoS 0 with Remaining Length 1,000,000 (4 length bytes); no body follows.
-    raw.sendBytes(new Uint8Array([0x30, ...remainingLength(1_000_000)]));
+    raw.sendBytes(bytes(0x30, varint(1_000_000)));
     await raw.waitClosed();
     expect(await mon.waitEvent(id, "Disconnect")).toMatchObject({ CloseCode: 287 });
     await end(mon.client);
@@ -227,13 +227,13 @@ describe("limits (dedicated broker with small limits)", () => {
     // 8 messages from two publishers (PUBLISH_BURST = 5 per connection), in order: the second batch starts after the first is acknowledged.
     for (const [b, pub] of pubs.entries()) {
       const base = b * 4;
-      pub.sendBytes(concat([1, 2, 3, 4].map((i) => encode(publish("q/t", String(base + i), 1, i)))));
+      pub.sendBytes(bytes(...[1, 2, 3, 4].map((i) => encode(publish("q/t", String(base + i), 1, i)))));
       for (let i = 0; i < 4; i++) await pub.next("puback");
     }
     const again = await connectCollecting({ clientId: subId, username: subId, password: first.token, clean: false, ...NO_KEEPALIVE }, broker.wsUrl);
     expect(again.sessionPresent).toBe(true);
     await waitFor(() => again.got.length >= 5, "the 5 queued messages");
-    await settle(300);
+    await pingRoundTrip(again.client);
     expect(again.got.map((m) => m.payload)).toEqual(["4", "5", "6", "7", "8"]);
     // Dropped and counted: one structured log line per drop, 3 in all for this session.
     const drops = broker
@@ -254,17 +254,17 @@ describe("limits (dedicated broker with small limits)", () => {
     sub.send({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic: "w/t", qos: 1 }] });
     await sub.next("suback");
     const { raw: pub } = await rawUser(acc, sid("ifp"));
-    pub.sendBytes(concat([1, 2, 3, 4, 5].map((i) => encode(publish("w/t", String(i), 1, i)))));
+    pub.sendBytes(bytes(...[1, 2, 3, 4, 5].map((i) => encode(publish("w/t", String(i), 1, i)))));
     for (let i = 0; i < 5; i++) await pub.next("puback");
     await waitFor(() => publishes(sub).length >= 2, "2 deliveries");
-    await settle(400);
+    await sub.pingRoundTrip(); // all 5 were acknowledged to the publisher: routed
     expect(publishes(sub).map((p) => (p.cmd === "publish" ? p.payload.toString() : ""))).toEqual(["1", "2"]);
     for (let n = 3; n <= 5; n++) {
       const oldest = publishes(sub)[n - 3];
       if (oldest?.cmd !== "publish") throw new Error("no delivery to acknowledge");
       sub.send({ cmd: "puback", messageId: oldest.messageId });
       await waitFor(() => publishes(sub).length >= n, `delivery ${n}`);
-      await settle(200);
+      await sub.pingRoundTrip();
       expect(publishes(sub)).toHaveLength(n);
       expect(publishes(sub)[n - 1]).toMatchObject({ payload: Buffer.from(String(n)), qos: 1 });
     }
@@ -282,15 +282,15 @@ describe("limits (dedicated broker with small limits)", () => {
     const { raw: pub } = await rawUser(acc, sid("sep"));
     pub.send(publish("e/t", "queued", 1, 1));
     await pub.next("puback");
-    await settle(4_000);
+    await sleep(4_000);
     expect(await mon.waitEvent(subId, "LimitExceeded")).toMatchObject({ Limit: "SESSION_EXPIRY_SECONDS" });
     await end(mon.client);
     const again = await connectCollecting({ clientId: subId, username: subId, password: first.token, clean: false, ...NO_KEEPALIVE }, broker.wsUrl);
     expect(again.sessionPresent).toBe(false);
     // Its subscription went with it: a new message is not delivered either.
     pub.send(publish("e/t", "after", 1, 2));
-    await pub.next("puback");
-    await settle(400);
+    await pub.next("puback"); // routed
+    await pingRoundTrip(again.client);
     expect(again.got).toEqual([]);
     pub.close();
     await end(again.client);
@@ -306,13 +306,13 @@ describe("limits (dedicated broker with small limits)", () => {
     // One frame: 5 publishes (the whole burst), a PINGREQ, the 6th publish. The broker handles
     // a frame's packets in order within microseconds, so no token is refilled in between.
     const burst = [1, 2, 3, 4, 5].map((i) => encode(publish("r/t", String(i), 0)));
-    raw.sendBytes(concat([...burst, encode({ cmd: "pingreq" }), encode(publish("r/t", "6", 0))]));
+    raw.sendBytes(bytes(...burst, encode({ cmd: "pingreq" }), encode(publish("r/t", "6", 0))));
     await raw.next("pingresp"); // the first 5 did not close the connection
     await raw.waitClosed();
     const ev = await mon.waitEvent(id, "Disconnect");
     expect(ev.CloseCode).toBe(92);
     expect(ev.Reason).toContain("rate");
-    await settle(300);
+    await pingRoundTrip(watcher.client); // its Disconnect event is out: the connection routes nothing more
     expect(watcher.got.map((m) => m.payload)).not.toContain("6");
     await end(mon.client, watcher.client);
   });

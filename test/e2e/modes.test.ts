@@ -1,6 +1,6 @@
 import { describe, it, expect, afterAll } from "vitest";
 import { RawClient } from "../helpers/raw";
-import { connectCollecting, end, settle, subscribe, uid, waitFor } from "../helpers/mqtt";
+import { connectCollecting, end, pingRoundTrip, sleep, subscribe, uid, waitFor } from "../helpers/mqtt";
 import { admin, createDevice, mintToken } from "../helpers/admin";
 import { TEST_VARS, killBroker, startBroker, stopBroker, type Broker } from "../helpers/broker";
 import { monitor } from "../helpers/monitor";
@@ -73,7 +73,7 @@ describe("multi-connection mode", () => {
     // Closing one frees a slot.
     raws[0]?.send({ cmd: "disconnect" });
     await raws[0]?.waitClosed();
-    await settle(200);
+    await sleep(200);
     const now = await rawConnect("fleet-100", "fleet", token);
     expect(now.code).toBe(0);
     for (const r of [...raws, again.raw, now.raw]) r.close();
@@ -99,7 +99,7 @@ describe("multi-connection mode", () => {
     expect(single.code).toBe(5);
     multi.raw.send({ cmd: "disconnect" });
     await multi.raw.waitClosed();
-    await settle(200);
+    await sleep(200);
     const single2 = await rawConnect("carol", "carol", token);
     expect(single2.code).toBe(0);
     const multi2 = await rawConnect("carol-tab", "carol", token);
@@ -179,7 +179,8 @@ describe("admin kick", () => {
       expect(mon.events("kicked").find((e) => e.Action === "Disconnect")?.CloseCode).toBe(94);
       if (withWill) await waitFor(() => watcher.got.length === 1, "the will");
       else {
-        await settle(400);
+        // A will goes out with the Disconnect event seen above (the will first).
+        await pingRoundTrip(watcher.client);
         expect(watcher.got).toEqual([]);
       }
       expect((await admin("DELETE", `/accounts/${acc}/clients/kicked`)).status).toBe(404);

@@ -1,15 +1,16 @@
 import { describe, it, expect } from "vitest";
 import type { IPublishPacket } from "mqtt-packet";
-import { connect, connectCollecting, end, settle, subscribe, uid, waitFor } from "../helpers/mqtt";
+import { connect, connectCollecting, end, sleep, subscribe, uid, waitFor } from "../helpers/mqtt";
 import { RawClient } from "../helpers/raw";
 import { mintToken } from "../helpers/admin";
+import { prop, props, publish, utf8 } from "../helpers/bytes";
 
 const v5 = { protocolVersion: 5 as const };
 const publishes = (raw: RawClient): IPublishPacket[] => raw.packets.flatMap((p) => (p.cmd === "publish" ? [p] : []));
 
 /** A raw MQTT 5 connection; returns it with its CONNACK. */
 async function raw5(clientId: string, extra: Parameters<RawClient["connect"]>[1] = {}) {
-  const raw = await RawClient.open(undefined, "mqtt", 5);
+  const raw = await RawClient.open(undefined, { version: 5 });
   const ack = await raw.connect(clientId, extra);
   return { raw, ack };
 }
@@ -86,7 +87,10 @@ describe("MQTT 5.0", () => {
     c.raw.send({ cmd: "publish", topic, payload: Buffer.from("mine"), qos: 0, retain: false, dup: false });
     await other.publishAsync(topic, "theirs");
     await waitFor(() => publishes(c.raw).length === 1, "the other client's message");
-    await settle(300);
+    // A QoS 1 publish of its own (to a topic it does not subscribe to): its PUBACK comes once
+    // "mine", sent before it on the same connection, has been routed.
+    c.raw.send({ cmd: "publish", topic: `${topic}/after`, payload: Buffer.from("after"), qos: 1, messageId: 1, retain: false, dup: false });
+    await c.raw.next("puback");
     expect(publishes(c.raw).map((p) => p.payload.toString())).toEqual(["theirs"]);
     c.raw.close();
     await end(other);
@@ -113,7 +117,7 @@ describe("MQTT 5.0", () => {
     const c = await raw5(uid());
     c.raw.send({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 0, rh: 2 }] });
     await c.raw.next("suback");
-    await settle(300);
+    await c.raw.pingRoundTrip(); // retained messages would follow the SUBACK on the same connection
     expect(publishes(c.raw)).toEqual([]);
     const d = await raw5(uid());
     d.raw.send({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 0, rh: 1 }] });
@@ -121,7 +125,7 @@ describe("MQTT 5.0", () => {
     await waitFor(() => publishes(d.raw).length === 1, "the retained message for the new subscription");
     d.raw.send({ cmd: "subscribe", messageId: 2, subscriptions: [{ topic, qos: 0, rh: 1 }] });
     await d.raw.next("suback");
-    await settle(300);
+    await d.raw.pingRoundTrip();
     expect(publishes(d.raw)).toHaveLength(1); // not again for the existing subscription
     await p.publishAsync(topic, "", { retain: true, qos: 1 });
     c.raw.close();
@@ -170,12 +174,12 @@ describe("MQTT 5.0", () => {
     const p = await connect({ clientId: uid(), ...v5 });
     await p.publishAsync(`${topic}/short`, "gone", { retain: true, qos: 1, properties: { messageExpiryInterval: 1 } });
     await p.publishAsync(`${topic}/long`, "kept", { retain: true, qos: 1, properties: { messageExpiryInterval: 100 } });
-    await new Promise((r) => setTimeout(r, 2100));
+    await sleep(2100); // past the short message's expiry
     const c = await raw5(uid());
     c.raw.send({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic: `${topic}/#`, qos: 1 }] });
     await c.raw.next("suback");
     await waitFor(() => publishes(c.raw).length === 1, "the unexpired retained message");
-    await settle(300);
+    await c.raw.pingRoundTrip();
     const [kept] = publishes(c.raw);
     expect(kept?.payload.toString()).toBe("kept");
     expect(kept?.properties?.messageExpiryInterval).toBeLessThanOrEqual(98);
@@ -196,7 +200,7 @@ describe("MQTT 5.0", () => {
     expect(b.sessionPresent).toBe(true);
     await waitFor(() => b.got.length === 1, "the queued message");
     await end(b.client);
-    await new Promise((r) => setTimeout(r, 3500));
+    await sleep(3500); // past the session expiry
     const c = await connectCollecting({ clientId, ...v5, clean: false, properties: { sessionExpiryInterval: 2 } });
     expect(c.sessionPresent).toBe(false);
     await end(c.client, pub);
@@ -210,9 +214,9 @@ describe("MQTT 5.0", () => {
     const will = { topic: willTopic, payload: Buffer.from("late"), qos: 1 as const, retain: false, properties: { willDelayInterval: 2 } };
     const first = await raw5(clientId, { will, clean: true, properties: { sessionExpiryInterval: 60 } });
     first.raw.terminate();
-    await settle(500);
+    await sleep(500);
     const again = await raw5(clientId, { clean: false, properties: { sessionExpiryInterval: 60 } });
-    await settle(2500);
+    await sleep(2500); // past the will delay: a will not cancelled would be out by now
     expect(w.got).toEqual([]); // cancelled by the reconnect
     again.raw.send({ cmd: "connect", protocolId: "MQTT", protocolVersion: 5, clean: true, keepalive: 60, clientId: "x" }); // protocol error: second CONNECT
     await again.raw.waitClosed();
@@ -243,7 +247,7 @@ describe("MQTT 5.0", () => {
     const p = await connect({ clientId: uid(), ...v5 });
     for (let i = 0; i < 5; i++) await p.publishAsync(topic, String(i), { qos: 1 });
     await waitFor(() => publishes(c.raw).length === 2, "two in flight");
-    await settle(300);
+    await c.raw.pingRoundTrip(); // all 5 were acknowledged to the publisher: routed
     expect(publishes(c.raw)).toHaveLength(2);
     const first = publishes(c.raw)[0];
     c.raw.send({ cmd: "puback", messageId: first?.messageId });
@@ -264,7 +268,7 @@ describe("MQTT 5.0", () => {
     await p.publishAsync(topic, "small", { qos: 1 });
     await waitFor(() => big.got.length === 2, "both at the big subscriber");
     await waitFor(() => publishes(small.raw).length === 1, "the small one");
-    await settle(300);
+    await small.raw.pingRoundTrip();
     expect(publishes(small.raw).map((x) => x.payload.toString())).toEqual(["small"]);
     small.raw.close();
     await end(big.client, p);
@@ -355,13 +359,13 @@ describe("MQTT 5.0", () => {
   it("malformed 5.0 properties close with DISCONNECT 0x81: a duplicate property, a property not allowed in the packet", async () => {
     const cases = [
       // PUBLISH "a" with Content Type twice
-      [0x30, 0x0d, 0x00, 0x01, 0x61, 0x08, 0x03, 0x00, 0x01, 0x78, 0x03, 0x00, 0x01, 0x79, 0x70],
+      publish({ topic: "a", version: 5, properties: props(prop.contentType("x"), prop.contentType("y")), payload: utf8("p") }),
       // PUBLISH "a" with Session Expiry Interval (a CONNECT/CONNACK/DISCONNECT property)
-      [0x30, 0x0a, 0x00, 0x01, 0x61, 0x05, 0x11, 0x00, 0x00, 0x00, 0x05, 0x70],
+      publish({ topic: "a", version: 5, properties: props(prop.sessionExpiry(5)), payload: utf8("p") }),
     ];
     for (const bytes of cases) {
       const c = await raw5(uid());
-      c.raw.sendBytes(new Uint8Array(bytes));
+      c.raw.sendBytes(bytes);
       const d = await c.raw.next("disconnect");
       expect([0x81, 0x82]).toContain(d.cmd === "disconnect" ? d.reasonCode : -1);
       await c.raw.waitClosed();

@@ -1,5 +1,5 @@
 import { describe, it, expect } from "vitest";
-import { collect, connect, end, settle, subscribe, uid, waitFor } from "../helpers/mqtt";
+import { collect, connect, end, pingRoundTrip, subscribe, uid, waitFor } from "../helpers/mqtt";
 import { privileged } from "../helpers/admin";
 
 describe("publish and subscribe", () => {
@@ -60,7 +60,7 @@ describe("publish and subscribe", () => {
     await pub.publishAsync("$x/x", "d"); // not matched by `+/x`
     await pub.publishAsync(`${base}/end`, "z");
     await waitFor(() => got.some((m) => m.payload === "z"), "the last message");
-    await settle(200);
+    await pingRoundTrip(sub);
     const byPayload = (p: string) => got.filter((m) => m.payload === p).length;
     // One copy per matching session, whatever the number of matching filters.
     expect(byPayload("a")).toBe(1);
@@ -90,8 +90,8 @@ describe("publish and subscribe", () => {
     await pub.publishAsync(topic, "1", { qos: 1 });
     await waitFor(() => got.length === 1, "first");
     await sub.unsubscribeAsync(topic);
-    await pub.publishAsync(topic, "2", { qos: 1 });
-    await settle(300);
+    await pub.publishAsync(topic, "2", { qos: 1 }); // PUBACK: routed
+    await pingRoundTrip(sub);
     expect(got.map((m) => m.payload)).toEqual(["1"]);
     await end(sub, pub);
   });

@@ -1,6 +1,6 @@
 import { describe, it, expect, afterAll } from "vitest";
 import type { IPublishPacket } from "mqtt-packet";
-import { connect, connectCollecting, end, settle, subscribe, uid, waitFor } from "../helpers/mqtt";
+import { connect, connectCollecting, end, pingRoundTrip, subscribe, uid, waitFor } from "../helpers/mqtt";
 import { RawClient } from "../helpers/raw";
 import { TEST_VARS, killBroker, startBroker, stopBroker, type Broker } from "../helpers/broker";
 
@@ -16,7 +16,7 @@ describe("QoS 2", () => {
     const pub = await connect({ clientId: uid() });
     for (let i = 0; i < 5; i++) await pub.publishAsync(topic, `m${i}`, { qos: 2 }); // resolves on PUBCOMP
     await waitFor(() => s2.got.length === 5 && s1.got.length === 5, "five messages each");
-    await settle(300);
+    await Promise.all([pingRoundTrip(s2.client), pingRoundTrip(s1.client)]);
     expect(s2.got.map((m) => [m.payload, m.qos])).toEqual([0, 1, 2, 3, 4].map((i) => [`m${i}`, 2]));
     expect(s1.got.map((m) => [m.payload, m.qos])).toEqual([0, 1, 2, 3, 4].map((i) => [`m${i}`, 1]));
     await end(s2.client, s1.client, pub);
@@ -41,7 +41,7 @@ describe("QoS 2", () => {
     raw.send({ cmd: "pubrel", messageId: 42 });
     await raw.next("pubcomp");
     await waitFor(() => sub.got.length === 2, "two distinct messages");
-    await settle(300);
+    await pingRoundTrip(sub.client);
     expect(sub.got.map((m) => m.payload)).toEqual(["once", "again"]);
     raw.close();
     await end(sub.client);
@@ -82,14 +82,14 @@ describe("QoS 2", () => {
     expect((await again.connect(clientId, { clean: false })).sessionPresent).toBe(true);
     expect(await again.next("pubrel")).toMatchObject({ messageId: p.messageId });
     again.send({ cmd: "pubcomp", messageId: p.messageId });
-    await settle(300);
+    await again.pingRoundTrip();
     expect(publishes(again)).toEqual([]); // released: the message itself is not sent again
     again.send({ cmd: "disconnect" });
     await again.waitClosed();
     // Completed: a third connection gets nothing.
     const third = await RawClient.open();
     await third.connect(clientId, { clean: false });
-    await settle(300);
+    await third.pingRoundTrip();
     expect(third.packets.filter((x) => x.cmd === "publish" || x.cmd === "pubrel")).toEqual([]);
     third.send({ cmd: "disconnect" });
     await end(pub);
@@ -170,7 +170,7 @@ describe("QoS 2 across a runtime restart", () => {
 
     const back = await connectCollecting({ clientId: subId, clean: false }, ws);
     await waitFor(() => back.got.length === 1, "the message");
-    await settle(500);
+    await pingRoundTrip(back.client);
     expect(back.got.map((m) => [m.payload, m.qos])).toEqual([["exactly-once", 2]]);
     again.close();
     await end(back.client);

@@ -1,5 +1,5 @@
 import { describe, it, expect } from "vitest";
-import { collect, connect, end, settle, subscribe, uid, waitFor } from "../helpers/mqtt";
+import { collect, connect, end, pingRoundTrip, subscribe, uid, waitFor } from "../helpers/mqtt";
 import { privileged } from "../helpers/admin";
 
 describe("retained messages", () => {
@@ -31,7 +31,7 @@ describe("retained messages", () => {
     await subscribe(s2, `${base}/+`, 1);
     await subscribe(s2, `${base}/b/+`, 1);
     await waitFor(() => got2.length === 1, "the remaining retained message");
-    await settle(300);
+    await pingRoundTrip(s2); // retained messages follow their SUBACK on the same connection
     expect(got2.map((m) => m.payload)).toEqual(["deep"]);
     await end(pub, s1, s2);
   });
@@ -55,7 +55,7 @@ describe("retained messages", () => {
     const sub = await connect({ clientId: uid() });
     const got = collect(sub);
     await subscribe(sub, "#", 0);
-    await settle(500);
+    await pingRoundTrip(sub); // retained messages follow their SUBACK on the same connection
     expect(got.some((m) => m.topic === topic)).toBe(false);
     const sys = await connect({ clientId: uid() });
     const gotSys = collect(sys);

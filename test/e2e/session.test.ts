@@ -1,5 +1,5 @@
 import { describe, it, expect } from "vitest";
-import { connect, connectCollecting, end, settle, subscribe, uid, waitFor } from "../helpers/mqtt";
+import { connect, connectCollecting, end, sleep, subscribe, uid, waitFor } from "../helpers/mqtt";
 import { RawClient } from "../helpers/raw";
 
 describe("sessions", () => {
@@ -36,8 +36,8 @@ describe("sessions", () => {
     const ack = await raw.connect(clientId, { clean: true });
     expect(ack.sessionPresent).toBe(false);
     const pub = await connect({ clientId: uid() });
-    await pub.publishAsync(topic, "nobody", { qos: 1 });
-    await settle(300);
+    await pub.publishAsync(topic, "nobody", { qos: 1 }); // PUBACK: routed
+    await raw.pingRoundTrip();
     expect(raw.packets.filter((p) => p.cmd === "publish")).toEqual([]);
     // And a later persistent connect finds no session.
     raw.send({ cmd: "disconnect" });
@@ -61,7 +61,7 @@ describe("sessions", () => {
     expect(first).toMatchObject({ payload: Buffer.from("needs-ack"), dup: false, qos: 1 });
     raw.terminate(); // no PUBACK, no DISCONNECT
 
-    await settle(300);
+    await sleep(300);
     const raw2 = await RawClient.open();
     const ack = await raw2.connect(clientId, { clean: false });
     expect(ack.sessionPresent).toBe(true);
@@ -73,7 +73,7 @@ describe("sessions", () => {
     // Acknowledged: a third connection gets nothing.
     const raw3 = await RawClient.open();
     await raw3.connect(clientId, { clean: false });
-    await settle(300);
+    await raw3.pingRoundTrip();
     expect(raw3.packets.filter((p) => p.cmd === "publish")).toEqual([]);
     raw3.send({ cmd: "disconnect" });
     await end(pub);
@@ -113,7 +113,7 @@ describe("sessions", () => {
     const b = await RawClient.open();
     await b.connect(clientId, { clean: false });
     await waitFor(() => b.packets.filter((p) => p.cmd === "publish").length === 50, "50 queued messages");
-    await settle(300);
+    await b.pingRoundTrip();
     const payloads = b.packets.flatMap((p) => (p.cmd === "publish" ? [Number(p.payload.toString())] : []));
     expect(payloads).toEqual(Array.from({ length: 50 }, (_, i) => i + 10));
     b.send({ cmd: "disconnect" });

@@ -1,5 +1,5 @@
 import { describe, it, expect } from "vitest";
-import { connect, connectCollecting, end, settle, subscribe, uid, waitFor } from "../helpers/mqtt";
+import { connect, connectCollecting, end, pingRoundTrip, subscribe, uid, waitFor } from "../helpers/mqtt";
 import { RawClient } from "../helpers/raw";
 import { admin, mintToken } from "../helpers/admin";
 
@@ -16,7 +16,7 @@ describe("shared subscriptions", () => {
     const pub = await connect({ clientId: uid() });
     for (let i = 0; i < 100; i++) await pub.publishAsync(`${base}/x`, String(i), { qos: 1 });
     await waitFor(() => m1.got.length + m2.got.length === 100 && plain.got.length === 100, "100 deliveries to the group and 100 to the plain subscriber");
-    await settle(300);
+    await Promise.all([pingRoundTrip(m1.client), pingRoundTrip(m2.client)]); // every publish was acknowledged: routed
     const seen = [...m1.got, ...m2.got].map((m) => Number(m.payload)).sort((a, b) => a - b);
     expect(seen).toEqual(Array.from({ length: 100 }, (_, i) => i));
     expect(m1.got.length).toBeGreaterThan(0);
@@ -73,7 +73,7 @@ describe("shared subscriptions", () => {
     await raw.connect("app-1", { username: "app", password: Buffer.from(token) });
     raw.send({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic: `$share/${group}/${base}/#`, qos: 1 }, { topic: `$share/${group}/other/#`, qos: 1 }] });
     expect(await raw.next("suback")).toMatchObject({ granted: [1, 128] });
-    await settle(300);
+    await raw.pingRoundTrip(); // retained messages would follow the SUBACK on the same connection
     expect(raw.packets.filter((p) => p.cmd === "publish")).toEqual([]);
     const res = await admin("GET", `/accounts/${acc}/shared/${group}`);
     expect(res.status).toBe(200);

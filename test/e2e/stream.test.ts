@@ -1,5 +1,6 @@
 import { describe, it, expect, inject } from "vitest";
-import { RawClient, encode } from "../helpers/raw";
+import { RawClient } from "../helpers/raw";
+import { bytes, encode } from "../helpers/bytes";
 import { collect, connect, end, subscribe, uid, waitFor } from "../helpers/mqtt";
 
 describe("WebSocket byte stream", () => {
@@ -35,11 +36,7 @@ describe("WebSocket byte stream", () => {
     const a = encode({ cmd: "publish", topic, payload: "a", qos: 1, messageId: 1, retain: false, dup: false });
     const b = encode({ cmd: "publish", topic, payload: "b", qos: 0, retain: false, dup: false });
     const p = encode({ cmd: "pingreq" });
-    const all = new Uint8Array(a.length + b.length + p.length);
-    all.set(a, 0);
-    all.set(b, a.length);
-    all.set(p, a.length + b.length);
-    raw.sendBytes(all);
+    raw.sendBytes(bytes(a, b, p));
     await raw.next("puback");
     await raw.next("pingresp");
     await waitFor(() => got.length === 2, "both messages");
@@ -53,10 +50,7 @@ describe("WebSocket byte stream", () => {
     const topic = `t/${uid()}`;
     const c = encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 30, clientId: uid() });
     const s = encode({ cmd: "subscribe", messageId: 3, subscriptions: [{ topic, qos: 1 }] });
-    const both = new Uint8Array(c.length + s.length);
-    both.set(c, 0);
-    both.set(s, c.length);
-    raw.sendBytes(both);
+    raw.sendBytes(bytes(c, s));
     expect(await raw.next("connack")).toMatchObject({ returnCode: 0 });
     expect(await raw.next("suback")).toMatchObject({ messageId: 3, granted: [1] });
     raw.close();

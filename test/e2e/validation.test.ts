@@ -8,12 +8,12 @@
  * The clients are JWT identities of one fresh account, watched by one monitor.
  */
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
-import { RawClient, encode } from "../helpers/raw";
+import { RawClient } from "../helpers/raw";
 import { end, uid } from "../helpers/mqtt";
 import { mintToken } from "../helpers/admin";
 import { monitor, type Monitor } from "../helpers/monitor";
-import { MALFORMED, SERVER_ONLY, UNSUPPORTED_LEVELS, hex, isConnectFrame, type WireCase } from "../helpers/malformed";
-import { concat, connectPacket, field, packet, publishPacket } from "../helpers/packets";
+import { MALFORMED, SERVER_ONLY, UNSUPPORTED_LEVELS, isConnectFrame, type WireCase } from "../helpers/malformed";
+import { bytes, connect, encode, frame, hex, publish, str, u16 } from "../helpers/bytes";
 
 const acc = uid("val");
 let mon: Monitor;
@@ -30,7 +30,7 @@ afterAll(async () => {
 async function connected(version: 3 | 4 | 5 = 4): Promise<{ raw: RawClient; id: string }> {
   const id = uid("v");
   const token = await mintToken(acc, id);
-  const raw = await RawClient.open(undefined, "mqtt", version);
+  const raw = await RawClient.open(undefined, { version });
   const ack = await raw.connect(id, { username: id, password: Buffer.from(token), keepalive: 0 });
   expect(version === 5 ? ack.reasonCode : ack.returnCode).toBe(0);
   return { raw, id };
@@ -106,11 +106,11 @@ describe("session-level rules", () => {
   it("[MQTT-3.1.0-1] a first packet that is not CONNECT: closed, no answer", async () => {
     await expectRefusedConnect(encode({ cmd: "pingreq" }), "PINGREQ first");
     await expectRefusedConnect(encode({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic: "a", qos: 0 }] }), "SUBSCRIBE first");
-    await expectRefusedConnect(publishPacket("a", [0x78]), "PUBLISH first");
+    await expectRefusedConnect(publish({ topic: "a", payload: [0x78] }), "PUBLISH first");
   });
 
   it("[MQTT-3.1.0-2] a second CONNECT: closed (Disconnect 105)", async () => {
-    await expectClosedAfterConnack(connectPacket({ clientId: uid("v") }));
+    await expectClosedAfterConnack(connect({ clientId: uid("v"), keepAlive: 0 }));
   });
 
   it("[MQTT-6.0.0-1] a text WebSocket frame: closed (Disconnect 105)", async () => {
@@ -123,18 +123,18 @@ describe("session-level rules", () => {
 
   it("a truncated packet body (topic length past the end of the packet): closed (Disconnect 105); other sessions go on", async () => {
     const other = await connected();
-    await expectClosedAfterConnack(concat([[0x30, 0x03], [0x00, 0x09, 0x61]]));
+    await expectClosedAfterConnack(bytes([0x30, 0x03], [0x00, 0x09, 0x61]));
     await expectAlive(other.raw);
     other.raw.close();
   });
 
   it("[MQTT-3.3.2-2] a wildcard in a PUBLISH topic name: closed (Disconnect 276 invalid topic)", async () => {
-    await expectClosedAfterConnack(publishPacket("a/+/b"), 276);
-    await expectClosedAfterConnack(publishPacket("a/#", [0x78], 1, 3), 276);
+    await expectClosedAfterConnack(publish({ topic: "a/+/b", payload: [] }), 276);
+    await expectClosedAfterConnack(publish({ topic: "a/#", payload: [0x78], qos: 1, id: 3 }), 276);
   });
 
   it("[MQTT-4.7.3-1] an empty PUBLISH topic name: closed (Disconnect 276 invalid topic)", async () => {
-    await expectClosedAfterConnack(publishPacket(""), 276);
+    await expectClosedAfterConnack(publish({ topic: "", payload: [] }), 276);
   });
 
   it("[MQTT-4.7.1-2] [MQTT-4.7.1-3] [MQTT-4.7.3-1] malformed filters a/#/b, a+, #/a, empty: SUBACK 0x80 each, the connection stays", async () => {
@@ -150,7 +150,7 @@ describe("session-level rules", () => {
       ],
     });
     expect(await raw.next("suback")).toMatchObject({ messageId: 5, granted: [0x80, 0x80, 0x80, 1] });
-    raw.sendBytes(packet(0x82, [0, 6], field(""), [1]));
+    raw.sendBytes(frame(0x82, u16(6), str(""), 1));
     expect(await raw.next("suback")).toMatchObject({ messageId: 6, granted: [0x80] });
     await expectAlive(raw);
     raw.close();

@@ -1,6 +1,8 @@
 import { describe, it, expect } from "vitest";
-import { collect, connect, end, settle, subscribe, uid, waitFor } from "../helpers/mqtt";
+import { collect, connect, end, pingRoundTrip, sleep, subscribe, uid, waitFor } from "../helpers/mqtt";
 import { RawClient } from "../helpers/raw";
+import { monitor } from "../helpers/monitor";
+import { TEST_VARS } from "../helpers/broker";
 
 async function watcher(topic: string) {
   const c = await connect({ clientId: uid("watch") });
@@ -36,13 +38,17 @@ describe("last will", () => {
   it("is not published after DISCONNECT", async () => {
     const topic = `will/${uid()}`;
     const w = await watcher(topic);
+    const clientId = uid();
+    const mon = await monitor(TEST_VARS.ANONYMOUS_ACCOUNT, { filter: `$SYS/mon/${clientId}` });
     const raw = await RawClient.open();
-    await raw.connect(uid(), { will: will(topic) });
+    await raw.connect(clientId, { will: will(topic) });
     raw.send({ cmd: "disconnect" });
     await raw.waitClosed();
-    await settle(500);
+    // A will goes out with the connection's Disconnect event (the will first).
+    await mon.waitEvent(clientId, "Disconnect");
+    await pingRoundTrip(w.c);
     expect(w.got).toEqual([]);
-    await end(w.c);
+    await end(w.c, mon.client);
   });
 
   it("is published on a protocol error", async () => {
@@ -73,7 +79,7 @@ describe("last will", () => {
     const raw = await RawClient.open();
     await raw.connect(uid(), { keepalive: 1 });
     for (let i = 0; i < 6; i++) {
-      await new Promise((r) => setTimeout(r, 500));
+      await sleep(500);
       raw.send({ cmd: "pingreq" });
       await raw.next("pingresp");
     }

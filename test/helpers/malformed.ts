@@ -5,14 +5,15 @@
  * {@link UNSUPPORTED_LEVELS}), and server-to-client packets that decode so the session can
  * refuse them itself ({@link SERVER_ONLY}).
  *
- * Shared by the codec unit tests, the session end-to-end tests and the fuzz test. Plain data and
- * byte builders only: no imports beyond types, usable in Node and in workerd.
+ * Shared by the codec unit tests, the session end-to-end tests and the fuzz test. Plain data,
+ * built with the byte builders of `./bytes`: usable in Node and in workerd.
  *
  * A case's `spec` is the rule id that `decodePacket`'s error starts with (MQTT 3.1.1 numbering),
  * e.g. `MQTT-2.2.2-1` for the error `[MQTT-2.2.2-1]: ...`. A non-CONNECT case is meant to be
  * sent after a successful CONNECT of the case's `version` (see {@link isConnectFrame}).
  */
 import type { ProtocolVersion } from "../../src/protocol/codec";
+import { connect, frame, prop, props, publish, str, subscribe, u16, unsubscribe, utf8 } from "./bytes";
 
 export interface WireCase {
   name: string;
@@ -24,155 +25,9 @@ export interface WireCase {
   bytes: Uint8Array;
 }
 
-// ------------------------------------------------------------------ byte builders
-
-/** A part of a frame body: a byte, bytes, or (via the helpers below) encoded fields. */
-export type Part = number | readonly number[] | Uint8Array;
-
-function flatten(parts: readonly Part[]): number[] {
-  const out: number[] = [];
-  for (const p of parts) {
-    if (typeof p === "number") out.push(p);
-    else for (const b of p) out.push(b);
-  }
-  return out;
-}
-
-/** Remaining Length / variable byte integer encoding. */
-export function varint(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let b = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) b |= 0x80;
-    out.push(b);
-  } while (n > 0);
-  return out;
-}
-
-export function u16(n: number): number[] {
-  return [(n >> 8) & 0xff, n & 0xff];
-}
-
-/** Raw bytes of a text (UTF-8), no length prefix. */
-export function utf8(text: string): number[] {
-  return Array.from(new TextEncoder().encode(text));
-}
-
-/** A length-prefixed string field: text is UTF-8 encoded; raw bytes are taken as they are. */
-export function str(value: string | readonly number[]): number[] {
-  const body = typeof value === "string" ? utf8(value) : [...value];
-  return [...u16(body.length), ...body];
-}
-
-/** One complete frame: first byte (type << 4 | flags), then the body with its Remaining Length. */
-export function frame(first: number, ...body: Part[]): Uint8Array {
-  const bytes = flatten(body);
-  return Uint8Array.from([first, ...varint(bytes.length), ...bytes]);
-}
-
-/** A 5.0 property block (length prefix included) from encoded properties. */
-export function props(...properties: Part[]): number[] {
-  const bytes = flatten(properties);
-  return [...varint(bytes.length), ...bytes];
-}
-
-/** 5.0 property encoders (ids per MQTT 5.0 §2.2.2.2). */
-export const prop = {
-  contentType: (v: string | readonly number[]): number[] => [0x03, ...str(v)],
-  responseTopic: (v: string | readonly number[]): number[] => [0x08, ...str(v)],
-  correlationData: (v: readonly number[]): number[] => [0x09, ...str(v)],
-  reasonString: (v: string | readonly number[]): number[] => [0x1f, ...str(v)],
-  user: (name: string | readonly number[], value: string | readonly number[]): number[] => [0x26, ...str(name), ...str(value)],
-  messageExpiry: (seconds: number): number[] => [0x02, (seconds >>> 24) & 0xff, (seconds >> 16) & 0xff, (seconds >> 8) & 0xff, seconds & 0xff],
-  sessionExpiry: (seconds: number): number[] => [0x11, (seconds >>> 24) & 0xff, (seconds >> 16) & 0xff, (seconds >> 8) & 0xff, seconds & 0xff],
-  subscriptionIdentifier: (id: number): number[] => [0x0b, id & 0x7f],
-};
-
-export interface ConnectSpec {
-  /** Protocol level byte; default 4. */
-  level?: number;
-  /** Protocol name; default "MQIsdp" for level 3, "MQTT" otherwise. Raw bytes allowed. */
-  name?: string | readonly number[];
-  /** Connect flags byte, taken as is; default: clean session plus the flags the fields imply. */
-  flags?: number;
-  keepAlive?: number;
-  /** 5.0 CONNECT properties (encoded); default empty when level is 5. */
-  properties?: readonly number[];
-  clientId?: string | readonly number[];
-  will?: { topic: string | readonly number[]; payload?: readonly number[]; qos?: number; retain?: boolean; properties?: readonly number[] };
-  username?: string | readonly number[];
-  password?: readonly number[];
-}
-
-/**
- * A CONNECT frame. Fields are written when present, whatever `flags` says, so a frame can
- * contradict its own flags on purpose.
- */
-export function connect(spec: ConnectSpec = {}): Uint8Array {
-  const level = spec.level ?? 4;
-  const v5 = (level & 0x7f) === 5;
-  const implied = 0x02
-    | (spec.will ? 0x04 | ((spec.will.qos ?? 0) << 3) | (spec.will.retain ? 0x20 : 0) : 0)
-    | (spec.username !== undefined ? 0x80 : 0)
-    | (spec.password !== undefined ? 0x40 : 0);
-  const body: Part[] = [
-    str(spec.name ?? (level === 3 ? "MQIsdp" : "MQTT")),
-    level,
-    spec.flags ?? implied,
-    u16(spec.keepAlive ?? 60),
-  ];
-  if (v5) body.push(spec.properties ?? props());
-  body.push(str(spec.clientId ?? "c1"));
-  if (spec.will) {
-    if (v5) body.push(spec.will.properties ?? props());
-    body.push(str(spec.will.topic), str(spec.will.payload ?? utf8("bye")));
-  }
-  if (spec.username !== undefined) body.push(str(spec.username));
-  if (spec.password !== undefined) body.push(str(spec.password));
-  return frame(0x10, ...body);
-}
-
-/** PUBLISH: QoS 0 has no packet identifier; 5.0 gets an (empty by default) property block. */
-export function publish(opts: {
-  topic: string | readonly number[];
-  qos?: number;
-  id?: number;
-  payload?: readonly number[];
-  version?: ProtocolVersion;
-  properties?: readonly number[];
-  flags?: number;
-}): Uint8Array {
-  const qos = opts.qos ?? 0;
-  const body: Part[] = [str(opts.topic)];
-  if (qos > 0) body.push(u16(opts.id ?? 1));
-  if (opts.version === 5) body.push(opts.properties ?? props());
-  body.push(opts.payload ?? utf8("hi"));
-  return frame(0x30 | (opts.flags ?? qos << 1), ...body);
-}
-
-/** SUBSCRIBE with (filter, options byte) pairs. */
-export function subscribe(id: number, filters: ReadonlyArray<readonly [string | readonly number[], number]>, version?: ProtocolVersion, first = 0x82): Uint8Array {
-  const body: Part[] = [u16(id)];
-  if (version === 5) body.push(props());
-  for (const [filter, options] of filters) body.push(str(filter), options);
-  return frame(first, ...body);
-}
-
-export function unsubscribe(id: number, filters: ReadonlyArray<string | readonly number[]>, version?: ProtocolVersion, first = 0xa2): Uint8Array {
-  const body: Part[] = [u16(id)];
-  if (version === 5) body.push(props());
-  for (const filter of filters) body.push(str(filter));
-  return frame(first, ...body);
-}
-
 /** True for a CONNECT frame; every other case is sent after a CONNECT of the case's version. */
 export function isConnectFrame(bytes: Uint8Array): boolean {
   return bytes[0]! >> 4 === 1;
-}
-
-export function hex(bytes: Uint8Array): string {
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join(" ");
 }
 
 // ------------------------------------------------------------------ invalid UTF-8 samples

@@ -36,6 +36,8 @@ export interface MonitorOptions {
   clientId?: string;
   /** Extra MQTT.js options (e.g. `keepalive` under a small keep-alive maximum). */
   mqtt?: IClientOptions;
+  /** What to watch (default `$SYS/mon/#`): `$SYS/mon/<clientId>` for one client of a busy account. */
+  filter?: string;
 }
 
 /** An application of `account` allowed to watch `$SYS/mon/#` (its ACL grants only that). */
@@ -45,7 +47,7 @@ export async function monitor(account: string, opts: MonitorOptions = {}): Promi
   const wsUrl = `${baseUrl.replace(/^http/, "ws")}/mqtt`;
   const token = await mintToken(account, user, { acl: { pub: [], sub: ["$SYS/mon/#"] }, url: baseUrl });
   const c = await connectCollecting({ clientId: user, username: user, password: token, ...opts.mqtt }, wsUrl);
-  await subscribe(c.client, "$SYS/mon/#", 0);
+  await subscribe(c.client, opts.filter ?? "$SYS/mon/#", 0);
   const events = (clientId?: string): MonitorEvent[] =>
     c.got
       .filter((m) => m.topic.startsWith("$SYS/mon/") && !m.retain)

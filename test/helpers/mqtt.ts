@@ -1,4 +1,5 @@
 import mqtt, { type IClientOptions, type MqttClient, type IPublishPacket } from "mqtt";
+import type { Packet } from "mqtt-packet";
 import { inject } from "vitest";
 
 export interface Received {
@@ -82,8 +83,46 @@ export async function waitFor(predicate: () => boolean, what: string, ms = 10_00
   }
 }
 
-/** Lets the broker settle for a moment (to show that something did NOT arrive). */
-export const settle = (ms = 500): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** Waits `ms`. Not to show that something did NOT arrive: {@link pingRoundTrip} does that without guessing a time. */
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * A PINGREQ/PINGRESP round trip on an MQTT.js client, to show that something did NOT arrive:
+ * the broker handles a connection's packets in order, so once it answers, every packet it sent
+ * on this connection before has arrived. For a message routed from another connection, first
+ * make sure the broker routed it (the publisher's PUBACK or PUBCOMP, or the Disconnect event
+ * for a will), then call this on the receiver.
+ *
+ * MQTT.js may have a keep-alive PINGREQ of its own in flight (one at most), whose PINGRESP can
+ * come first; so two PINGREQs go out and the second PINGRESP counts.
+ */
+export function pingRoundTrip(client: MqttClient, ms = 10_000): Promise<void> {
+  return new Promise((ok, fail) => {
+    let answers = 0;
+    const onPacket = (packet: Packet): void => {
+      if (packet.cmd !== "pingresp" || ++answers < 2) return;
+      done();
+      ok();
+    };
+    const onClose = (): void => {
+      done();
+      fail(new Error("the connection closed during a PINGREQ round trip"));
+    };
+    const timer = setTimeout(() => {
+      done();
+      fail(new Error(`timed out waiting for PINGRESP (${answers} of 2 in ${ms} ms)`));
+    }, ms);
+    const done = (): void => {
+      clearTimeout(timer);
+      client.off("packetreceive", onPacket);
+      client.off("close", onClose);
+    };
+    client.on("packetreceive", onPacket);
+    client.on("close", onClose);
+    client.sendPing();
+    client.sendPing();
+  });
+}
 
 export async function subscribe(client: MqttClient, filter: string | string[], qos: 0 | 1 | 2 = 1): Promise<number[]> {
   const granted = await client.subscribeAsync(filter, { qos });

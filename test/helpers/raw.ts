@@ -1,10 +1,20 @@
 import WebSocket from "ws";
 import mqttPacket, { type Packet } from "mqtt-packet";
 import { inject } from "vitest";
+import { encode } from "./bytes";
+
+export interface RawOpenOptions {
+  /** WebSocket subprotocol(s); default "mqtt". */
+  protocol?: string | string[];
+  /** Protocol level used to encode and decode packets (5 for MQTT 5); default 4. */
+  version?: 3 | 4 | 5;
+  /** Extra HTTP headers for the upgrade request (e.g. a cookie). */
+  headers?: Record<string, string>;
+}
 
 /**
- * A packet-level MQTT client over a raw WebSocket: the test decides exactly which bytes
- * go in which frame, and sees every packet and the close.
+ * The packet-level MQTT client of the e2e tests, over a raw WebSocket: the test decides exactly
+ * which bytes go in which frame, and sees every packet and the close.
  */
 export class RawClient {
   readonly packets: Packet[] = [];
@@ -14,7 +24,7 @@ export class RawClient {
   private constructor(
     private readonly ws: WebSocket,
     /** Protocol level used to encode and decode packets (5 for MQTT 5). */
-    readonly version: 3 | 4 | 5 = 4,
+    readonly version: 3 | 4 | 5,
   ) {
     this.parser = mqttPacket.parser({ protocolVersion: version });
     this.parser.on("packet", (p: Packet) => this.packets.push(p));
@@ -22,10 +32,11 @@ export class RawClient {
     ws.on("close", (code: number, reason: Buffer) => (this.closed = { code, reason: reason.toString() }));
   }
 
-  static open(url = inject("brokerWsUrl"), protocol: string | string[] = "mqtt", version: 3 | 4 | 5 = 4): Promise<RawClient> {
+  /** Opens a WebSocket to `url` (default: the shared test broker). */
+  static open(url = inject("brokerWsUrl"), opts: RawOpenOptions = {}): Promise<RawClient> {
     return new Promise((ok, fail) => {
-      const ws = new WebSocket(url, protocol);
-      ws.once("open", () => ok(new RawClient(ws, version)));
+      const ws = new WebSocket(url, opts.protocol ?? "mqtt", opts.headers ? { headers: opts.headers } : {});
+      ws.once("open", () => ok(new RawClient(ws, opts.version ?? 4)));
       ws.once("error", fail);
     });
   }
@@ -55,6 +66,18 @@ export class RawClient {
     }
   }
 
+  /**
+   * PINGREQ, then waits for its PINGRESP. The broker handles a connection's packets in order,
+   * so once it answers, it has handled every packet sent before, and every packet it sent on
+   * this connection before the PINGRESP has arrived: what is not there by now did not come.
+   */
+  async pingRoundTrip(ms = 10_000): Promise<void> {
+    // PINGRESPs already here answer earlier PINGREQs: ours is the one after them.
+    const earlier = this.packets.filter((p) => p.cmd === "pingresp").length;
+    this.send({ cmd: "pingreq" });
+    for (let i = 0; i <= earlier; i++) await this.next("pingresp", ms);
+  }
+
   async waitClosed(ms = 10_000): Promise<{ code: number; reason: string }> {
     const deadline = Date.now() + ms;
     while (!this.closed) {
@@ -79,8 +102,4 @@ export class RawClient {
     const ack = await this.next("connack");
     return ack as mqttPacket.IConnackPacket;
   }
-}
-
-export function encode(packet: Packet, protocolVersion: 3 | 4 | 5 = 4): Uint8Array {
-  return new Uint8Array(mqttPacket.generate(packet, { protocolVersion }));
 }

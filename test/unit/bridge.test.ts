@@ -3,13 +3,14 @@ import { describe, it, expect, afterEach } from "vitest";
 import net from "node:net";
 import type { IncomingMessage } from "node:http";
 import { WebSocketServer, WebSocket } from "ws";
-import mqttPacket, { type Packet } from "mqtt-packet";
+import type { Packet } from "mqtt-packet";
 import { PacketCutter, PacketError, describeConnect } from "../../bridge/packets.mjs";
 import { Bridge, type Connection } from "../../bridge/bridge.mjs";
 import { parseConfig, parseListen, ConfigError } from "../../bridge/config.mjs";
 import { mulberry32 } from "../helpers/random";
+import { encode } from "../helpers/bytes";
 
-const gen = (p: Packet, protocolVersion: 4 | 5 = 4): Buffer => mqttPacket.generate(p, { protocolVersion });
+const gen = (p: Packet, protocolVersion: 4 | 5 = 4): Buffer => Buffer.from(encode(p, protocolVersion));
 const connectPacket = (clientId = "dev-1", protocolVersion: 4 | 5 = 4): Buffer =>
   gen({ cmd: "connect", protocolId: "MQTT", protocolVersion, clean: true, keepalive: 30, clientId }, protocolVersion);
 const publish = (topic: string, payload: Buffer | string, messageId?: number): Buffer =>

@@ -7,18 +7,9 @@ import {
   type Packet,
   type ProtocolVersion,
 } from "../../src/protocol/codec";
-import { MALFORMED, SERVER_ONLY, UNSUPPORTED_LEVELS, VALID_NEIGHBOURS, hex, publish, type WireCase } from "../helpers/malformed";
+import { MALFORMED, SERVER_ONLY, UNSUPPORTED_LEVELS, VALID_NEIGHBOURS, type WireCase } from "../helpers/malformed";
+import { bytes, hex, publish } from "../helpers/bytes";
 import { mulberry32 } from "../helpers/random";
-
-/** Byte helper for annotated vectors: numbers are bytes, strings are their ASCII bytes. */
-function bytes(...parts: Array<number | string>): Uint8Array {
-  const out: number[] = [];
-  for (const p of parts) {
-    if (typeof p === "number") out.push(p);
-    else for (const c of p) out.push(c.charCodeAt(0));
-  }
-  return Uint8Array.from(out);
-}
 
 /** Fields mqtt-packet's parser sets on every packet it emits. */
 function parsed(length: number, fields: Record<string, unknown>, header?: { qos?: number; dup?: boolean; retain?: boolean }): Record<string, unknown> {
