@@ -18,7 +18,7 @@ export interface LocalBrokerOptions {
   /**
    * Receives the broker's log lines (one JSON object per line from the Worker, level
    * "log" | "info" | "warn" | "error" | "debug"; Miniflare's own warnings with level "miniflare").
-   * Default: logs are dropped.
+   * Default: error lines and Miniflare's warnings go to stderr, the rest is dropped.
    */
   log?: (line: string, level: string) => void;
   /** Where the bundled Worker is cached; default: node_modules/.cache/edge-mqtt-broker in the package. */

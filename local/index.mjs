@@ -48,17 +48,17 @@ export async function startLocalBroker(options = {}) {
   if (persistTo !== undefined) mkdirSync(persistTo, { recursive: true });
   const bindings = { ...worker.vars, ...secrets(persistTo), ...(options.vars ?? {}) };
   const adminToken = bindings.ADMIN_TOKEN ?? "";
-  const sink = options.log;
+  const sink = options.log ?? errorsToStderr;
 
   const mf = new Miniflare({
     host: "127.0.0.1",
     port: options.port ?? 0,
-    log: sink ? new SinkLog(sink) : new Log(LogLevel.NONE),
+    log: new SinkLog(sink),
     logRequests: false,
     // Structured workerd logs: one call per console.* line of the Worker (nothing goes to this
     // process's stdout unless the sink writes it there).
     handleStructuredLogs: ({ level, message }) => {
-      sink?.(message, level);
+      sink(message, level);
     },
     telemetry: { enabled: false },
     // The placeholder `Request.cf` (no fetch from workers.cloudflare.com, nothing cached on disk).
@@ -70,6 +70,8 @@ export async function startLocalBroker(options = {}) {
         name: worker.name,
         modules: true,
         scriptPath: entry.scriptPath,
+        // Module names are relative to this folder (the default, the cwd, may not contain the cache).
+        modulesRoot: dirname(entry.scriptPath),
         compatibilityDate: worker.compatibilityDate,
         compatibilityFlags: worker.compatibilityFlags,
         bindings,
@@ -136,6 +138,16 @@ export async function startLocalBroker(options = {}) {
       return stopping;
     },
   };
+}
+
+/**
+ * The default log sink: the Worker's error lines and Miniflare's warnings and errors (a runtime
+ * that fails to start says why there) go to stderr; the rest is dropped.
+ * @param {string} line
+ * @param {string} level
+ */
+function errorsToStderr(line, level) {
+  if (level === "error" || level === "miniflare") process.stderr.write(`${line}\n`);
 }
 
 /** Miniflare's own messages (warnings and errors) to the caller's sink. */
@@ -235,12 +247,14 @@ async function loadOrBuild(cacheDir, dir) {
 
   mkdirSync(cacheDir, { recursive: true });
   const tmp = `${dir}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
+  const tmpPrepared = `${tmp}.json`;
   try {
-    // Both steps read only the sources; they run side by side.
+    // Both steps read only the sources; they run side by side (wrangler creates the folder).
     await Promise.all([
       runNode([wranglerBin(), "deploy", "--dry-run", "--outdir", tmp, "--config", CONFIG_PATH]),
-      runNode([join(HERE, "prepare.mjs"), CONFIG_PATH, join(tmp, "worker.json")]),
+      runNode([join(HERE, "prepare.mjs"), CONFIG_PATH, tmpPrepared]),
     ]);
+    renameSync(tmpPrepared, join(tmp, "worker.json"));
     // An entry that is there and complete (only a build output was missing) stays: another
     // process may be starting from it.
     if (readEntry(dir) === null) {
@@ -254,6 +268,7 @@ async function loadOrBuild(cacheDir, dir) {
     }
   } finally {
     rmSync(tmp, { recursive: true, force: true });
+    rmSync(tmpPrepared, { force: true });
   }
   pruneCache(cacheDir, dir);
   const built = readEntry(dir);
