@@ -7,10 +7,10 @@
 // Usage: node scripts/startup-times.mjs [runs=5]. Prints each run, the medians and the minimums (ms).
 import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { freePort } from "../bench/lib/servers.mjs";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const WRANGLER = join(ROOT, "node_modules/.bin/wrangler");
@@ -23,19 +23,6 @@ const env = {
   WRANGLER_SEND_METRICS: "false",
   XDG_CONFIG_HOME: join(ROOT, ".wrangler/config"),
 };
-
-/** @returns {Promise<number>} */
-function freePort() {
-  return new Promise((ok, fail) => {
-    const srv = createServer();
-    srv.once("error", fail);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      const port = typeof addr === "object" && addr ? addr.port : 0;
-      srv.close(() => ok(port));
-    });
-  });
-}
 
 /**
  * Spawns `cmd args` in its own process group, polls /health every 20 ms, then ends the group.
