@@ -24,6 +24,17 @@ export default defineConfig({
           include: ["test/unit/**/*.test.ts"],
         },
       },
+      // edge-mqtt-broker/local: brokers started in the test process with Miniflare (no wrangler dev).
+      {
+        test: {
+          name: "local",
+          environment: "node",
+          include: ["test/local/**/*.test.ts"],
+          // The first start after a source change bundles the Worker (wrangler deploy --dry-run).
+          testTimeout: 60_000,
+          hookTimeout: 60_000,
+        },
+      },
       {
         plugins: [
           cloudflareTest({

@@ -4,11 +4,20 @@
 // `wrangler deploy` and `wrangler deploy --dry-run`, so the file always matches the installed
 // `mqtt` package and nobody runs a build step by hand.
 import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync } from "node:fs";
+import { createRequire } from "node:module";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-const SOURCE = join(ROOT, "node_modules/mqtt/dist/mqtt.min.js");
+/** MQTT.js as Node finds it (also when this package is installed in an application, beside it). */
+function mqttBrowserBuild() {
+  try {
+    return join(dirname(createRequire(import.meta.url).resolve("mqtt/package.json")), "dist/mqtt.min.js");
+  } catch {
+    return join(ROOT, "node_modules/mqtt/dist/mqtt.min.js");
+  }
+}
+const SOURCE = mqttBrowserBuild();
 const TARGET = join(ROOT, "public/vendor/mqtt.min.js");
 
 if (!existsSync(SOURCE)) {
