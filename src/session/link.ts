@@ -111,6 +111,8 @@ export interface ConnState {
   closing: Promise<Handover> | null;
   /** An admin close without the will. */
   willSuppressed: boolean;
+  /** Messages this connection could not encode for its client (dropped, counted). */
+  undeliverable: number;
 }
 
 export function createConnState(storage: DurableObjectStorage, config: Config): ConnState {
@@ -128,6 +130,7 @@ export function createConnState(storage: DurableObjectStorage, config: Config): 
     flushing: null,
     closing: null,
     willSuppressed: false,
+    undeliverable: 0,
   };
 }
 
