@@ -15,6 +15,11 @@ export interface ConfigVars {
   MAX_TOPIC_LEVELS?: string;
   PUBLISH_BURST?: string;
   PUBLISH_RATE_PER_SECOND?: string;
+  PACKET_RATE_PER_SECOND?: string;
+  PACKET_BURST?: string;
+  MAX_PACKETS_PER_FRAME?: string;
+  CONNECT_RATE_PER_CLIENT?: string;
+  CONNECT_BURST_PER_CLIENT?: string;
   SESSION_EXPIRY_SECONDS?: string;
 }
 
@@ -33,6 +38,14 @@ export interface Limits {
   publishRatePerSecond: number;
   /** Token bucket size: how many publishes may arrive at once after a quiet period. */
   publishBurst: number;
+  /** Packets of any type the client starts (all but PUBACK/PUBREC/PUBCOMP) per second per connection, and the bucket size. */
+  packetRatePerSecond: number;
+  packetBurst: number;
+  /** MQTT packets in one WebSocket frame, at most. */
+  maxPacketsPerFrame: number;
+  /** CONNECTs per second for one client id, and how many may come at once. */
+  connectRatePerClient: number;
+  connectBurstPerClient: number;
   keepAliveMinSeconds: number;
   keepAliveMaxSeconds: number;
   maxQueuedMessages: number;
@@ -58,6 +71,11 @@ export const DEFAULT_LIMITS: Limits = {
   maxFiltersPerSubscribe: 32,
   publishRatePerSecond: 100,
   publishBurst: 200,
+  packetRatePerSecond: 500,
+  packetBurst: 1000,
+  maxPacketsPerFrame: 500,
+  connectRatePerClient: 1,
+  connectBurstPerClient: 10,
   keepAliveMinSeconds: 0,
   keepAliveMaxSeconds: 3600,
   maxQueuedMessages: 1000,
@@ -89,6 +107,11 @@ export function getConfig(env: ConfigVars): Config {
     maxFiltersPerSubscribe: int(env.MAX_FILTERS_PER_SUBSCRIBE, DEFAULT_LIMITS.maxFiltersPerSubscribe, 1),
     publishRatePerSecond: int(env.PUBLISH_RATE_PER_SECOND, DEFAULT_LIMITS.publishRatePerSecond, 1),
     publishBurst: int(env.PUBLISH_BURST, DEFAULT_LIMITS.publishBurst, 1),
+    packetRatePerSecond: int(env.PACKET_RATE_PER_SECOND, DEFAULT_LIMITS.packetRatePerSecond, 1),
+    packetBurst: int(env.PACKET_BURST, DEFAULT_LIMITS.packetBurst, 1),
+    maxPacketsPerFrame: int(env.MAX_PACKETS_PER_FRAME, DEFAULT_LIMITS.maxPacketsPerFrame, 1),
+    connectRatePerClient: int(env.CONNECT_RATE_PER_CLIENT, DEFAULT_LIMITS.connectRatePerClient, 1),
+    connectBurstPerClient: int(env.CONNECT_BURST_PER_CLIENT, DEFAULT_LIMITS.connectBurstPerClient, 1),
     keepAliveMinSeconds: int(env.KEEPALIVE_MIN_SECONDS, DEFAULT_LIMITS.keepAliveMinSeconds),
     keepAliveMaxSeconds: int(env.KEEPALIVE_MAX_SECONDS, DEFAULT_LIMITS.keepAliveMaxSeconds, 1),
     maxQueuedMessages: int(env.MAX_QUEUED_MESSAGES, DEFAULT_LIMITS.maxQueuedMessages, 1),

@@ -39,4 +39,9 @@ export interface Env {
   MAX_FILTERS_PER_SUBSCRIBE?: string;
   PUBLISH_RATE_PER_SECOND?: string;
   PUBLISH_BURST?: string;
+  PACKET_RATE_PER_SECOND?: string;
+  PACKET_BURST?: string;
+  MAX_PACKETS_PER_FRAME?: string;
+  CONNECT_RATE_PER_CLIENT?: string;
+  CONNECT_BURST_PER_CLIENT?: string;
 }

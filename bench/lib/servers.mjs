@@ -117,9 +117,9 @@ export async function startBroker({ vars = {} } = {}) {
     encoding: "utf8",
   });
   if (mig.status !== 0) throw new Error(`D1 migrations failed:\n${mig.stdout}\n${mig.stderr}`);
-  // The per-connection publish rate limit is a policy, not a capacity: lifted for the bench
+  // The per-connection rate limits (publishes, packets, packets per frame) are policy, not capacity: lifted for the bench
   // (the other brokers have none), or the publishers would be disconnected.
-  const allVars = { ANONYMOUS_ACCOUNT: "bench", BENCH_COUNTERS: "1", PUBLISH_RATE_PER_SECOND: "1000000000", PUBLISH_BURST: "1000000000", ...vars };
+  const allVars = { ANONYMOUS_ACCOUNT: "bench", BENCH_COUNTERS: "1", PACKET_RATE_PER_SECOND: "1000000000", PACKET_BURST: "1000000000", MAX_PACKETS_PER_FRAME: "1000000", PUBLISH_RATE_PER_SECOND: "1000000000", PUBLISH_BURST: "1000000000", ...vars };
   const args = ["dev", "--ip", "127.0.0.1", "--port", String(port), "--persist-to", persistDir, "--show-interactive-dev-session=false", "--log-level", "warn"];
   for (const [k, v] of Object.entries(allVars)) args.push("--var", `${k}:${v}`);
   const child = spawn(WRANGLER, args, { cwd: app, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });

@@ -52,7 +52,8 @@ export const CLOSE_CAUSES = {
   invalidTopic: { monitorCode: 276, v5Reason: 0x90, wsCode: 1008, publishWill: true, reason: "invalid topic" },
   topicAliasInvalid: { monitorCode: 105, v5Reason: 0x94, wsCode: 1002, publishWill: true, reason: "topic alias invalid" },
   receiveMaximumExceeded: { monitorCode: 105, v5Reason: 0x93, wsCode: 1002, publishWill: true, reason: "receive maximum exceeded" },
-  rateExceeded: { monitorCode: 92, v5Reason: 0x96, wsCode: 1008, publishWill: true, reason: "publish rate limit exceeded" },
+  connectRateExceeded: { monitorCode: 92, v5Reason: 0x9f, wsCode: 1008, publishWill: true, reason: "connection rate exceeded" },
+  rateExceeded: { monitorCode: 92, v5Reason: 0x96, wsCode: 1008, publishWill: true, reason: "message rate too high" },
   serverError: { monitorCode: 92, v5Reason: 0x83, wsCode: 1011, publishWill: true, reason: "internal error" },
 } as const satisfies Record<string, CloseCauseInfo>;
 
@@ -82,6 +83,7 @@ export const V5 = {
   topicAliasInvalid: 0x94,
   quotaExceeded: 0x97,
   payloadFormatInvalid: 0x99,
+  connectionRateExceeded: 0x9f,
 } as const;
 
 /** The SUBACK failure code: 3.1.1 has one; MQTT 5 says why. */

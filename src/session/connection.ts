@@ -85,6 +85,7 @@ export class MqttConnection extends DurableObject<Env> {
       expiresAt: null,
       traffic: { readBytes: 0, readMsg: 0, writeBytes: 0, writeMsg: 0 },
       bucket: fullBucket(this.config.limits.publishBurst, now),
+      packets: fullBucket(this.config.limits.packetBurst, now),
       maxPacketOut: 0,
       receiveMax: this.config.limits.maxInflight,
       problemInfo: true,
@@ -237,6 +238,12 @@ export class MqttConnection extends DurableObject<Env> {
     // The attachment carries the keep-alive clock and the counters across hibernation.
     link.saveAttachment(att);
 
+    if (frames.length > this.config.limits.maxPacketsPerFrame) {
+      // One frame holding a flood (524,288 PINGREQs in 1 MiB) is refused whole, before any work.
+      log("warn", "mqtt.frame_flood", { clientId: att.clientId, packets: frames.length, max: this.config.limits.maxPacketsPerFrame });
+      await link.close("rateExceeded");
+      return;
+    }
     for (const frame of frames) {
       if (this.state.closing || att.phase === "closing") return;
       const decoded = decodePacket(frame, att.protocolVersion);

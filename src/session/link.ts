@@ -10,6 +10,7 @@ import type { IConnectPacket, Packet } from "../protocol/codec";
 import type { CloseCause } from "../protocol/codes";
 import type { ConnectDecision, BrowserCredentials } from "./authenticate";
 import type { Attachment, ConnMeta } from "./state";
+import type { Bucket } from "./rate";
 import { InboundQos2, Outbox } from "./outbox";
 import { TopicAliases } from "./aliases";
 import { PartialPacket } from "./partial";
@@ -22,9 +23,15 @@ export interface SessionOwner {
 
 /** The session object's answer to a connection claiming it. */
 export type SessionAttached =
-  | { ok: true; sessionPresent: boolean; inboundQos2: number[] }
-  /** Another identity owns this client id: refused with CONNACK 2 / 0x85. */
-  | { ok: false; reason: "not_owner" };
+  | { ok: true; sessionPresent: boolean; inboundQos2: number[]; buckets?: RateBuckets }
+  /** `not_owner`: another identity owns this client id (CONNACK 2 / 0x85); `rate`: this client id connects too often (CONNACK 3 / 0x9F). */
+  | { ok: false; reason: "not_owner" | "rate" };
+
+/** A connection's rate limiters, handed to the next connection of the same client id so a reconnect does not refill them. */
+export interface RateBuckets {
+  publish: Bucket;
+  packets: Bucket;
+}
 
 /** Options of the session object's `attach`. */
 export interface SessionAttach {
@@ -40,6 +47,8 @@ export interface SessionDetach {
   expirySeconds: number;
   /** An MQTT 5 will published after its delay unless the session reconnects first. */
   delayedWill?: { message: Message; delaySeconds: number };
+  /** The rate limiters as the connection left them. */
+  buckets?: RateBuckets;
 }
 
 /** The account's router, as a connection sees it (the account is bound). */
@@ -111,6 +120,8 @@ export interface ConnState {
   closing: Promise<Handover> | null;
   /** An admin close without the will. */
   willSuppressed: boolean;
+  /** Messages this connection could not encode for its client (dropped, counted). */
+  undeliverable: number;
 }
 
 export function createConnState(storage: DurableObjectStorage, config: Config): ConnState {
@@ -128,6 +139,7 @@ export function createConnState(storage: DurableObjectStorage, config: Config): 
     flushing: null,
     closing: null,
     willSuppressed: false,
+    undeliverable: 0,
   };
 }
 

@@ -44,8 +44,9 @@ export function forwardedProps(p: IPublishPacket["properties"]): ForwardedProps 
   if (p.userProperties) {
     // mqtt-packet groups repeated names into arrays; keep every pair, in order.
     const pairs: Array<{ key: string; value: string }> = [];
-    for (const [key, value] of Object.entries(p.userProperties)) {
-      for (const v of Array.isArray(value) ? value : [value]) pairs.push({ key, value: v });
+    for (const key of Object.keys(p.userProperties)) {
+      const value: unknown = Reflect.get(p.userProperties, key);
+      for (const v of Array.isArray(value) ? value : [value]) if (typeof v === "string") pairs.push({ key, value: v });
     }
     if (pairs.length > 0) {
       out.userProperties = pairs;
@@ -53,6 +54,21 @@ export function forwardedProps(p: IPublishPacket["properties"]): ForwardedProps 
     }
   }
   return any ? out : undefined;
+}
+
+/**
+ * User properties in mqtt-packet's shape (a name maps to a value, or to the values of a
+ * repeated name). Names are data: the map has no prototype and every name is an own
+ * property, so `__proto__`, `constructor` or `toString` are names like any other.
+ */
+export function userPropertyMap(pairs: ReadonlyArray<{ key: string; value: string }>): UserProperties {
+  const map = Object.create(null) as Record<string, string | string[]>;
+  for (const { key, value } of pairs) {
+    const prev = Object.prototype.hasOwnProperty.call(map, key) ? map[key] : undefined;
+    const next = prev === undefined ? value : Array.isArray(prev) ? [...prev, value] : [prev, value];
+    Object.defineProperty(map, key, { value: next, enumerable: true, writable: true, configurable: true });
+  }
+  return map;
 }
 
 /**
@@ -69,12 +85,7 @@ export function publishProperties(m: Message, now: number): IPublishPacket["prop
     if (f.responseTopic !== undefined) props.responseTopic = f.responseTopic;
     if (f.correlationData !== undefined) props.correlationData = Buffer.from(f.correlationData);
     if (f.userProperties) {
-      const up: UserProperties = {};
-      for (const { key, value } of f.userProperties) {
-        const prev = up[key];
-        up[key] = prev === undefined ? value : Array.isArray(prev) ? [...prev, value] : [prev, value];
-      }
-      props.userProperties = up;
+      props.userProperties = userPropertyMap(f.userProperties);
     }
     any = true;
   }

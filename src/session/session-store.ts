@@ -9,7 +9,8 @@ import { count, meterStorage } from "../metrics";
 import { limitEvent } from "../monitoring/events";
 import { QUEUE_PREFIX, SESSION_META_KEY, queueKey } from "./keys";
 import { isRecord } from "../guards";
-import type { SessionAttach, SessionAttached, SessionDetach, SessionOwner } from "./link";
+import type { RateBuckets, SessionAttach, SessionAttached, SessionDetach, SessionOwner } from "./link";
+import { fullBucket, take, type Bucket } from "./rate";
 
 /** Keys per storage call, at most (a Durable Object storage limit). */
 const STORAGE_BATCH = 128;
@@ -79,6 +80,13 @@ function reservedMeta(account: string, clientId: string, identity: SessionOwner)
  */
 export class MqttSession extends DurableObject<Env> {
   private meta: SessionMeta | null = null;
+  /**
+   * In memory only: the client id's connect rate, and the rate limiters its last connection
+   * left. A burst of reconnects keeps this object awake, so memory is enough; once it has been
+   * idle long enough to be evicted, the buckets would have refilled anyway.
+   */
+  private connects: Bucket | null = null;
+  private buckets: RateBuckets | null = null;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -103,6 +111,13 @@ export class MqttSession extends DurableObject<Env> {
       // Checked before any takeover: a stranger cannot boot the owner either.
       log("warn", "session.not_owner", { account, clientId, owner: `${holder.kind}:${holder.id}`, by: `${identity.kind}:${identity.id}` });
       return { ok: false, reason: "not_owner" };
+    }
+    const limits = getConfig(this.env).limits;
+    const now = Date.now();
+    this.connects ??= fullBucket(limits.connectBurstPerClient, now);
+    if (!take(this.connects, limits.connectRatePerClient, limits.connectBurstPerClient, now)) {
+      log("warn", "session.connect_rate_exceeded", { account, clientId, rate: limits.connectRatePerClient });
+      return { ok: false, reason: "rate" };
     }
     const sessionPresent = !clean && prev !== null && prev.persistent;
     if (prev?.will) log("info", "session.will_cancelled", { clientId }); // reconnected within the will delay
@@ -137,9 +152,11 @@ export class MqttSession extends DurableObject<Env> {
       }
     }
 
+    const buckets = this.buckets ?? undefined;
+    this.buckets = null;
     if (clean) {
       await this.clearQueue(meta);
-      return { ok: true, sessionPresent, inboundQos2: [] };
+      return { ok: true, sessionPresent, inboundQos2: [], ...(buckets ? { buckets } : {}) };
     }
     const queued = carried.messages.concat(await this.readQueue(meta));
     if (queued.length > 0) {
@@ -153,7 +170,7 @@ export class MqttSession extends DurableObject<Env> {
       // The carried messages exist nowhere else: they join the queue for the next delivery.
       else if (carried.messages.length > 0) await this.append(meta, carried.messages);
     }
-    return { ok: true, sessionPresent, inboundQos2: carried.inboundQos2 };
+    return { ok: true, sessionPresent, inboundQos2: carried.inboundQos2, ...(buckets ? { buckets } : {}) };
   }
 
   /**
@@ -219,6 +236,7 @@ export class MqttSession extends DurableObject<Env> {
    */
   async detach(conn: string, opts: SessionDetach): Promise<void> {
     const { handover, expirySeconds, delayedWill } = opts;
+    if (opts.buckets) this.buckets = opts.buckets;
     const meta = this.meta;
     if (!meta) return;
     if (meta.owner === conn || (meta.owner === null && meta.departed === conn)) {

@@ -39,6 +39,8 @@ export interface Attachment {
   traffic: TrafficCounters;
   /** Publish rate limiter. */
   bucket: Bucket;
+  /** Packet rate limiter (every packet the client starts). Absent in attachments written before it existed. */
+  packets?: Bucket;
   /** MQTT 5: the client's Maximum Packet Size (0 = none). */
   maxPacketOut: number;
   /** MQTT 5: the in-flight window toward the client (its Receive Maximum, capped by ours). */
@@ -88,6 +90,7 @@ export function readAttachment(v: unknown): Attachment | null {
     expiresAt: v.expiresAt, transport: v.transport,
     traffic: { readBytes: t.readBytes, readMsg: t.readMsg, writeBytes: t.writeBytes, writeMsg: t.writeMsg },
     bucket: { tokens: b.tokens, at: b.at },
+    ...(isRecord(v.packets) && typeof v.packets.tokens === "number" && typeof v.packets.at === "number" ? { packets: { tokens: v.packets.tokens, at: v.packets.at } } : {}),
   };
 }
 

@@ -5,6 +5,7 @@
 import { describe, it, expect } from "vitest";
 import type { MqttClient } from "mqtt";
 import { connect, connectCollecting, end, subscribe, uid, waitFor, type Received } from "../helpers/mqtt";
+import type { Packet } from "mqtt-packet";
 import { RawClient } from "../helpers/raw";
 import { encode } from "../helpers/bytes";
 import { createDevice, deviceTopic, mintToken } from "../helpers/admin";
@@ -127,5 +128,70 @@ describe("no silent loss", () => {
     expect(got.map((m) => m.payload)).toEqual(Array.from({ length: 50 }, (_, i) => String(i)));
     await stillServed(other);
     await end(sub, other.client);
+  });
+});
+
+describe("poison properties", () => {
+  /** User properties named after Object.prototype members, as own properties of a null-prototype map. */
+  function poison(): Record<string, string> {
+    const up: Record<string, string> = Object.create(null);
+    for (const [k, v] of POISON) Object.defineProperty(up, k, { value: v, enumerable: true });
+    return up;
+  }
+  const POISON: Array<[string, string]> = [["__proto__", "p"], ["constructor", "c"], ["toString", "t"]];
+  /** The user properties of a received PUBLISH as [name, value] pairs (object literals would eat `__proto__`). */
+  const names = (got: Packet): Array<[string, unknown]> => {
+    const up = got.cmd === "publish" ? got.properties?.userProperties : undefined;
+    return up ? Object.keys(up).map((k) => [k, Reflect.get(up, k)]) : [];
+  };
+
+  it("MQTT and HTTP publishes with __proto__ / constructor user properties are delivered as data, live, queued and retained", async () => {
+    const topic = `poison/${uid("t")}`;
+    const other = await bystander(uid("acc"));
+    const live = await RawClient.open(undefined, { version: 5 });
+    expect((await live.connect(uid("live"))).reasonCode).toBe(0);
+    live.send({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 1 }] });
+    await live.next("suback");
+    // A persistent subscriber that is offline when the message arrives.
+    const queuedId = uid("queued");
+    const queued = await RawClient.open(undefined, { version: 5 });
+    await queued.connect(queuedId, { clean: false, properties: { sessionExpiryInterval: 600 } });
+    queued.send({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 1 }] });
+    await queued.next("suback");
+    queued.send({ cmd: "disconnect" });
+    await queued.waitClosed();
+
+    const pub = await RawClient.open(undefined, { version: 5 });
+    await pub.connect(uid("pub"));
+    pub.send({ cmd: "publish", topic, payload: Buffer.from("m"), qos: 1, messageId: 5, retain: true, dup: false, properties: { userProperties: poison() } });
+    expect(await pub.next("puback")).toMatchObject({ messageId: 5 });
+    expect(names(await live.next("publish"))).toEqual(POISON);
+
+    const back = await RawClient.open(undefined, { version: 5 });
+    expect((await back.connect(queuedId, { clean: false, properties: { sessionExpiryInterval: 600 } })).sessionPresent).toBe(true);
+    expect(names(await back.next("publish"))).toEqual(POISON);
+
+    const late = await RawClient.open(undefined, { version: 5 });
+    await late.connect(uid("late"));
+    late.send({ cmd: "subscribe", messageId: 2, subscriptions: [{ topic, qos: 1 }] });
+    await late.next("suback");
+    expect(names(await late.next("publish"))).toEqual(POISON);
+
+    const token = await mintToken("anon", uid("http"));
+    const { inject } = await import("vitest");
+    const res = await fetch(`${inject("brokerUrl")}/api/v1/messages?topic=${encodeURIComponent(topic)}&qos=1`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "MQTT-User-Property": "__proto__=h, constructor=k" },
+      body: "via http",
+    });
+    expect(res.status).toBe(201);
+    expect(names(await live.next("publish"))).toEqual([["__proto__", "h"], ["constructor", "k"]]);
+    // Every connection is still up, and the bystander is served.
+    for (const c of [live, pub, back, late]) expect(c.closed).toBeNull();
+    // Clear the retained message for later runs.
+    pub.send({ cmd: "publish", topic, payload: Buffer.alloc(0), qos: 0, retain: true, dup: false });
+    await stillServed(other);
+    for (const c of [live, pub, back, late]) c.close();
+    await end(other.client);
   });
 });

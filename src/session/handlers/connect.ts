@@ -172,8 +172,13 @@ async function attachSession(link: Link, meta: ConnMeta, params: SessionParamete
       .session(account, clientId)
       .attach(link.connId, { cleanStart: params.cleanStart, expirySeconds: params.expirySeconds, identity: { kind: identity.kind, id: identity.id } });
     if (!attached.ok) {
-      await refuseForeignSession(link, meta);
+      await refuseAttach(link, meta, attached.reason);
       return null;
+    }
+    if (attached.buckets) {
+      // A reconnect carries on with the limiters its previous connection left.
+      att.bucket = attached.buckets.publish;
+      att.packets = attached.buckets.packets;
     }
     await link.state.inboundQos2.add(attached.inboundQos2);
     // Taken over while the session answered: a closing connection must not become the delivery target.
@@ -198,21 +203,25 @@ async function attachSession(link: Link, meta: ConnMeta, params: SessionParamete
 }
 
 /**
- * The client id belongs to another identity's session (or is a device's): CONNACK 2 / 0x85,
- * no takeover. Nothing was attached, so the stored meta goes before the close (no detach,
- * no Disconnect event), and a JWT identity's slot is given back here.
+ * The session object refused: the client id belongs to another identity's session (or is a
+ * device's: CONNACK 2 / 0x85, no takeover), or it connects too often (CONNACK 3 / 0x9F).
+ * Nothing was attached, so the stored meta goes before the close (no detach, no Disconnect
+ * event), and a JWT identity's slot is given back here.
  */
-async function refuseForeignSession(link: Link, meta: ConnMeta): Promise<void> {
+async function refuseAttach(link: Link, meta: ConnMeta, why: "not_owner" | "rate"): Promise<void> {
   const { account, clientId, identity } = meta;
-  const reason = "client id in use by another identity";
-  log("warn", "mqtt.connect_refused", { account, clientId, identity: identity.id, code: ConnackCode.IdentifierRejected, reason });
+  const rate = why === "rate";
+  const reason = rate ? "connection rate exceeded" : "client id in use by another identity";
+  const code = rate ? ConnackCode.ServerUnavailable : ConnackCode.IdentifierRejected;
+  log("warn", "mqtt.connect_refused", { account, clientId, identity: identity.id, code, reason });
   await link.forgetMeta();
   if (identity.kind === "user") {
     await link.services.limiter(account, identity.id).release(link.connId, clientId).catch(() => undefined);
   }
-  await reportFailure(link, identity, { ...connectionFacts(meta), connectedAt: null }, "invalidClientId", reason);
-  connack(link, ConnackCode.IdentifierRejected, false, { reasonString: reason });
-  await link.close("invalidClientId", { quiet: true });
+  const cause: CloseCause = rate ? "connectRateExceeded" : "invalidClientId";
+  await reportFailure(link, identity, { ...connectionFacts(meta), connectedAt: null }, cause, reason);
+  connack(link, code, false, { reasonString: reason }, rate ? V5.connectionRateExceeded : undefined);
+  await link.close(cause, { quiet: true });
 }
 
 /** What an MQTT 5 CONNACK tells the client about the server and its session. Pure. */

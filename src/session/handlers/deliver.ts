@@ -5,7 +5,7 @@
  */
 import type { IPublishPacket } from "../../protocol/codec";
 import { encodePacket } from "../../protocol/codec";
-import { log } from "../../log";
+import { errorMessage, log } from "../../log";
 import type { Message } from "../../router/messages";
 import type { OutAction } from "../outbox";
 import { publishProperties } from "../properties";
@@ -65,7 +65,16 @@ export function sendPublish(link: Link, m: Message, pid: number, dup: boolean): 
     const properties = publishProperties(m, now);
     if (properties) packet.properties = properties;
   }
-  const bytes = encodePacket(packet, att.protocolVersion);
+  let bytes: Uint8Array;
+  try {
+    bytes = encodePacket(packet, att.protocolVersion);
+  } catch (err) {
+    // A message this client cannot be sent is dropped for this client alone, and done
+    // (never retried from storage): the others and the connection are untouched.
+    link.state.undeliverable++;
+    log("warn", "mqtt.encode_failed", { clientId: att.clientId, topic: m.topic, error: errorMessage(err), dropped: link.state.undeliverable });
+    return false;
+  }
   if (att.maxPacketOut > 0 && bytes.byteLength > att.maxPacketOut) {
     log("info", "mqtt.too_large_for_client", { clientId: att.clientId, topic: m.topic, bytes: bytes.byteLength, max: att.maxPacketOut });
     return false;

@@ -8,7 +8,7 @@ import { errorMessage, log } from "../../log";
 import { disconnectEvent, type TrafficCounters } from "../../monitoring/events";
 import type { Handover, Message } from "../../router/messages";
 import { connectionFacts, type ConnMeta } from "../state";
-import type { Link, SessionDetach } from "../link";
+import type { Link, RateBuckets, SessionDetach } from "../link";
 
 export interface TeardownInput {
   meta: ConnMeta;
@@ -18,6 +18,8 @@ export interface TeardownInput {
   /** An admin close that asked for no will. */
   willSuppressed: boolean;
   traffic: TrafficCounters;
+  /** The connection's rate limiters, for the next connection of the client id. */
+  buckets?: RateBuckets;
   /** The outbox's unfinished messages, in order, with their packet ids. */
   unfinished: Message[];
   /** Inbound QoS 2 ids not yet released (read only for a persistent session). */
@@ -61,7 +63,7 @@ export function planTeardown(input: TeardownInput): TeardownPlan {
   announce.push(disconnectEvent(connectionFacts(meta), input.now, info.monitorCode, info.reason, input.traffic));
   const handover: Handover = persistent ? { messages: unfinished, inboundQos2: input.inboundQos2 } : { messages: [], inboundQos2: [] };
   const sessionDetach: SessionDetach | null = handBack
-    ? { handover, expirySeconds: meta.expirySeconds, ...(delayedWill ? { delayedWill } : {}) }
+    ? { handover, expirySeconds: meta.expirySeconds, ...(delayedWill ? { delayedWill } : {}), ...(input.buckets ? { buckets: input.buckets } : {}) }
     : null;
   return {
     announce,
@@ -105,6 +107,7 @@ async function runTeardown(link: Link, cause: CloseCause, handBack: boolean): Pr
       meta, cause, handBack,
       willSuppressed: state.willSuppressed,
       traffic: att?.traffic ?? NO_TRAFFIC,
+      ...(att?.packets ? { buckets: { publish: att.bucket, packets: att.packets } } : {}),
       unfinished: await state.outbox.handover(),
       inboundQos2: persistent ? await state.inboundQos2.all() : [],
       now: link.now(),

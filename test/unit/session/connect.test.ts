@@ -81,6 +81,15 @@ describe("CONNECT handler", () => {
     expect(link.router.published.flat().map((m) => m.topic)).toEqual(["$SYS/mon/dev-1"]);
   });
 
+  it("a client id that connects too often gets 0x9F in MQTT 5 and a close", async () => {
+    const link = new FakeLink(testConfig(), connectedAttachment(5, { phase: "connecting" }), null);
+    link.services.authenticate = async () => ({ ok: true, identity: user, clientId: "u", mode: "single", will: null, willDenied: false });
+    link.services.session = () => ({ attach: async () => ({ ok: false, reason: "rate" }), detach: async () => undefined });
+    await onConnect(link, connect({ protocolVersion: 5 }));
+    expect(link.sent).toEqual([expect.objectContaining({ cmd: "connack", reasonCode: 0x9f, sessionPresent: false })]);
+    expect(link.closes).toEqual(["connectRateExceeded"]);
+  });
+
   it("a full multi-connection quota answers CONNACK 3 and closes without attaching", async () => {
     const link = new FakeLink(testConfig(), connectedAttachment(4, { phase: "connecting" }), null);
     link.services.authenticate = async () => ({ ok: true, identity: user, clientId: "m", mode: "multi", will: null, willDenied: false });
