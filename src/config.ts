@@ -10,6 +10,7 @@ export interface ConfigVars {
   MAX_MULTI_CONNECTIONS?: string;
   MAX_PAYLOAD_BYTES?: string;
   MAX_QUEUED_MESSAGES?: string;
+  MAX_QUEUED_BYTES?: string;
   MAX_SUBSCRIPTIONS?: string;
   MAX_TOPIC_BYTES?: string;
   MAX_TOPIC_LEVELS?: string;
@@ -49,6 +50,8 @@ export interface Limits {
   keepAliveMinSeconds: number;
   keepAliveMaxSeconds: number;
   maxQueuedMessages: number;
+  /** Bytes of messages an offline session may queue (payload and topic), besides the count. */
+  maxQueuedBytes: number;
   maxInflight: number;
   sessionExpirySeconds: number;
 }
@@ -79,6 +82,7 @@ export const DEFAULT_LIMITS: Limits = {
   keepAliveMinSeconds: 0,
   keepAliveMaxSeconds: 3600,
   maxQueuedMessages: 1000,
+  maxQueuedBytes: 8 * 1024 * 1024,
   maxInflight: 100,
   sessionExpirySeconds: 7 * 24 * 3600,
 };
@@ -115,6 +119,7 @@ export function getConfig(env: ConfigVars): Config {
     keepAliveMinSeconds: int(env.KEEPALIVE_MIN_SECONDS, DEFAULT_LIMITS.keepAliveMinSeconds),
     keepAliveMaxSeconds: int(env.KEEPALIVE_MAX_SECONDS, DEFAULT_LIMITS.keepAliveMaxSeconds, 1),
     maxQueuedMessages: int(env.MAX_QUEUED_MESSAGES, DEFAULT_LIMITS.maxQueuedMessages, 1),
+    maxQueuedBytes: int(env.MAX_QUEUED_BYTES, DEFAULT_LIMITS.maxQueuedBytes, 1),
     maxInflight: int(env.MAX_INFLIGHT, DEFAULT_LIMITS.maxInflight, 1),
     sessionExpirySeconds: int(env.SESSION_EXPIRY_SECONDS, DEFAULT_LIMITS.sessionExpirySeconds, 1),
   };

@@ -31,6 +31,7 @@ export interface Env {
   KEEPALIVE_MIN_SECONDS?: string;
   KEEPALIVE_MAX_SECONDS?: string;
   MAX_QUEUED_MESSAGES?: string;
+  MAX_QUEUED_BYTES?: string;
   MAX_INFLIGHT?: string;
   SESSION_EXPIRY_SECONDS?: string;
   /** "1": count billable units for `npm run bench` (src/metrics.ts, GET /__bench/counters). */

@@ -83,6 +83,36 @@ export interface RouterDetach {
   orphans?: Message[];
 }
 
+/** What a message weighs in queues and pages: its payload and topic (properties are small and bounded by the packet limit). */
+export function messageBytes(m: Message): number {
+  return m.payload.byteLength + m.topic.length;
+}
+
+/**
+ * Splits messages into pages of at most `maxBytes` each (a message larger than that is a
+ * page of its own), in order: nothing that grows with stored data travels in one RPC.
+ */
+export function pagesOf(messages: Message[], maxBytes: number): Message[][] {
+  const pages: Message[][] = [];
+  let page: Message[] = [];
+  let bytes = 0;
+  for (const m of messages) {
+    const size = messageBytes(m);
+    if (page.length > 0 && bytes + size > maxBytes) {
+      pages.push(page);
+      page = [];
+      bytes = 0;
+    }
+    page.push(m);
+    bytes += size;
+  }
+  if (page.length > 0) pages.push(page);
+  return pages;
+}
+
+/** Bytes per page of a hand-over or a retained delivery (well under the RPC message limit). */
+export const PAGE_BYTES = 512 * 1024;
+
 /** Result of handing a batch to a connection object. */
 export type DeliverResult = "ok" | "gone";
 

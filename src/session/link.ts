@@ -129,7 +129,7 @@ export function createConnState(storage: DurableObjectStorage, config: Config): 
     att: null,
     meta: null,
     partial: new PartialPacket(storage),
-    outbox: new Outbox(storage, config.limits.maxInflight),
+    outbox: new Outbox(storage, config.limits.maxInflight, config.limits.maxQueuedMessages),
     inboundQos2: new InboundQos2(storage),
     qos2Routing: new Set(),
     inboundPending: 0,

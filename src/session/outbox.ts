@@ -1,5 +1,5 @@
 import { isMessage, type Message } from "../router/messages";
-import { INBOUND_PREFIX, OUT_PREFIX, inboundKey, outKey } from "./keys";
+import { INBOUND_PREFIX, OUT_PREFIX, STORAGE_BATCH, inboundKey, outKey } from "./keys";
 import { isRecord } from "../guards";
 
 /**
@@ -55,9 +55,14 @@ export class Outbox {
    */
   private ephemeral = false;
 
+  /** Messages dropped past `maxQueued` since this object woke. */
+  dropped = 0;
+
   constructor(
     private readonly storage: DurableObjectStorage,
     private maxInflight: number,
+    /** Messages waiting for room in the window, at most (MAX_QUEUED_MESSAGES). */
+    private readonly maxQueued = Number.POSITIVE_INFINITY,
   ) {}
 
   /** The in-flight window: the smaller of the broker's and the client's Receive Maximum (MQTT 5). */
@@ -87,9 +92,11 @@ export class Outbox {
     if (this.stored.delete(record.seq)) await this.storage.delete(outKey(record.seq));
   }
 
+  /** Storage takes at most 128 keys per call. */
   private async flush(writes: Record<string, OutRecord>, deletes: string[]): Promise<void> {
-    if (Object.keys(writes).length > 0) await this.storage.put(writes);
-    if (deletes.length > 0) await this.storage.delete(deletes);
+    const entries = Object.entries(writes);
+    for (let i = 0; i < entries.length; i += STORAGE_BATCH) await this.storage.put(Object.fromEntries(entries.slice(i, i + STORAGE_BATCH)));
+    for (let i = 0; i < deletes.length; i += STORAGE_BATCH) await this.storage.delete(deletes.slice(i, i + STORAGE_BATCH));
   }
 
   async load(): Promise<Map<number, OutRecord>> {
@@ -143,9 +150,23 @@ export class Outbox {
       if (record.state === "sent") actions.push({ kind: "publish", record });
       else if (record.state === "released") actions.push({ kind: "pubrel", pid: record.pid });
     }
+    // Past the bound, the oldest messages still waiting for the window are dropped (counted):
+    // a client that never acknowledges cannot grow this object without limit.
+    const deletes: string[] = [];
+    let waiting = 0;
+    for (const r of records.values()) if (r.state === "queued") waiting++;
+    for (const r of records.values()) {
+      if (waiting <= this.maxQueued) break;
+      if (r.state !== "queued") continue;
+      records.delete(r.seq);
+      if (this.stored.delete(r.seq)) deletes.push(outKey(r.seq));
+      delete writes[outKey(r.seq)];
+      waiting--;
+      this.dropped++;
+    }
     // Written before anything is sent or acknowledged upstream: the output gate holds both
     // until the write is durable.
-    await this.flush(writes, []);
+    await this.flush(writes, deletes);
     return actions;
   }
 

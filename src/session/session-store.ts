@@ -3,17 +3,17 @@ import type { Env } from "../env";
 import { connectionStub, routerStub } from "../stubs";
 import { getConfig } from "../config";
 import { errorMessage, log } from "../log";
-import { isMessage, type DeliverResult, type Handover, type Message } from "../router/messages";
+import { PAGE_BYTES, isMessage, messageBytes, pagesOf, type DeliverResult, type Handover, type Message } from "../router/messages";
 import type { CloseCause } from "../protocol/codes";
 import { count, meterStorage } from "../metrics";
 import { limitEvent } from "../monitoring/events";
-import { QUEUE_PREFIX, SESSION_META_KEY, queueKey } from "./keys";
+import { QUEUE_PREFIX, SESSION_META_KEY, STORAGE_BATCH, queueKey } from "./keys";
 import { isRecord } from "../guards";
 import type { RateBuckets, SessionAttach, SessionAttached, SessionDetach, SessionOwner } from "./link";
 import { fullBucket, take, type Bucket } from "./rate";
 
-/** Keys per storage call, at most (a Durable Object storage limit). */
-const STORAGE_BATCH = 128;
+/** Queue entries read per storage call when paging the hand-over. */
+const QUEUE_READ = 64;
 
 /** Persistent state of one MQTT session, apart from its subscriptions (the router owns those). */
 interface SessionMeta {
@@ -34,6 +34,8 @@ interface SessionMeta {
   tail: number;
   /** Messages dropped because the offline queue was full (oldest first). */
   dropped: number;
+  /** Sizes (`messageBytes`) of the queued messages, head first; absent in sessions stored before the byte bound. */
+  sizes?: number[];
   /** Inbound QoS 2 packet ids received and not yet released, kept for the next connection. */
   inboundQos2: number[];
   /** How long the session outlives its connection (seconds; MQTT 5 session expiry interval). */
@@ -54,6 +56,7 @@ function isMeta(v: unknown): v is SessionMeta {
   const m = v;
   if (!(m.identity === undefined || m.identity === null || isOwner(m.identity))) return false;
   if (!(m.departed === undefined || m.departed === null || typeof m.departed === "string")) return false;
+  if (!(m.sizes === undefined || (Array.isArray(m.sizes) && m.sizes.every((x) => typeof x === "number")))) return false;
   return typeof m.account === "string" && typeof m.clientId === "string" && (typeof m.owner === "string" || m.owner === null) &&
     typeof m.persistent === "boolean" && typeof m.head === "number" && typeof m.tail === "number" && typeof m.dropped === "number" &&
     Array.isArray(m.inboundQos2) && m.inboundQos2.every((x) => typeof x === "number") &&
@@ -158,19 +161,35 @@ export class MqttSession extends DurableObject<Env> {
       await this.clearQueue(meta);
       return { ok: true, sessionPresent, inboundQos2: [], ...(buckets ? { buckets } : {}) };
     }
-    const queued = carried.messages.concat(await this.readQueue(meta));
-    if (queued.length > 0) {
-      const result: DeliverResult | "failed" = await connectionStub(this.env, conn)
-        .deliver(clientId, queued)
+    await this.handOver(meta, conn, carried.messages);
+    return { ok: true, sessionPresent, inboundQos2: carried.inboundQos2, ...(buckets ? { buckets } : {}) };
+  }
+
+  /**
+   * Hands the new connection what the session kept, oldest first, in pages bounded in bytes
+   * (each page durable at the connection before the next is read): the messages carried from
+   * a taken-over connection, then the queue. What the connection cannot take stays queued.
+   */
+  private async handOver(meta: SessionMeta, conn: string, carried: Message[]): Promise<void> {
+    const deliver = (page: Message[]): Promise<DeliverResult | "failed"> =>
+      connectionStub(this.env, conn)
+        .deliver(meta.clientId, page)
         .catch((err: unknown) => {
-          log("warn", "session.handover_failed", { clientId, error: errorMessage(err) });
+          log("warn", "session.handover_failed", { clientId: meta.clientId, error: errorMessage(err) });
           return "failed" as const;
         });
-      if (result === "ok") await this.clearQueue(meta);
-      // The carried messages exist nowhere else: they join the queue for the next delivery.
-      else if (carried.messages.length > 0) await this.append(meta, carried.messages);
+    const pages = pagesOf(carried, PAGE_BYTES);
+    for (const [i, page] of pages.entries()) {
+      if ((await deliver(page)) === "ok") continue;
+      // The carried messages exist nowhere else: the rest joins the queue for the next connection.
+      await this.append(meta, pages.slice(i).flat());
+      return;
     }
-    return { ok: true, sessionPresent, inboundQos2: carried.inboundQos2, ...(buckets ? { buckets } : {}) };
+    while (meta.head < meta.tail) {
+      const { messages, next } = await this.readQueuePage(meta);
+      if (messages.length > 0 && (await deliver(messages)) !== "ok") return;
+      await this.dropHead(meta, next);
+    }
   }
 
   /**
@@ -319,48 +338,79 @@ export class MqttSession extends DurableObject<Env> {
     if (times.length > 0) void this.ctx.storage.setAlarm(Math.min(...times));
   }
 
-  /** Queues messages durably (the router hears "delivered" only after the write), oldest dropped past the bound. */
+  /**
+   * Queues messages durably (the router hears "delivered" only after the write), then drops
+   * the oldest past the count bound (MAX_QUEUED_MESSAGES) and the byte bound (MAX_QUEUED_BYTES).
+   */
   private async append(meta: SessionMeta, messages: Message[]): Promise<void> {
-    const max = getConfig(this.env).limits.maxQueuedMessages;
-    const keys = messages.map(() => queueKey(meta.tail++));
-    // Storage takes at most 128 keys per call.
-    for (let i = 0; i < keys.length; i += STORAGE_BATCH) {
+    const limits = getConfig(this.env).limits;
+    const first = meta.tail;
+    // A session stored before the byte bound has no sizes: it starts counting from here.
+    if (!meta.sizes || meta.sizes.length !== meta.tail - meta.head) meta.sizes = new Array<number>(meta.tail - meta.head).fill(0);
+    for (let i = 0; i < messages.length; i += STORAGE_BATCH) {
       const entries: Record<string, Message> = {};
-      keys.slice(i, i + STORAGE_BATCH).forEach((key, j) => {
-        const m = messages[i + j];
-        if (m) entries[key] = m;
-      });
+      for (const m of messages.slice(i, i + STORAGE_BATCH)) {
+        entries[queueKey(meta.tail++)] = m;
+        meta.sizes.push(messageBytes(m));
+      }
       await this.ctx.storage.put(entries);
     }
-    const excess = meta.tail - meta.head - max;
+    let bytes = meta.sizes.reduce((a, b) => a + b, 0);
+    let next = meta.head;
+    // The newest message always stays, whatever its size.
+    while (next < meta.tail - 1 && (meta.tail - next > limits.maxQueuedMessages || bytes > limits.maxQueuedBytes)) {
+      bytes -= meta.sizes[next - meta.head] ?? 0;
+      next++;
+    }
+    const excess = next - meta.head;
     if (excess > 0) {
-      const drop: string[] = [];
-      for (let i = 0; i < excess; i++) drop.push(queueKey(meta.head++));
-      for (let i = 0; i < drop.length; i += STORAGE_BATCH) await this.ctx.storage.delete(drop.slice(i, i + STORAGE_BATCH));
       meta.dropped += excess;
-      log("warn", "session.queue_full", { clientId: meta.clientId, dropped: excess });
-      this.announce(meta, "MAX_QUEUED_MESSAGES", `offline queue full: ${excess} oldest message(s) dropped (${meta.dropped} in all)`);
+      const bound = meta.tail - next >= limits.maxQueuedMessages ? "MAX_QUEUED_MESSAGES" : "MAX_QUEUED_BYTES";
+      log("warn", "session.queue_full", { clientId: meta.clientId, dropped: excess, bound, first });
+      this.announce(meta, bound, `offline queue full: ${excess} oldest message(s) dropped (${meta.dropped} in all)`);
+      await this.dropHead(meta, next);
+      return;
     }
     this.saveMeta(meta);
   }
 
-  private async readQueue(meta: SessionMeta): Promise<Message[]> {
-    if (meta.tail === meta.head) return [];
-    const map = await this.ctx.storage.list({ prefix: QUEUE_PREFIX });
-    const out: Message[] = [];
+  /**
+   * The next page of the queue from its head, at most PAGE_BYTES (at least one message), and
+   * the sequence number after it. Expired messages are skipped [MQTT-3.3.2-5].
+   */
+  private async readQueuePage(meta: SessionMeta): Promise<{ messages: Message[]; next: number }> {
+    const map = await this.ctx.storage.list({ start: queueKey(meta.head), end: queueKey(meta.tail), limit: QUEUE_READ });
+    const messages: Message[] = [];
     const now = Date.now();
-    // MQTT 5 message expiry: an expired message is not delivered [MQTT-3.3.2-5].
-    for (const value of map.values()) if (isMessage(value) && !(value.expiresAt !== undefined && value.expiresAt <= now)) out.push(value);
-    return out;
+    let bytes = 0;
+    let next = meta.head;
+    for (const [key, value] of map) {
+      if (isMessage(value)) {
+        const size = messageBytes(value);
+        if (messages.length > 0 && bytes + size > PAGE_BYTES) break;
+        bytes += size;
+        if (!(value.expiresAt !== undefined && value.expiresAt <= now)) messages.push(value);
+      }
+      next = Number(key.slice(QUEUE_PREFIX.length)) + 1;
+    }
+    // Keys missing in storage (a gap) still advance the head.
+    if (map.size === 0) next = meta.tail;
+    return { messages, next };
+  }
+
+  /** Forgets the queue's messages before `next` (delivered, or dropped). */
+  private async dropHead(meta: SessionMeta, next: number): Promise<void> {
+    const keys: string[] = [];
+    for (let s = meta.head; s < next; s++) keys.push(queueKey(s));
+    for (let i = 0; i < keys.length; i += STORAGE_BATCH) await this.ctx.storage.delete(keys.slice(i, i + STORAGE_BATCH));
+    if (meta.sizes) meta.sizes.splice(0, next - meta.head);
+    meta.head = next;
+    this.saveMeta(meta);
   }
 
   private async clearQueue(meta: SessionMeta): Promise<void> {
     if (meta.tail === meta.head) return;
-    const keys: string[] = [];
-    for (let s = meta.head; s < meta.tail; s++) keys.push(queueKey(s));
-    for (let i = 0; i < keys.length; i += STORAGE_BATCH) await this.ctx.storage.delete(keys.slice(i, i + STORAGE_BATCH));
-    meta.head = meta.tail;
-    this.saveMeta(meta);
+    await this.dropHead(meta, meta.tail);
   }
 
   private saveMeta(meta: SessionMeta): void {

@@ -111,6 +111,26 @@ describe("session ownership", () => {
   });
 });
 
+describe("paged paths", () => {
+  it("an offline queue larger than one page (1.2 MiB) is handed over in pages, complete and in order", async () => {
+    const topic = `paged/${uid("t")}`;
+    const clientId = uid("paged");
+    const other = await bystander(uid("acc"));
+    const first = await connect({ clientId, clean: false, protocolVersion: 4 });
+    await subscribe(first, topic, 1);
+    await end(first);
+    const pub = await connect({ clientId: uid("pub"), protocolVersion: 4 });
+    for (let i = 0; i < 12; i++) await pub.publishAsync(topic, Buffer.alloc(100 * 1024, 48 + (i % 10)), { qos: 1 });
+    const back = await connectCollecting({ clientId, clean: false, protocolVersion: 4 });
+    expect(back.sessionPresent).toBe(true);
+    await waitFor(() => back.got.length >= 12, `12 queued messages (got ${back.got.length})`);
+    expect(back.got.map((m) => m.payload.length)).toEqual(new Array(12).fill(100 * 1024));
+    expect(back.got.map((m) => m.payload[0])).toEqual(Array.from({ length: 12 }, (_, i) => String(i % 10)));
+    await stillServed(other);
+    await end(back.client, pub, other.client);
+  });
+});
+
 describe("no silent loss", () => {
   it("50 QoS 0 publishes sent right before DISCONNECT all reach the subscriber", async () => {
     const topic = `burst/${uid("t")}`;

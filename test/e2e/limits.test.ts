@@ -22,6 +22,7 @@ const LIMITS = {
   KEEPALIVE_MIN_SECONDS: "0",
   KEEPALIVE_MAX_SECONDS: "1",
   MAX_QUEUED_MESSAGES: "5",
+  MAX_QUEUED_BYTES: "1000",
   MAX_INFLIGHT: "2",
   SESSION_EXPIRY_SECONDS: "2",
   PUBLISH_RATE_PER_SECOND: "5",
@@ -214,6 +215,27 @@ describe("limits (dedicated broker with small limits)", () => {
     expect(await mon.waitEvent(id, "Disconnect")).toMatchObject({ CloseCode: 160, Reason: "keep alive timeout" });
     await end(mon.client);
   }, 30_000);
+
+  it("MAX_QUEUED_BYTES: an offline session keeps the newest messages that fit 1000 bytes (LimitExceeded MAX_QUEUED_BYTES)", async () => {
+    const acc = account();
+    const mon = await watch(acc);
+    const subId = sid("ob");
+    const pub = (await rawUser(acc, sid("obp"))).raw;
+    const first = await mqttUser(acc, subId, false);
+    await subscribe(first.client, "b/t", 1);
+    await end(first.client);
+    // 4 messages of 400 bytes: only the newest 2 fit the byte bound.
+    pub.sendBytes(bytes(...[1, 2, 3, 4].map((i) => encode(publish("b/t", String(i).repeat(400), 1, i)))));
+    for (let i = 0; i < 4; i++) await pub.next("puback");
+    const again = await connectCollecting({ clientId: subId, username: subId, password: first.token, clean: false, ...NO_KEEPALIVE }, broker.wsUrl);
+    expect(again.sessionPresent).toBe(true);
+    await waitFor(() => again.got.length >= 2, "the 2 queued messages");
+    await pingRoundTrip(again.client);
+    expect(again.got.map((m) => m.payload[0])).toEqual(["3", "4"]);
+    expect(await mon.waitEvent(subId, "LimitExceeded")).toMatchObject({ Limit: "MAX_QUEUED_BYTES" });
+    await end(mon.client, again.client);
+    pub.close();
+  });
 
   it("MAX_QUEUED_MESSAGES: an offline session keeps the newest 5 of 8 QoS 1 messages (oldest dropped and counted, LimitExceeded events)", async () => {
     const acc = account();

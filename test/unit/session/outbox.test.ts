@@ -58,3 +58,13 @@ describe("delivery", () => {
     expect((await link.state.outbox.handover()).map((m) => m.topic)).toEqual(["q1"]);
   });
 });
+
+describe("Outbox bound", () => {
+  it("past MAX_QUEUED_MESSAGES the oldest messages waiting for the window are dropped and counted; in-flight ones stay", async () => {
+    const box = new Outbox(new MemoryStorage().asDurableObjectStorage(), 1, 2);
+    const actions = await box.add([msg("a"), msg("b"), msg("c"), msg("d"), msg("e")]);
+    expect(publishedPids(actions)).toEqual([1]);
+    expect(box.dropped).toBe(2);
+    expect((await box.handover()).map((m) => m.topic)).toEqual(["a", "d", "e"]);
+  });
+});
