@@ -47,6 +47,8 @@ export default defineConfig({
                 JWT_SECRET: "test-jwt-secret-0123456789abcdef0123456789abcdef",
                 DEVICE_PEPPER: "test-device-pepper",
                 ANONYMOUS_ACCOUNT: "dev",
+                // Small, so the eviction of retained monitoring events shows with a handful.
+                MAX_MONITOR_RETAINED: "3",
               },
             },
           }),

@@ -11,6 +11,8 @@ export interface ConfigVars {
   MAX_PAYLOAD_BYTES?: string;
   MAX_QUEUED_MESSAGES?: string;
   MAX_QUEUED_BYTES?: string;
+  MAX_MONITOR_RETAINED?: string;
+  MONITOR_RETAIN_SECONDS?: string;
   MAX_SUBSCRIPTIONS?: string;
   MAX_TOPIC_BYTES?: string;
   MAX_TOPIC_LEVELS?: string;
@@ -52,6 +54,10 @@ export interface Limits {
   maxQueuedMessages: number;
   /** Bytes of messages an offline session may queue (payload and topic), besides the count. */
   maxQueuedBytes: number;
+  /** Retained `$SYS/mon` events per account, at most (oldest evicted). */
+  maxMonitorRetained: number;
+  /** How long the retained Disconnect event of a client id the client chose freely (multi mode, anonymous) stays, in seconds. */
+  monitorRetainSeconds: number;
   maxInflight: number;
   sessionExpirySeconds: number;
 }
@@ -83,6 +89,8 @@ export const DEFAULT_LIMITS: Limits = {
   keepAliveMaxSeconds: 3600,
   maxQueuedMessages: 1000,
   maxQueuedBytes: 8 * 1024 * 1024,
+  maxMonitorRetained: 10_000,
+  monitorRetainSeconds: 86_400,
   maxInflight: 100,
   sessionExpirySeconds: 7 * 24 * 3600,
 };
@@ -120,6 +128,8 @@ export function getConfig(env: ConfigVars): Config {
     keepAliveMaxSeconds: int(env.KEEPALIVE_MAX_SECONDS, DEFAULT_LIMITS.keepAliveMaxSeconds, 1),
     maxQueuedMessages: int(env.MAX_QUEUED_MESSAGES, DEFAULT_LIMITS.maxQueuedMessages, 1),
     maxQueuedBytes: int(env.MAX_QUEUED_BYTES, DEFAULT_LIMITS.maxQueuedBytes, 1),
+    maxMonitorRetained: int(env.MAX_MONITOR_RETAINED, DEFAULT_LIMITS.maxMonitorRetained, 1),
+    monitorRetainSeconds: int(env.MONITOR_RETAIN_SECONDS, DEFAULT_LIMITS.monitorRetainSeconds, 1),
     maxInflight: int(env.MAX_INFLIGHT, DEFAULT_LIMITS.maxInflight, 1),
     sessionExpirySeconds: int(env.SESSION_EXPIRY_SECONDS, DEFAULT_LIMITS.sessionExpirySeconds, 1),
   };

@@ -32,6 +32,8 @@ export interface Env {
   KEEPALIVE_MAX_SECONDS?: string;
   MAX_QUEUED_MESSAGES?: string;
   MAX_QUEUED_BYTES?: string;
+  MAX_MONITOR_RETAINED?: string;
+  MONITOR_RETAIN_SECONDS?: string;
   MAX_INFLIGHT?: string;
   SESSION_EXPIRY_SECONDS?: string;
   /** "1": count billable units for `npm run bench` (src/metrics.ts, GET /__bench/counters). */

@@ -61,13 +61,19 @@ export function failedConnectEvent(facts: ConnectionFacts, now: number, closeCod
   return event("FailedConnect", facts, now, closeCode, reason, {}, false);
 }
 
-export function disconnectEvent(facts: ConnectionFacts, now: number, closeCode: number, reason: string, traffic: TrafficCounters): Message {
-  return event("Disconnect", facts, now, closeCode, reason, {
+/**
+ * `retainFor` (seconds): a Disconnect event of a client id the client chose freely (multi
+ * mode, anonymous) expires, so a stream of fresh client ids does not pile up retained events.
+ */
+export function disconnectEvent(facts: ConnectionFacts, now: number, closeCode: number, reason: string, traffic: TrafficCounters, retainFor?: number): Message {
+  const m = event("Disconnect", facts, now, closeCode, reason, {
     ReadBytes: traffic.readBytes,
     ReadMsg: traffic.readMsg,
     WriteBytes: traffic.writeBytes,
     WriteMsg: traffic.writeMsg,
   }, true);
+  if (retainFor !== undefined && m.retain) m.expiresAt = now + retainFor * 1000;
+  return m;
 }
 
 /**

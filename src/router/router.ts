@@ -11,6 +11,7 @@ import { groupQueueKey, retainedKey, subscriptionKey, targetKey, parseSubscripti
 import { meterStorage } from "../metrics";
 import { isRecord } from "../guards";
 import { canSubscribe } from "../topics/acl";
+import { MONITOR_PREFIX } from "../monitoring/events";
 
 /** Where a session's messages go: its connection object (hex id) while online, else (null) its session object's queue. */
 interface TargetRecord {
@@ -77,6 +78,8 @@ export class TopicRouter extends DurableObject<Env> {
   /** Group key -> QoS 1/2 messages waiting for a member to come back; storage `g:<seq>`. */
   private readonly groupQueues = new Map<string, Array<{ seq: number; message: Message }>>();
   private nextGroupSeq = 0;
+  /** Retained monitoring topics, oldest first (Set order). */
+  private readonly monitorOrder = new Set<string>();
   /** Deliveries dropped since the object woke (a clean target that failed, QoS 0 to a failed target). */
   private dropped = 0;
 
@@ -99,7 +102,10 @@ export class TopicRouter extends DurableObject<Env> {
     }
     const retained = await this.ctx.storage.list({ prefix: KEY.retained });
     for (const [key, value] of retained) {
-      if (isRetained(value)) this.retained.set(key.slice(KEY.retained.length), value);
+      if (!isRetained(value)) continue;
+      const topic = key.slice(KEY.retained.length);
+      this.retained.set(topic, value);
+      if (topic.startsWith(MONITOR_PREFIX)) this.monitorOrder.add(topic);
     }
     const queued = await this.ctx.storage.list({ prefix: KEY.groupQueue });
     for (const [key, value] of queued) {
@@ -377,6 +383,23 @@ export class TopicRouter extends DurableObject<Env> {
     if (message.expiresAt !== undefined) record.expiresAt = message.expiresAt;
     this.retained.set(message.topic, record);
     void this.ctx.storage.put(retainedKey(message.topic), record);
+    if (message.topic.startsWith(MONITOR_PREFIX)) this.boundMonitorEvents(message.topic);
+  }
+
+  /**
+   * Retained monitoring events are one per client id; client ids are the clients' choice, so
+   * the account keeps at most MAX_MONITOR_RETAINED of them: past it the oldest goes.
+   */
+  private boundMonitorEvents(topic: string): void {
+    this.monitorOrder.delete(topic);
+    this.monitorOrder.add(topic);
+    const max = getConfig(this.env).limits.maxMonitorRetained;
+    for (const oldest of this.monitorOrder) {
+      if (this.monitorOrder.size <= max) break;
+      this.monitorOrder.delete(oldest);
+      this.retained.delete(oldest);
+      void this.ctx.storage.delete(retainedKey(oldest));
+    }
   }
 
   private setTarget(clientId: string, target: TargetRecord): void {

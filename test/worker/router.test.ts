@@ -47,6 +47,19 @@ describe("TopicRouter in workerd", () => {
     expect((await router.stats()).dropped).toBe(1);
   });
 
+  it("keeps at most MAX_MONITOR_RETAINED retained $SYS/mon events per account, evicting the oldest; other retained messages are untouched", async () => {
+    const account = `acc-${crypto.randomUUID()}`;
+    const router = routerStub(E, account);
+    await router.publish(account, [msg("plain/topic", "stays", 0, true)]);
+    for (const id of ["c1", "c2", "c3", "c4", "c5"]) await router.publish(account, [msg(`$SYS/mon/${id}`, `{"id":"${id}"}`, 0, true)]);
+    await router.publish(account, [msg("$SYS/mon/c3", "again", 0, true)]); // refreshed: now the newest
+    const { retained } = await router.subscribe("watcher", [{ filter: "$SYS/mon/#", qos: 0 }, { filter: "plain/#", qos: 0 }], 10);
+    expect(retained.map((m) => m.topic).sort()).toEqual(["$SYS/mon/c3", "$SYS/mon/c4", "$SYS/mon/c5", "plain/topic"]);
+    // The bound holds after a restart of the object too (storage, not only memory).
+    await abortAllDurableObjects();
+    expect((await routerStub(E, account).stats()).retained).toBe(4);
+  });
+
   it("refuses subscriptions beyond the per-session limit", async () => {
     const router = routerStub(E, `acc-${crypto.randomUUID()}`);
     const r = await router.subscribe("c", [{ filter: "a", qos: 0 }, { filter: "b", qos: 0 }, { filter: "a", qos: 1 }, { filter: "c", qos: 0 }], 2);

@@ -20,6 +20,8 @@ export interface TeardownInput {
   traffic: TrafficCounters;
   /** The connection's rate limiters, for the next connection of the client id. */
   buckets?: RateBuckets;
+  /** How long a freely chosen client id's Disconnect event stays retained (MONITOR_RETAIN_SECONDS). */
+  monitorRetainSeconds?: number;
   /** The outbox's unfinished messages, in order, with their packet ids. */
   unfinished: Message[];
   /** Inbound QoS 2 ids not yet released (read only for a persistent session). */
@@ -60,7 +62,9 @@ export function planTeardown(input: TeardownInput): TeardownPlan {
     if (delay > 0 && handBack) delayedWill = { message: meta.will, delaySeconds: delay };
     else announce.push(meta.will);
   }
-  announce.push(disconnectEvent(connectionFacts(meta), input.now, info.monitorCode, info.reason, input.traffic));
+  const { identity, clientId } = meta;
+  const chosenFreely = identity.kind === "anonymous" || (identity.kind === "user" && clientId !== identity.id);
+  announce.push(disconnectEvent(connectionFacts(meta), input.now, info.monitorCode, info.reason, input.traffic, chosenFreely ? input.monitorRetainSeconds : undefined));
   const handover: Handover = persistent ? { messages: unfinished, inboundQos2: input.inboundQos2 } : { messages: [], inboundQos2: [] };
   const sessionDetach: SessionDetach | null = handBack
     ? { handover, expirySeconds: meta.expirySeconds, ...(delayedWill ? { delayedWill } : {}), ...(input.buckets ? { buckets: input.buckets } : {}) }
@@ -111,6 +115,7 @@ async function runTeardown(link: Link, cause: CloseCause, handBack: boolean): Pr
       unfinished: await state.outbox.handover(),
       inboundQos2: persistent ? await state.inboundQos2.all() : [],
       now: link.now(),
+      monitorRetainSeconds: link.config.limits.monitorRetainSeconds,
     });
     handover = plan.handover;
     await applyTeardown(link, meta, plan);

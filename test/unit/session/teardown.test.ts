@@ -52,6 +52,20 @@ describe("planTeardown", () => {
   });
 });
 
+describe("retained Disconnect events", () => {
+  const base = { cause: "networkLost" as const, handBack: true, willSuppressed: false, traffic, unfinished: [], inboundQos2: [], now: 1_000, monitorRetainSeconds: 60 };
+  it("expire for client ids chosen freely (multi mode, anonymous); stay for devices and single-mode users", () => {
+    const user = (id: string) => ({ kind: "user" as const, account: "acc", id, acl: { pub: [], sub: [] }, expiresAt: null });
+    const multi = planTeardown({ ...base, meta: connMeta({ clientId: "random-1", identity: user("u") }) }).announce[0];
+    const single = planTeardown({ ...base, meta: connMeta({ clientId: "u", identity: user("u") }) }).announce[0];
+    const anon = planTeardown({ ...base, meta: connMeta({ clientId: "x" }) }).announce[0];
+    expect(multi).toMatchObject({ retain: true, expiresAt: 61_000 });
+    expect(anon).toMatchObject({ retain: true, expiresAt: 61_000 });
+    expect(single?.retain).toBe(true);
+    expect(single?.expiresAt).toBeUndefined();
+  });
+});
+
 describe("closeConnection", () => {
   it("runs once: the second caller gets the same hand-over, the router hears one detach", async () => {
     const link = new FakeLink(undefined, connectedAttachment(5), connMeta({ protocolVersion: 5 }));
