@@ -136,7 +136,9 @@ export class MqttConnection extends DurableObject<Env> {
     try {
       const att = this.link.attachment();
       if (!att) {
-        // The socket is gone without a close event (runtime restart, eviction): end the session here.
+        // A session hand-back kept by an earlier teardown is tried again; otherwise the socket
+        // is gone without a close event (runtime restart, eviction): end the session here.
+        if (this.state.closing && (await this.link.pendingDetach())) this.state.closing = null;
         await closeConnection(this.link, "networkLost");
         return;
       }

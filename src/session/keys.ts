@@ -8,6 +8,8 @@ export const BROWSER_KEY = "browser";
 export const RX_KEY = "rx";
 /** Connection object: the client's MQTT 5 topic aliases. */
 export const ALIASES_KEY = "aliases";
+/** Connection object: a session hand-back that failed at teardown, kept for its retry. */
+export const PENDING_DETACH_KEY = "detach";
 /** Connection object: outbound QoS 1/2 records, by sequence. */
 export const OUT_PREFIX = "o:";
 /** Connection object: inbound QoS 2 packet ids between PUBREC and PUBREL. */

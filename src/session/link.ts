@@ -51,6 +51,14 @@ export interface SessionDetach {
   buckets?: RateBuckets;
 }
 
+/** A session object's detach that failed at teardown, kept in storage until it succeeds. */
+export interface PendingDetach {
+  account: string;
+  clientId: string;
+  detach: SessionDetach;
+  tries?: number;
+}
+
 /** The account's router, as a connection sees it (the account is bound). */
 export interface RouterPort {
   publish(messages: Message[]): Promise<void>;
@@ -179,4 +187,8 @@ export interface Link {
   scheduleAlarm(att: Attachment): Promise<void>;
   /** Drops everything this object stored (the connection has ended). */
   clearStorage(): Promise<void>;
+  /** A session hand-back that failed and waits for its next try, if any. */
+  pendingDetach(): Promise<PendingDetach | null>;
+  /** Keeps `pending` (replacing the rest of storage but it) and arms the alarm to try again in `retryMs`. */
+  keepPendingDetach(pending: PendingDetach, retryMs: number): Promise<void>;
 }

@@ -4,9 +4,11 @@ import { CLOSE_CAUSES, type CloseCause } from "../protocol/codes";
 import { errorMessage, log } from "../log";
 import type { BrowserCredentials } from "./authenticate";
 import { readAttachment, readBrowserCredentials, readConnMeta, type Attachment, type ConnMeta } from "./state";
-import { BROWSER_KEY, META_KEY } from "./keys";
+import { isRecord } from "../guards";
+import { isMessage } from "../router/messages";
+import { BROWSER_KEY, META_KEY, PENDING_DETACH_KEY } from "./keys";
 import { nextAlarm } from "./keepalive";
-import type { ConnState, Link, Services } from "./link";
+import type { ConnState, Link, PendingDetach, Services, SessionDetach } from "./link";
 import { closeConnection } from "./handlers/teardown";
 
 /** The port over the object's one WebSocket and its storage. */
@@ -115,8 +117,31 @@ export class SocketLink implements Link {
     await this.ctx.storage.setAlarm(nextAlarm(att, this.now()));
   }
 
+  async pendingDetach(): Promise<PendingDetach | null> {
+    return readPendingDetach(await this.ctx.storage.get(PENDING_DETACH_KEY));
+  }
+
+  async keepPendingDetach(pending: PendingDetach, retryMs: number): Promise<void> {
+    await this.ctx.storage.deleteAll();
+    await this.ctx.storage.put(PENDING_DETACH_KEY, pending);
+    await this.ctx.storage.setAlarm(this.now() + retryMs);
+  }
+
   async clearStorage(): Promise<void> {
     await this.ctx.storage.deleteAlarm();
     await this.ctx.storage.deleteAll();
   }
+}
+
+/** A pending session detach read back from storage . */
+export function readPendingDetach(v: unknown): PendingDetach | null {
+  if (!isRecord(v) || typeof v.account !== "string" || typeof v.clientId !== "string") return null;
+  const d = v.detach;
+  if (!isRecord(d) || typeof d.expirySeconds !== "number" || !isRecord(d.handover)) return null;
+  const h = d.handover;
+  if (!Array.isArray(h.messages) || !h.messages.every(isMessage) || !Array.isArray(h.inboundQos2) || !h.inboundQos2.every((x) => typeof x === "number")) return null;
+  const detach: SessionDetach = { handover: { messages: h.messages, inboundQos2: h.inboundQos2 }, expirySeconds: d.expirySeconds };
+  const w = d.delayedWill;
+  if (isRecord(w) && isMessage(w.message) && typeof w.delaySeconds === "number") detach.delayedWill = { message: w.message, delaySeconds: w.delaySeconds };
+  return { account: v.account, clientId: v.clientId, detach, ...(typeof v.tries === "number" ? { tries: v.tries } : {}) };
 }

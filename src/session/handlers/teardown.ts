@@ -8,7 +8,7 @@ import { errorMessage, log } from "../../log";
 import { disconnectEvent, type TrafficCounters } from "../../monitoring/events";
 import type { Handover, Message } from "../../router/messages";
 import { connectionFacts, type ConnMeta } from "../state";
-import type { Link, RateBuckets, SessionDetach } from "../link";
+import type { Link, PendingDetach, RateBuckets, SessionDetach } from "../link";
 
 export interface TeardownInput {
   meta: ConnMeta;
@@ -103,6 +103,13 @@ async function runTeardown(link: Link, cause: CloseCause, handBack: boolean): Pr
     link.closeSocket(info.wsCode, info.reason);
   }
   const state = link.state;
+  const pending = await link.pendingDetach();
+  if (pending) {
+    // An earlier teardown published and detached everything but could not hand the session
+    // back: only that is left to do (its storage was kept for it).
+    await retrySessionDetach(link, pending);
+    return { messages: [], inboundQos2: [] };
+  }
   const meta = await link.readMeta();
   let handover: Handover = { messages: [], inboundQos2: [] };
   if (meta) {
@@ -118,8 +125,13 @@ async function runTeardown(link: Link, cause: CloseCause, handBack: boolean): Pr
       monitorRetainSeconds: link.config.limits.monitorRetainSeconds,
     });
     handover = plan.handover;
-    await applyTeardown(link, meta, plan);
+    const handedBack = await applyTeardown(link, meta, plan);
     log("info", "mqtt.disconnect", { account: meta.account, clientId: meta.clientId, cause, code: info.monitorCode });
+    if (!handedBack && plan.sessionDetach) {
+      // The session's unfinished messages and QoS 2 ids exist only here: keep them and try again.
+      await link.keepPendingDetach({ account: meta.account, clientId: meta.clientId, detach: plan.sessionDetach }, DETACH_RETRY_MS);
+      return handover;
+    }
   }
   await link.clearStorage();
   state.outbox.reset();
@@ -127,8 +139,28 @@ async function runTeardown(link: Link, cause: CloseCause, handBack: boolean): Pr
   return handover;
 }
 
-/** The calls of a plan; each failure is logged and the others still run. */
-async function applyTeardown(link: Link, meta: ConnMeta, plan: TeardownPlan): Promise<void> {
+/** After a failed session detach, the next try (by alarm); tries stop after DETACH_TRIES. */
+const DETACH_RETRY_MS = 30_000;
+const DETACH_TRIES = 20;
+
+async function retrySessionDetach(link: Link, pending: PendingDetach): Promise<void> {
+  const { account, clientId, detach } = pending;
+  const tries = (pending.tries ?? 1) + 1;
+  try {
+    await link.services.session(account, clientId).detach(link.connId, detach);
+  } catch (err) {
+    log("error", "mqtt.session_detach_failed", { clientId, tries, error: errorMessage(err) });
+    if (tries < DETACH_TRIES) {
+      await link.keepPendingDetach({ ...pending, tries }, DETACH_RETRY_MS);
+      return;
+    }
+    log("error", "mqtt.session_detach_abandoned", { clientId, messages: detach.handover.messages.length });
+  }
+  await link.clearStorage();
+}
+
+/** The calls of a plan; each failure is logged and the others still run. False when the session could not be handed back. */
+async function applyTeardown(link: Link, meta: ConnMeta, plan: TeardownPlan): Promise<boolean> {
   const { account, clientId, identity } = meta;
   const failed = (event: string) => (err: unknown) => log("error", event, { clientId, error: errorMessage(err) });
   await link.services
@@ -136,5 +168,9 @@ async function applyTeardown(link: Link, meta: ConnMeta, plan: TeardownPlan): Pr
     .detach(clientId, link.connId, { persistent: plan.persistent, announce: plan.announce, orphans: plan.orphans })
     .catch(failed("mqtt.detach_failed"));
   if (plan.releaseSlot) await link.services.limiter(account, identity.id).release(link.connId, clientId).catch(failed("mqtt.release_failed"));
-  if (plan.sessionDetach) await link.services.session(account, clientId).detach(link.connId, plan.sessionDetach).catch(failed("mqtt.session_detach_failed"));
+  if (!plan.sessionDetach) return true;
+  return link.services
+    .session(account, clientId)
+    .detach(link.connId, plan.sessionDetach)
+    .then(() => true, (err: unknown) => (failed("mqtt.session_detach_failed")(err), false));
 }

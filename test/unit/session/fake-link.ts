@@ -7,7 +7,7 @@ import { DEFAULT_LIMITS, type Config } from "../../../src/config";
 import { decodePacket, readFrames, type Packet, type ProtocolVersion } from "../../../src/protocol/codec";
 import type { CloseCause } from "../../../src/protocol/codes";
 import type { Message, RouterAttach, RouterDetach, SubscriptionRequest } from "../../../src/router/messages";
-import { createConnState, type ConnState, type Link, type Services } from "../../../src/session/link";
+import { createConnState, type ConnState, type Link, type PendingDetach, type Services } from "../../../src/session/link";
 import type { Attachment, ConnMeta } from "../../../src/session/state";
 import type { ConnectDecision } from "../../../src/session/authenticate";
 import { fullBucket } from "../../../src/session/rate";
@@ -224,6 +224,19 @@ export class FakeLink implements Link {
 
   async clearStorage(): Promise<void> {
     await this.storage.deleteAll();
+    this.pending = null;
+  }
+
+  pending: PendingDetach | null = null;
+
+  async pendingDetach(): Promise<PendingDetach | null> {
+    return this.pending;
+  }
+
+  async keepPendingDetach(pending: PendingDetach, retryMs: number): Promise<void> {
+    await this.storage.deleteAll();
+    this.pending = pending;
+    this.storage.alarm = this.clock + retryMs;
   }
 
   /** The commands sent so far, for order checks. */

@@ -77,3 +77,29 @@ describe("closeConnection", () => {
     expect(link.storage.data.size).toBe(0);
   });
 });
+
+describe("a failed session hand-back", () => {
+  it("keeps the hand-over and retries by alarm instead of deleting it; the retry detaches once and clears", async () => {
+    const meta = connMeta({ expirySeconds: 3600 });
+    const link = new FakeLink(undefined, connectedAttachment(4, { clean: false }), meta);
+    await link.state.outbox.add([{ topic: "kept", payload: new Uint8Array([1]), qos: 1, retain: false }]);
+    let calls = 0;
+    link.services.session = () => ({
+      attach: async () => ({ ok: true, sessionPresent: false, inboundQos2: [] }),
+      detach: async () => {
+        calls++;
+        if (calls === 1) throw new Error("session object overloaded");
+      },
+    });
+    await closeConnection(link, "networkLost");
+    expect(link.pending?.detach.handover.messages.map((m) => m.topic)).toEqual(["kept"]);
+    expect(link.storage.alarm).toBe(link.clock + 30_000);
+    expect(link.router.detached).toHaveLength(1);
+    // The alarm's retry: only the session detach runs again (no second will or Disconnect event).
+    link.state.closing = null;
+    await closeConnection(link, "networkLost");
+    expect(calls).toBe(2);
+    expect(link.router.detached).toHaveLength(1);
+    expect(link.storage.data.size).toBe(0);
+  });
+});
