@@ -411,7 +411,9 @@ describe("fuzz", () => {
     let packets = 0;
     const worker = async (w: number): Promise<void> => {
       while (packets < TARGET_PACKETS) {
-        const res = await hostileConnection(broker.wsUrl, next++, `fuzz-${w}`, kinds);
+        // A client id per connection: reusing a few would run into the connect rate per client id.
+        const index = next++;
+        const res = await hostileConnection(broker.wsUrl, index, `fuzz-${w}-${index}`, kinds);
         packets += res.packets;
         results.push(res);
       }
