@@ -36,6 +36,10 @@ export default defineConfig({
                 JWT_SECRET: "test-jwt-secret-0123456789abcdef0123456789abcdef",
                 DEVICE_PEPPER: "test-device-pepper",
                 ANONYMOUS_ACCOUNT: "dev",
+                // Small limits for test/worker/hostile.test.ts: each is reached in a few requests.
+                HTTP_PUBLISH_RATE_PER_SECOND: "1",
+                HTTP_PUBLISH_BURST: "3",
+                MAX_MULTI_CONNECTIONS: "3",
               },
             },
           }),

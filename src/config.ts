@@ -2,6 +2,8 @@
 /** The vars the config reads (strings, as wrangler passes them; a subset of the Worker's bindings). */
 export interface ConfigVars {
   ANONYMOUS_ACCOUNT?: string;
+  HTTP_PUBLISH_BURST?: string;
+  HTTP_PUBLISH_RATE_PER_SECOND?: string;
   KEEPALIVE_MAX_SECONDS?: string;
   KEEPALIVE_MIN_SECONDS?: string;
   MAX_CLIENT_ID_BYTES?: string;
@@ -33,6 +35,10 @@ export interface Limits {
   publishRatePerSecond: number;
   /** Token bucket size: how many publishes may arrive at once after a quiet period. */
   publishBurst: number;
+  /** Sustained HTTP publishes per second per identity (account + device id or JWT subject), across every request. */
+  httpPublishRatePerSecond: number;
+  /** HTTP publishes one identity may make at once after a quiet period. */
+  httpPublishBurst: number;
   keepAliveMinSeconds: number;
   keepAliveMaxSeconds: number;
   maxQueuedMessages: number;
@@ -58,6 +64,8 @@ export const DEFAULT_LIMITS: Limits = {
   maxFiltersPerSubscribe: 32,
   publishRatePerSecond: 100,
   publishBurst: 200,
+  httpPublishRatePerSecond: 100,
+  httpPublishBurst: 200,
   keepAliveMinSeconds: 0,
   keepAliveMaxSeconds: 3600,
   maxQueuedMessages: 1000,
@@ -89,6 +97,8 @@ export function getConfig(env: ConfigVars): Config {
     maxFiltersPerSubscribe: int(env.MAX_FILTERS_PER_SUBSCRIBE, DEFAULT_LIMITS.maxFiltersPerSubscribe, 1),
     publishRatePerSecond: int(env.PUBLISH_RATE_PER_SECOND, DEFAULT_LIMITS.publishRatePerSecond, 1),
     publishBurst: int(env.PUBLISH_BURST, DEFAULT_LIMITS.publishBurst, 1),
+    httpPublishRatePerSecond: int(env.HTTP_PUBLISH_RATE_PER_SECOND, DEFAULT_LIMITS.httpPublishRatePerSecond, 1),
+    httpPublishBurst: int(env.HTTP_PUBLISH_BURST, DEFAULT_LIMITS.httpPublishBurst, 1),
     keepAliveMinSeconds: int(env.KEEPALIVE_MIN_SECONDS, DEFAULT_LIMITS.keepAliveMinSeconds),
     keepAliveMaxSeconds: int(env.KEEPALIVE_MAX_SECONDS, DEFAULT_LIMITS.keepAliveMaxSeconds, 1),
     maxQueuedMessages: int(env.MAX_QUEUED_MESSAGES, DEFAULT_LIMITS.maxQueuedMessages, 1),

@@ -1,9 +1,9 @@
 import { describe, expect, it } from "vitest";
 import { SELF, env } from "cloudflare:test";
 import { jwtVerify } from "jose";
-import mqttPacket, { type Packet } from "mqtt-packet";
 import type { Env } from "../../src/env";
 import { authenticateDevice } from "../../src/auth/registry";
+import { connectDevice, within } from "./mqtt";
 
 const E = env as unknown as Env;
 const ADMIN_TOKEN = "test-admin-token";
@@ -43,51 +43,6 @@ async function provision(account: string, deviceId?: string): Promise<{ deviceId
   const body = await json(res);
   if (typeof body.deviceId !== "string" || typeof body.password !== "string") throw new Error("bad create answer");
   return { deviceId: body.deviceId, password: body.password };
-}
-
-/**
- * MQTT 3.1.1 CONNECT with clean session, user name and password. Written by hand: the
- * pre-bundled mqtt-packet does not recognise workerd's Buffer as a password.
- */
-function connectPacket(clientId: string, username: string, password: string): Uint8Array {
-  const str = (s: string): number[] => {
-    const b = [...new TextEncoder().encode(s)];
-    return [b.length >> 8, b.length & 0xff, ...b];
-  };
-  const body = [...str("MQTT"), 4, 0x80 | 0x40 | 0x02, 0, 60, ...str(clientId), ...str(username), ...str(password)];
-  const length: number[] = [];
-  let n = body.length;
-  do {
-    length.push((n & 0x7f) | (n > 0x7f ? 0x80 : 0));
-    n >>= 7;
-  } while (n > 0);
-  return new Uint8Array([0x10, ...length, ...body]);
-}
-
-/** A device's MQTT connection over SELF's WebSocket endpoint; resolves once CONNACK arrived. */
-async function connectDevice(deviceId: string, password: string): Promise<{ returnCode: number; closed: Promise<number> }> {
-  const res = await SELF.fetch("http://broker/mqtt", { headers: { Upgrade: "websocket", "Sec-WebSocket-Protocol": "mqtt" } });
-  const ws = res.webSocket;
-  if (!ws) throw new Error(`no WebSocket (${res.status})`);
-  ws.accept();
-  ws.binaryType = "arraybuffer";
-  const parser = mqttPacket.parser({ protocolVersion: 4 });
-  const connack = new Promise<number>((resolve) =>
-    parser.on("packet", (p: Packet) => {
-      if (p.cmd === "connack") resolve(p.returnCode ?? -1);
-    }),
-  );
-  const closed = new Promise<number>((resolve) => ws.addEventListener("close", (e) => resolve(e.code)));
-  ws.addEventListener("message", (e) => {
-    if (e.data instanceof ArrayBuffer) parser.parse(Buffer.from(e.data));
-  });
-  ws.send(connectPacket(deviceId, deviceId, password));
-  const returnCode = await Promise.race([connack, new Promise<number>((_, reject) => setTimeout(() => reject(new Error("no CONNACK")), 5_000))]);
-  return { returnCode, closed };
-}
-
-function within<T>(p: Promise<T>, ms = 5_000): Promise<T> {
-  return Promise.race([p, new Promise<T>((_, reject) => setTimeout(() => reject(new Error("timed out")), ms))]);
 }
 
 describe("admin API authentication", () => {
