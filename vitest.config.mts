@@ -49,6 +49,10 @@ export default defineConfig({
                 ANONYMOUS_ACCOUNT: "dev",
                 // Small, so the eviction of retained monitoring events shows with a handful.
                 MAX_MONITOR_RETAINED: "3",
+                // Small limits for test/worker/hostile.test.ts: each is reached in a few requests.
+                HTTP_PUBLISH_RATE_PER_SECOND: "1",
+                HTTP_PUBLISH_BURST: "3",
+                MAX_MULTI_CONNECTIONS: "3",
               },
             },
           }),

@@ -46,11 +46,24 @@ function parseVars(text) {
   return vars;
 }
 
-/** Creates .dev.vars, or adds the missing secret keys to it; returns all its values. */
+/** The broker refuses a JWT_SECRET shorter than this (src/auth/jwt.ts, MIN_SECRET_BYTES). */
+const MIN_JWT_SECRET_BYTES = 32;
+
+/**
+ * Creates .dev.vars, or adds the missing secret keys to it; returns all its values. New
+ * secrets are 32 random bytes (43 base64url characters). A JWT_SECRET too short for the
+ * broker is replaced, since every token login would be refused with it.
+ */
 function ensureDevVars() {
   const exists = existsSync(DEV_VARS);
-  const text = exists ? readFileSync(DEV_VARS, "utf8") : "";
+  let text = exists ? readFileSync(DEV_VARS, "utf8") : "";
   const vars = parseVars(text);
+  if (vars.JWT_SECRET && Buffer.byteLength(vars.JWT_SECRET, "utf8") < MIN_JWT_SECRET_BYTES) {
+    console.log(`start: JWT_SECRET in .dev.vars is shorter than ${MIN_JWT_SECRET_BYTES} bytes; replacing it with a random one`);
+    text = text.replace(/^\s*JWT_SECRET\s*=.*$\n?/gm, "");
+    writeFileSync(DEV_VARS, text, { mode: 0o600 });
+    delete vars.JWT_SECRET;
+  }
   const missing = SECRET_KEYS.filter((k) => !vars[k]);
   if (missing.length === 0) {
     console.log(`start: using existing .dev.vars (${SECRET_KEYS.join(", ")})`);

@@ -2,6 +2,8 @@
 /** The vars the config reads (strings, as wrangler passes them; a subset of the Worker's bindings). */
 export interface ConfigVars {
   ANONYMOUS_ACCOUNT?: string;
+  HTTP_PUBLISH_BURST?: string;
+  HTTP_PUBLISH_RATE_PER_SECOND?: string;
   KEEPALIVE_MAX_SECONDS?: string;
   KEEPALIVE_MIN_SECONDS?: string;
   MAX_CLIENT_ID_BYTES?: string;
@@ -49,6 +51,10 @@ export interface Limits {
   /** CONNECTs per second for one client id, and how many may come at once. */
   connectRatePerClient: number;
   connectBurstPerClient: number;
+  /** Sustained HTTP publishes per second per identity (account + device id or JWT subject), across every request. */
+  httpPublishRatePerSecond: number;
+  /** HTTP publishes one identity may make at once after a quiet period. */
+  httpPublishBurst: number;
   keepAliveMinSeconds: number;
   keepAliveMaxSeconds: number;
   maxQueuedMessages: number;
@@ -85,6 +91,8 @@ export const DEFAULT_LIMITS: Limits = {
   maxPacketsPerFrame: 500,
   connectRatePerClient: 1,
   connectBurstPerClient: 10,
+  httpPublishRatePerSecond: 100,
+  httpPublishBurst: 200,
   keepAliveMinSeconds: 0,
   keepAliveMaxSeconds: 3600,
   maxQueuedMessages: 1000,
@@ -124,6 +132,8 @@ export function getConfig(env: ConfigVars): Config {
     maxPacketsPerFrame: int(env.MAX_PACKETS_PER_FRAME, DEFAULT_LIMITS.maxPacketsPerFrame, 1),
     connectRatePerClient: int(env.CONNECT_RATE_PER_CLIENT, DEFAULT_LIMITS.connectRatePerClient, 1),
     connectBurstPerClient: int(env.CONNECT_BURST_PER_CLIENT, DEFAULT_LIMITS.connectBurstPerClient, 1),
+    httpPublishRatePerSecond: int(env.HTTP_PUBLISH_RATE_PER_SECOND, DEFAULT_LIMITS.httpPublishRatePerSecond, 1),
+    httpPublishBurst: int(env.HTTP_PUBLISH_BURST, DEFAULT_LIMITS.httpPublishBurst, 1),
     keepAliveMinSeconds: int(env.KEEPALIVE_MIN_SECONDS, DEFAULT_LIMITS.keepAliveMinSeconds),
     keepAliveMaxSeconds: int(env.KEEPALIVE_MAX_SECONDS, DEFAULT_LIMITS.keepAliveMaxSeconds, 1),
     maxQueuedMessages: int(env.MAX_QUEUED_MESSAGES, DEFAULT_LIMITS.maxQueuedMessages, 1),

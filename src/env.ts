@@ -13,12 +13,17 @@ export interface Env {
 
   /** Secrets (wrangler secret put / .dev.vars). */
   ADMIN_TOKEN?: string;
+  /** HS256 key; at least 32 bytes, or JWT authentication answers "server unavailable". */
   JWT_SECRET?: string;
   /** Server-side key of the device password HMAC. */
   DEVICE_PEPPER?: string;
-  /** A JWKS document (JSON) for RS256/ES256 tokens, or its URL. */
+  /** A JWKS document (JSON) for RS256/ES256 tokens, or its URL (https:// only; http:// for localhost). */
   JWT_JWKS?: string;
   JWT_JWKS_URL?: string;
+  /** Required `iss` / `aud` of every JWT when set; the longest token lifetime (0 = no limit). */
+  JWT_ISSUER?: string;
+  JWT_AUDIENCE?: string;
+  JWT_MAX_TTL_SECONDS?: string;
   /** Shared secret of the TCP bridge (bridge/): lets it forward the device's address. */
   BRIDGE_TOKEN?: string;
 
@@ -47,4 +52,6 @@ export interface Env {
   MAX_PACKETS_PER_FRAME?: string;
   CONNECT_RATE_PER_CLIENT?: string;
   CONNECT_BURST_PER_CLIENT?: string;
+  HTTP_PUBLISH_RATE_PER_SECOND?: string;
+  HTTP_PUBLISH_BURST?: string;
 }

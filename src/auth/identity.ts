@@ -1,5 +1,5 @@
 import { ACCOUNT_WIDE_ACL, deviceAcl, type Acl } from "../topics/acl";
-import { jwtConfigFromEnv, verifyToken, type JwtBindings } from "./jwt";
+import { jwtConfigFromEnv, verifyToken, type ConfigProblem, type JwtBindings } from "./jwt";
 import { authenticateDevice } from "./registry";
 
 /** Who is connecting or calling, after authentication. */
@@ -33,7 +33,11 @@ export type AuthFailure =
   /** Disabled device: CONNACK 5 / HTTP 403. */
   | "disabled"
   /** No credentials and anonymous access off: CONNACK 5 / HTTP 401. */
-  | "anonymous_disabled";
+  | "anonymous_disabled"
+  /** The JWKS URL cannot be read and no recent key set is cached: CONNACK 3 / HTTP 503. */
+  | "unavailable"
+  /** A JWT var is unusable (e.g. a short `JWT_SECRET`): CONNACK 3 / HTTP 500 naming the var. */
+  | "misconfigured";
 
 /** The bindings authentication reads: the device registry, the password pepper, the JWT secrets. */
 export interface AuthBindings extends JwtBindings {
@@ -41,7 +45,10 @@ export interface AuthBindings extends JwtBindings {
   DEVICE_PEPPER?: string;
 }
 
-export type AuthResult = { ok: true; identity: Identity } | { ok: false; failure: AuthFailure };
+export type AuthResult =
+  | { ok: true; identity: Identity }
+  /** `problem`: for `misconfigured`, the var at fault (for the operator; HTTP names it). */
+  | { ok: false; failure: AuthFailure; problem?: ConfigProblem };
 
 /** Three base64url segments: the shape of a compact JWS. Device passwords are one segment. */
 export function looksLikeJwt(s: string): boolean {
@@ -64,7 +71,11 @@ export async function authenticateDevicePassword(env: AuthBindings, deviceId: st
  */
 export async function authenticateToken(env: JwtBindings, token: string, expectedSubject?: string): Promise<AuthResult> {
   const verified = await verifyToken(token, jwtConfigFromEnv(env));
-  if (!verified.ok) return { ok: false, failure: verified.reason === "expired" ? "expired" : "bad_credentials" };
+  if (!verified.ok) {
+    if (verified.reason === "misconfigured") return { ok: false, failure: "misconfigured", problem: verified.problem };
+    if (verified.reason === "unavailable" || verified.reason === "expired") return { ok: false, failure: verified.reason };
+    return { ok: false, failure: "bad_credentials" };
+  }
   const { claims } = verified;
   if (expectedSubject !== undefined && claims.sub !== expectedSubject) return { ok: false, failure: "bad_credentials" };
   return {

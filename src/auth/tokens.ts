@@ -5,12 +5,14 @@
 
 import { SignJWT } from "jose";
 
-/** What a minted token says: who (`sub`), in which account (`acc`), for how long, and optional topic ACLs. */
+/** What a minted token says: who (`sub`), in which account (`acc`), for how long, optional topic ACLs, and the configured `iss` / `aud`. */
 export interface MintTokenInput {
   subject: string;
   accountId: string;
   ttlSeconds: number;
   acl?: { pub: string[]; sub: string[] };
+  issuer?: string;
+  audience?: string;
 }
 
 /** Signs a token with HS256 under the UTF-8 bytes of `secret`; `exp` is now + `ttlSeconds`. */
@@ -19,11 +21,9 @@ export async function mintToken(secret: string, input: MintTokenInput): Promise<
   const exp = iat + input.ttlSeconds;
   const claims: Record<string, unknown> = { acc: input.accountId };
   if (input.acl) claims.acl = { pub: input.acl.pub, sub: input.acl.sub };
-  const token = await new SignJWT(claims)
-    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
-    .setSubject(input.subject)
-    .setIssuedAt(iat)
-    .setExpirationTime(exp)
-    .sign(new TextEncoder().encode(secret));
+  const jwt = new SignJWT(claims).setProtectedHeader({ alg: "HS256", typ: "JWT" }).setSubject(input.subject).setIssuedAt(iat).setExpirationTime(exp);
+  if (input.issuer !== undefined) jwt.setIssuer(input.issuer);
+  if (input.audience !== undefined) jwt.setAudience(input.audience);
+  const token = await jwt.sign(new TextEncoder().encode(secret));
   return { token, expiresAt: new Date(exp * 1000) };
 }

@@ -9,6 +9,7 @@ import { routerStub, sessionStub } from "../stubs";
 import { isValidAccountId, timingSafeEqualString } from "../auth/passwords";
 import { createDevice, deleteDevice, getDevice, listDevices, setDeviceDisabled, type Device } from "../auth/registry";
 import { mintToken } from "../auth/tokens";
+import { jwtConfigFromEnv } from "../auth/jwt";
 import { jsonError } from "./errors";
 import { isRecord } from "../guards";
 
@@ -124,20 +125,25 @@ adminApi.post("/accounts/:accountId/tokens", async (c) => {
   if (!isValidSubject(subject)) {
     return jsonError(c, 400, "invalid_subject", `subject must be 1 to ${SUBJECT_MAX_LENGTH} characters without / + #`);
   }
-  if (typeof ttlSeconds !== "number" || !Number.isInteger(ttlSeconds) || ttlSeconds < 1 || ttlSeconds > TOKEN_MAX_TTL_SECONDS) {
-    return jsonError(c, 400, "invalid_ttl", `ttlSeconds must be an integer from 1 to ${TOKEN_MAX_TTL_SECONDS}`);
+  const jwt = jwtConfigFromEnv(c.env);
+  if (jwt.invalid) return jsonError(c, 500, "config_invalid", `token minting is disabled: ${jwt.invalid.message}`);
+  // A token longer-lived than the verifier accepts would be refused at every use.
+  const maxTtl = jwt.maxTtlSeconds ? Math.min(TOKEN_MAX_TTL_SECONDS, jwt.maxTtlSeconds) : TOKEN_MAX_TTL_SECONDS;
+  if (typeof ttlSeconds !== "number" || !Number.isInteger(ttlSeconds) || ttlSeconds < 1 || ttlSeconds > maxTtl) {
+    return jsonError(c, 400, "invalid_ttl", `ttlSeconds must be an integer from 1 to ${maxTtl}`);
   }
   const parsedAcl = acl === undefined ? undefined : parseAcl(acl);
   if (parsedAcl === null) {
     return jsonError(c, 400, "invalid_acl", `acl must be {"pub": [...], "sub": [...]} with at most ${ACL_MAX_ENTRIES} strings each`);
   }
-  const secret = c.env.JWT_SECRET;
-  if (!secret) return jsonError(c, 503, "jwt_disabled", "token minting is disabled: JWT_SECRET is not configured");
-  const { token, expiresAt } = await mintToken(secret, {
+  if (!jwt.secret) return jsonError(c, 503, "jwt_disabled", "token minting is disabled: JWT_SECRET is not configured");
+  const { token, expiresAt } = await mintToken(jwt.secret, {
     subject,
     accountId,
     ttlSeconds,
     ...(parsedAcl === undefined ? {} : { acl: parsedAcl }),
+    ...(jwt.issuer === undefined ? {} : { issuer: jwt.issuer }),
+    ...(jwt.audience === undefined ? {} : { audience: jwt.audience }),
   });
   return c.json({ token, expiresAt: expiresAt.toISOString() }, 201);
 });

@@ -1,13 +1,16 @@
 import type { Context } from "hono";
 import type { Env } from "../env";
-import { routerStub } from "../stubs";
+import { limiterStub, routerStub } from "../stubs";
 import { getConfig } from "../config";
-import { authenticateDevicePassword, authenticateToken, type AuthResult } from "../auth/identity";
+import { authenticateDevicePassword, authenticateToken, type AuthResult, type Identity } from "../auth/identity";
+import type { PublishAllowance } from "../limits/connection-limiter";
 import { canPublish } from "../topics/acl";
 import { validateTopicName } from "../topics/topic";
 import type { ForwardedProps, Message } from "../router/messages";
 import { payloadFormatValid } from "../session/properties";
-import { log } from "../log";
+import { errorMessage, log } from "../log";
+import { readAtMost } from "../streams";
+import type { Limits } from "../config";
 import { jsonError } from "./errors";
 
 /** `Authorization: Basic base64(deviceId:password)` or `Bearer <JWT>`; null when absent or unreadable. */
@@ -33,6 +36,8 @@ async function authenticateRequest(env: Env, header: string | undefined): Promis
 /**
  * `POST /api/v1/messages?topic=&qos=0|1|2&retain=`: the same credentials, ACL, limits and
  * QoS semantics as an MQTT PUBLISH. QoS 1/2 answer 201 only once every copy is durable.
+ * Cheap checks first, then the identity's rate limit (one call to its limiter object),
+ * then the body, read with a running count so an oversized one is never read whole.
  */
 export async function httpPublish(c: Context<{ Bindings: Env }>): Promise<Response> {
   const { limits } = getConfig(c.env);
@@ -41,11 +46,7 @@ export async function httpPublish(c: Context<{ Bindings: Env }>): Promise<Respon
     c.header("WWW-Authenticate", 'Basic realm="mqtt", Bearer');
     return jsonError(c, 401, "unauthorized", "Authorization: Basic (device) or Bearer (JWT) required");
   }
-  if (!auth.ok) {
-    if (auth.failure === "disabled") return jsonError(c, 403, "device_disabled", "the device is disabled");
-    if (auth.failure === "expired") return jsonError(c, 401, "token_expired", "the token has expired");
-    return jsonError(c, 401, "unauthorized", "invalid credentials");
-  }
+  if (!auth.ok) return authFailure(c, auth);
   const { identity } = auth;
 
   const topic = c.req.query("topic");
@@ -59,13 +60,15 @@ export async function httpPublish(c: Context<{ Bindings: Env }>): Promise<Respon
 
   const declared = Number(c.req.header("content-length") ?? "0");
   if (declared > limits.maxPayloadBytes) return tooLarge(c, limits.maxPayloadBytes);
-  const payload = new Uint8Array(await c.req.arrayBuffer());
-  if (payload.byteLength > limits.maxPayloadBytes) return tooLarge(c, limits.maxPayloadBytes);
-
   if (!canPublish(identity.acl, topic)) {
     log("info", "http.publish_denied", { account: identity.account, identity: identity.id, topic });
     return jsonError(c, 403, "forbidden", "the ACL does not allow publishing to this topic");
   }
+  const limited = await rateLimit(c, identity, limits);
+  if (limited) return limited;
+  const payload = await readAtMost(c.req.raw.body, limits.maxPayloadBytes);
+  if (payload === null) return tooLarge(c, limits.maxPayloadBytes);
+
   const qos = qosParam === "2" ? 2 : qosParam === "1" ? 1 : 0;
   const message: Message = { topic, payload, qos, retain: retainParam === "true", from: identity.id };
   const extras = messageProperties(c.req.raw.headers);
@@ -77,6 +80,50 @@ export async function httpPublish(c: Context<{ Bindings: Env }>): Promise<Respon
   if (extras.expirySeconds !== undefined) message.expiresAt = Date.now() + extras.expirySeconds * 1000;
   await routerStub(c.env, identity.account).publish(identity.account, [message]);
   return c.json({ topic, qos, retain: message.retain, bytes: payload.byteLength }, qos > 0 ? 201 : 202);
+}
+
+function authFailure(c: Context<{ Bindings: Env }>, auth: Extract<AuthResult, { ok: false }>): Response {
+  switch (auth.failure) {
+    case "disabled":
+      return jsonError(c, 403, "device_disabled", "the device is disabled");
+    case "expired":
+      return jsonError(c, 401, "token_expired", "the token has expired");
+    case "unavailable":
+      c.header("Retry-After", String(UNAVAILABLE_RETRY_SECONDS));
+      return jsonError(c, 503, "auth_unavailable", "the token's signing keys cannot be fetched now; try again later");
+    case "misconfigured":
+      return jsonError(c, 500, "config_invalid", `JWT authentication is misconfigured: ${auth.problem?.message ?? "invalid configuration"}`);
+    default:
+      return jsonError(c, 401, "unauthorized", "invalid credentials");
+  }
+}
+
+/** What a client refused with 503 `auth_unavailable` is told to wait (the JWKS is retried every 30 s). */
+const UNAVAILABLE_RETRY_SECONDS = 30;
+
+/**
+ * One token from the identity's HTTP publish bucket, held by its limiter object so every
+ * isolate and request shares it. A refusal is the response to send (429 with
+ * `Retry-After`, or 503 when the limiter cannot be reached); null means go on.
+ */
+async function rateLimit(c: Context<{ Bindings: Env }>, identity: Identity, limits: Limits): Promise<Response | null> {
+  const rate = { ratePerSecond: limits.httpPublishRatePerSecond, burst: limits.httpPublishBurst };
+  let allowance: PublishAllowance;
+  try {
+    allowance = await limiterStub(c.env, identity.account, identity.id).takePublish(identity.kind, rate);
+  } catch (err) {
+    log("error", "http.limiter_failed", { account: identity.account, identity: identity.id, error: errorMessage(err) });
+    return jsonError(c, 503, "unavailable", "the rate limiter cannot be reached; try again later");
+  }
+  if (allowance.ok) return null;
+  log("info", "http.rate_limited", { account: identity.account, identity: identity.id, rate: rate.ratePerSecond });
+  c.header("Retry-After", String(Math.max(1, Math.ceil(allowance.retryAfterMs / 1000))));
+  return jsonError(
+    c,
+    429,
+    "rate_limited",
+    `more than ${rate.ratePerSecond} HTTP publishes per second (bursts of ${rate.burst}) for this identity; retry after ${allowance.retryAfterMs} ms`,
+  );
 }
 
 /**

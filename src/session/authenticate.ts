@@ -43,6 +43,8 @@ const FAILURE_CODES: Record<AuthFailure, ConnackCode> = {
   expired: ConnackCode.NotAuthorized,
   disabled: ConnackCode.NotAuthorized,
   anonymous_disabled: ConnackCode.NotAuthorized,
+  unavailable: ConnackCode.ServerUnavailable,
+  misconfigured: ConnackCode.ServerUnavailable,
 };
 
 /** Credentials per the identity table of the SPEC: device password, JWT, browser cookie + CSRF, or none. */
@@ -79,7 +81,10 @@ export async function authenticateConnect(
   }
 
   const auth = await authenticate(packet, env, config, browser);
-  if (!auth.ok) return refuse(FAILURE_CODES[auth.failure], "notAuthorized", auth.failure);
+  if (!auth.ok) {
+    const serverSide = auth.failure === "unavailable" || auth.failure === "misconfigured";
+    return refuse(FAILURE_CODES[auth.failure], serverSide ? "serverError" : "notAuthorized", auth.failure);
+  }
   const { identity } = auth;
 
   if (identity.kind === "device") {

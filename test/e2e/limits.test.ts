@@ -27,6 +27,8 @@ const LIMITS = {
   SESSION_EXPIRY_SECONDS: "2",
   PUBLISH_RATE_PER_SECOND: "5",
   PUBLISH_BURST: "5",
+  HTTP_PUBLISH_RATE_PER_SECOND: "5",
+  HTTP_PUBLISH_BURST: "5",
 };
 
 let broker: Broker;
@@ -337,5 +339,34 @@ describe("limits (dedicated broker with small limits)", () => {
     await pingRoundTrip(watcher.client); // its Disconnect event is out: the connection routes nothing more
     expect(watcher.got.map((m) => m.payload)).not.toContain("6");
     await end(mon.client, watcher.client);
+  });
+  it("HTTP_PUBLISH_RATE_PER_SECOND / HTTP_PUBLISH_BURST: 5 HTTP publishes pass, then 429 with Retry-After; other identities are unaffected", async () => {
+    const acc = account();
+    const other = account();
+    const watcher = await mqttUser(acc, sid("hw"));
+    await subscribe(watcher.client, "h/#", 0);
+    const post = async (accountId: string, subject: string, payload: string): Promise<Response> =>
+      fetch(`${broker.url}/api/v1/messages?topic=h/${subject}&qos=0`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${await mintToken(accountId, subject, { url: broker.url })}` },
+        body: payload,
+      });
+    const token = await mintToken(acc, "flood", { url: broker.url });
+    const flood = (payload: string): Promise<Response> =>
+      fetch(`${broker.url}/api/v1/messages?topic=h/flood&qos=0`, { method: "POST", headers: { authorization: `Bearer ${token}` }, body: payload });
+    for (let i = 0; i < 5; i++) expect((await flood(`f${i}`)).status).toBe(202);
+    // At 5 tokens per second, twenty more at once cannot all find one.
+    const answers = await Promise.all(Array.from({ length: 20 }, (_, i) => flood(`g${i}`)));
+    const refused = answers.filter((r) => r.status === 429);
+    expect(refused.length).toBeGreaterThan(0);
+    const first = refused[0];
+    expect(Number(first?.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
+    expect(await first?.json()).toEqual({ error: { code: "rate_limited", message: expect.any(String) } });
+    await Promise.all(answers.filter((r) => r !== first).map((r) => r.body?.cancel()));
+    // Bystanders: another identity of the account, and the same subject in another account.
+    expect((await post(acc, "calm", "still here")).status).toBe(202);
+    expect((await post(other, "flood", "elsewhere")).status).toBe(202);
+    await waitFor(() => watcher.got.some((m) => m.payload === "still here"), "the bystander's message");
+    await end(watcher.client);
   });
 });

@@ -1,10 +1,9 @@
 import { describe, expect, it } from "vitest";
 import { SELF, env } from "cloudflare:test";
 import { jwtVerify } from "jose";
-import mqttPacket, { type Packet } from "mqtt-packet";
 import type { Env } from "../../src/env";
 import { authenticateDevice } from "../../src/auth/registry";
-import { connect, utf8 } from "../helpers/bytes";
+import { connectDevice, within } from "./mqtt";
 
 const E = env as unknown as Env;
 const ADMIN_TOKEN = "test-admin-token";
@@ -44,33 +43,6 @@ async function provision(account: string, deviceId?: string): Promise<{ deviceId
   const body = await json(res);
   if (typeof body.deviceId !== "string" || typeof body.password !== "string") throw new Error("bad create answer");
   return { deviceId: body.deviceId, password: body.password };
-}
-
-/** A device's MQTT connection over SELF's WebSocket endpoint; resolves once CONNACK arrived. */
-async function connectDevice(deviceId: string, password: string): Promise<{ returnCode: number; closed: Promise<number> }> {
-  const res = await SELF.fetch("http://broker/mqtt", { headers: { Upgrade: "websocket", "Sec-WebSocket-Protocol": "mqtt" } });
-  const ws = res.webSocket;
-  if (!ws) throw new Error(`no WebSocket (${res.status})`);
-  ws.accept();
-  ws.binaryType = "arraybuffer";
-  const parser = mqttPacket.parser({ protocolVersion: 4 });
-  const connack = new Promise<number>((resolve) =>
-    parser.on("packet", (p: Packet) => {
-      if (p.cmd === "connack") resolve(p.returnCode ?? -1);
-    }),
-  );
-  const closed = new Promise<number>((resolve) => ws.addEventListener("close", (e) => resolve(e.code)));
-  ws.addEventListener("message", (e) => {
-    if (e.data instanceof ArrayBuffer) parser.parse(Buffer.from(e.data));
-  });
-  // Built by hand: the pre-bundled mqtt-packet does not recognise workerd's Buffer as a password.
-  ws.send(connect({ clientId: deviceId, username: deviceId, password: utf8(password) }));
-  const returnCode = await Promise.race([connack, new Promise<number>((_, reject) => setTimeout(() => reject(new Error("no CONNACK")), 5_000))]);
-  return { returnCode, closed };
-}
-
-function within<T>(p: Promise<T>, ms = 5_000): Promise<T> {
-  return Promise.race([p, new Promise<T>((_, reject) => setTimeout(() => reject(new Error("timed out")), ms))]);
 }
 
 describe("admin API authentication", () => {
