@@ -12,6 +12,7 @@ import { meterStorage } from "../metrics";
 import { isRecord } from "../guards";
 import { canSubscribe } from "../topics/acl";
 import { MONITOR_PREFIX } from "../monitoring/events";
+import { deleteKeys } from "../storage";
 
 /** Where a session's messages go: its connection object (hex id) while online, else (null) its session object's queue. */
 interface TargetRecord {
@@ -142,8 +143,9 @@ export class TopicRouter extends DurableObject<Env> {
       const qos = this.shared.get(key)?.members.get(clientId);
       if (!queue || queue.length === 0 || qos === undefined) continue;
       this.groupQueues.delete(key);
-      void this.ctx.storage.delete(queue.map((q) => groupQueueKey(q.seq)));
+      // Forgotten only once handed on (delivered, or queued for the member's session).
       await this.deliverTo(account, clientId, queue.map((q) => ({ ...q.message, qos: minQoS(q.message.qos, qos), share: key })));
+      await deleteKeys(this.ctx.storage, queue.map((q) => groupQueueKey(q.seq)));
     }
   }
 
@@ -427,7 +429,7 @@ export class TopicRouter extends DurableObject<Env> {
         this.trie.remove(shared.filter, key);
         // No member left: its queued messages have nowhere to go.
         const queue = this.groupQueues.get(key);
-        if (queue) void this.ctx.storage.delete(queue.map((q) => groupQueueKey(q.seq)));
+        if (queue) void deleteKeys(this.ctx.storage, queue.map((q) => groupQueueKey(q.seq)));
         this.groupQueues.delete(key);
       }
     } else this.trie.remove(filter, clientId);

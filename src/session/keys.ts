@@ -19,9 +19,6 @@ export const QUEUE_PREFIX = "q:";
 /** Session object: owner, queue bounds, expiry and delayed will (SessionMeta). */
 export const SESSION_META_KEY = "meta";
 
-/** Keys per storage call, at most (a Durable Object storage limit). */
-export const STORAGE_BATCH = 128;
-
 const seqKey = (prefix: string, seq: number): string => `${prefix}${seq.toString().padStart(16, "0")}`;
 
 export const outKey = (seq: number): string => seqKey(OUT_PREFIX, seq);

@@ -1,5 +1,6 @@
 import { isMessage, type Message } from "../router/messages";
-import { INBOUND_PREFIX, OUT_PREFIX, STORAGE_BATCH, inboundKey, outKey } from "./keys";
+import { INBOUND_PREFIX, OUT_PREFIX, inboundKey, outKey } from "./keys";
+import { deleteKeys, putEntries } from "../storage";
 import { isRecord } from "../guards";
 
 /**
@@ -92,11 +93,9 @@ export class Outbox {
     if (this.stored.delete(record.seq)) await this.storage.delete(outKey(record.seq));
   }
 
-  /** Storage takes at most 128 keys per call. */
   private async flush(writes: Record<string, OutRecord>, deletes: string[]): Promise<void> {
-    const entries = Object.entries(writes);
-    for (let i = 0; i < entries.length; i += STORAGE_BATCH) await this.storage.put(Object.fromEntries(entries.slice(i, i + STORAGE_BATCH)));
-    for (let i = 0; i < deletes.length; i += STORAGE_BATCH) await this.storage.delete(deletes.slice(i, i + STORAGE_BATCH));
+    await putEntries(this.storage, Object.entries(writes));
+    await deleteKeys(this.storage, deletes);
   }
 
   async load(): Promise<Map<number, OutRecord>> {

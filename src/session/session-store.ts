@@ -7,7 +7,8 @@ import { PAGE_BYTES, isMessage, messageBytes, pagesOf, type DeliverResult, type 
 import type { CloseCause } from "../protocol/codes";
 import { count, meterStorage } from "../metrics";
 import { limitEvent } from "../monitoring/events";
-import { QUEUE_PREFIX, SESSION_META_KEY, STORAGE_BATCH, queueKey } from "./keys";
+import { QUEUE_PREFIX, SESSION_META_KEY, queueKey } from "./keys";
+import { deleteKeys, putEntries } from "../storage";
 import { isRecord } from "../guards";
 import type { RateBuckets, SessionAttach, SessionAttached, SessionDetach, SessionOwner } from "./link";
 import { fullBucket, take, type Bucket } from "./rate";
@@ -347,14 +348,12 @@ export class MqttSession extends DurableObject<Env> {
     const first = meta.tail;
     // A session stored before the byte bound has no sizes: it starts counting from here.
     if (!meta.sizes || meta.sizes.length !== meta.tail - meta.head) meta.sizes = new Array<number>(meta.tail - meta.head).fill(0);
-    for (let i = 0; i < messages.length; i += STORAGE_BATCH) {
-      const entries: Record<string, Message> = {};
-      for (const m of messages.slice(i, i + STORAGE_BATCH)) {
-        entries[queueKey(meta.tail++)] = m;
-        meta.sizes.push(messageBytes(m));
-      }
-      await this.ctx.storage.put(entries);
+    const entries: Array<[string, Message]> = [];
+    for (const m of messages) {
+      entries.push([queueKey(meta.tail++), m]);
+      meta.sizes.push(messageBytes(m));
     }
+    await putEntries(this.ctx.storage, entries);
     let bytes = meta.sizes.reduce((a, b) => a + b, 0);
     let next = meta.head;
     // The newest message always stays, whatever its size.
@@ -402,7 +401,7 @@ export class MqttSession extends DurableObject<Env> {
   private async dropHead(meta: SessionMeta, next: number): Promise<void> {
     const keys: string[] = [];
     for (let s = meta.head; s < next; s++) keys.push(queueKey(s));
-    for (let i = 0; i < keys.length; i += STORAGE_BATCH) await this.ctx.storage.delete(keys.slice(i, i + STORAGE_BATCH));
+    await deleteKeys(this.ctx.storage, keys);
     if (meta.sizes) meta.sizes.splice(0, next - meta.head);
     meta.head = next;
     this.saveMeta(meta);
