@@ -48,6 +48,11 @@ export interface Handover {
   inboundQos2: number[];
 }
 
+/** A takeover's answer: the first page of the hand-over; `more` when `nextHandoverPage` has the rest. */
+export interface TakenOver extends Handover {
+  more: boolean;
+}
+
 /** A subscription request as the router stores it, with the MQTT 5 subscription options. */
 export interface SubscriptionRequest {
   filter: string;

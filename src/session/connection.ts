@@ -7,7 +7,7 @@ import { concatBytes, decodePacket, readFrames } from "../protocol/codec";
 import { ConnackCode, type CloseCause } from "../protocol/codes";
 import { CSRF_COOKIE, TOKEN_COOKIE, readCookie } from "../auth/cookies";
 import { ADDR_HEADER, SUBPROTOCOL_HEADER, TRANSPORT_HEADER } from "../headers";
-import type { DeliverResult, Handover, Message } from "../router/messages";
+import { PAGE_BYTES, pagesOf, type DeliverResult, type Message, type TakenOver } from "../router/messages";
 import { count, meterStorage } from "../metrics";
 import { authenticateConnect } from "./authenticate";
 import { fullBucket } from "./rate";
@@ -43,6 +43,8 @@ export class MqttConnection extends DurableObject<Env> {
   /** In-memory state: built empty after every wake (`wake`), reloaded lazily. */
   private state!: ConnState;
   private link!: SocketLink;
+  /** The rest of a takeover's hand-over, in pages (memory only: the new owner asks for them at once). */
+  private handoverPages: Message[][] = [];
   /** Serializes packet processing: a CONNECT awaiting its RPCs holds the packets behind it. */
   private chain: Promise<void> = Promise.resolve();
 
@@ -190,10 +192,20 @@ export class MqttConnection extends DurableObject<Env> {
    * return the session state this connection held (unfinished outbound messages with their
    * packet ids, inbound QoS 2 ids) so the new connection carries on.
    */
-  async takeover(clientId: string): Promise<Handover> {
+  async takeover(clientId: string): Promise<TakenOver> {
     const meta = await this.link.readMeta();
-    if (!meta || meta.clientId !== clientId) return { messages: [], inboundQos2: [] };
-    return closeConnection(this.link, "takenOver", { handBack: false });
+    if (!meta || meta.clientId !== clientId) return { messages: [], inboundQos2: [], more: false };
+    const handover = await closeConnection(this.link, "takenOver", { handBack: false });
+    // The unfinished messages travel in pages bounded in bytes (`nextHandoverPage`).
+    const [first = [], ...rest] = pagesOf(handover.messages, PAGE_BYTES);
+    this.handoverPages = rest;
+    return { messages: first, inboundQos2: handover.inboundQos2, more: rest.length > 0 };
+  }
+
+  /** The next page of a takeover's hand-over, right after `takeover`. */
+  async nextHandoverPage(): Promise<{ messages: Message[]; more: boolean }> {
+    const page = this.handoverPages.shift() ?? [];
+    return { messages: page, more: this.handoverPages.length > 0 };
   }
 
   /**

@@ -3,7 +3,7 @@ import type { Env } from "../env";
 import { connectionStub, routerStub } from "../stubs";
 import { getConfig } from "../config";
 import { errorMessage, log } from "../log";
-import { PAGE_BYTES, isMessage, messageBytes, pagesOf, type DeliverResult, type Handover, type Message } from "../router/messages";
+import { PAGE_BYTES, isMessage, messageBytes, type DeliverResult, type Message } from "../router/messages";
 import type { CloseCause } from "../protocol/codes";
 import { count, meterStorage } from "../metrics";
 import { limitEvent } from "../monitoring/events";
@@ -145,11 +145,18 @@ export class MqttSession extends DurableObject<Env> {
     this.saveMeta(meta);
     await this.ctx.storage.deleteAlarm();
 
-    let carried: Handover = { messages: [], inboundQos2: prev?.inboundQos2 ?? [] };
+    // A taken-over connection hands over its unfinished messages in pages: the first comes with
+    // the takeover's answer, the rest page by page as they are passed on.
+    let inboundQos2 = prev?.inboundQos2 ?? [];
+    let first: Message[] = [];
+    let nextPage: (() => Promise<{ messages: Message[]; more: boolean }>) | null = null;
     if (prev?.owner && prev.owner !== conn) {
       try {
-        const taken = await connectionStub(this.env, prev.owner).takeover(clientId);
-        carried = { messages: taken.messages, inboundQos2: [...new Set([...carried.inboundQos2, ...taken.inboundQos2])] };
+        const old = connectionStub(this.env, prev.owner);
+        const taken = await old.takeover(clientId);
+        first = taken.messages;
+        inboundQos2 = [...new Set([...inboundQos2, ...taken.inboundQos2])];
+        if (taken.more) nextPage = () => old.nextHandoverPage();
       } catch (err) {
         // The old object is unreachable; its alarm later hands its messages back through detach().
         log("warn", "session.takeover_failed", { clientId, error: errorMessage(err) });
@@ -162,8 +169,8 @@ export class MqttSession extends DurableObject<Env> {
       await this.clearQueue(meta);
       return { ok: true, sessionPresent, inboundQos2: [], ...(buckets ? { buckets } : {}) };
     }
-    await this.handOver(meta, conn, carried.messages);
-    return { ok: true, sessionPresent, inboundQos2: carried.inboundQos2, ...(buckets ? { buckets } : {}) };
+    await this.handOver(meta, conn, first, nextPage);
+    return { ok: true, sessionPresent, inboundQos2, ...(buckets ? { buckets } : {}) };
   }
 
   /**
@@ -171,7 +178,12 @@ export class MqttSession extends DurableObject<Env> {
    * (each page durable at the connection before the next is read): the messages carried from
    * a taken-over connection, then the queue. What the connection cannot take stays queued.
    */
-  private async handOver(meta: SessionMeta, conn: string, carried: Message[]): Promise<void> {
+  private async handOver(
+    meta: SessionMeta,
+    conn: string,
+    first: Message[],
+    nextPage: (() => Promise<{ messages: Message[]; more: boolean }>) | null,
+  ): Promise<void> {
     const deliver = (page: Message[]): Promise<DeliverResult | "failed"> =>
       connectionStub(this.env, conn)
         .deliver(meta.clientId, page)
@@ -179,13 +191,17 @@ export class MqttSession extends DurableObject<Env> {
           log("warn", "session.handover_failed", { clientId: meta.clientId, error: errorMessage(err) });
           return "failed" as const;
         });
-    const pages = pagesOf(carried, PAGE_BYTES);
-    for (const [i, page] of pages.entries()) {
-      if ((await deliver(page)) === "ok") continue;
-      // The carried messages exist nowhere else: the rest joins the queue for the next connection.
-      await this.append(meta, pages.slice(i).flat());
-      return;
+    let failed = false;
+    for (let page = first, more = nextPage !== null; ; ) {
+      if (page.length > 0) {
+        if (!failed && (await deliver(page)) !== "ok") failed = true;
+        // The carried messages exist nowhere else: what the connection did not take joins the queue.
+        if (failed) await this.append(meta, page);
+      }
+      if (!more || !nextPage) break;
+      ({ messages: page, more } = await nextPage().catch(() => ({ messages: [], more: false })));
     }
+    if (failed) return;
     while (meta.head < meta.tail) {
       const { messages, next } = await this.readQueuePage(meta);
       if (messages.length > 0 && (await deliver(messages)) !== "ok") return;

@@ -131,6 +131,33 @@ describe("paged paths", () => {
   });
 });
 
+describe("takeover hand-over in pages", () => {
+  it("1.2 MiB of unacknowledged messages move to the taking-over connection, complete, in order, with DUP", async () => {
+    const topic = `takeover/${uid("t")}`;
+    const clientId = uid("holder");
+    const other = await bystander(uid("acc"));
+    // A raw subscriber that never acknowledges: everything stays in flight (window 100).
+    const holder = await RawClient.open();
+    expect((await holder.connect(clientId, { clean: false })).returnCode).toBe(0);
+    holder.send({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 1 }] });
+    await holder.next("suback");
+    const pub = await connect({ clientId: uid("pub"), protocolVersion: 4 });
+    for (let i = 0; i < 12; i++) await pub.publishAsync(topic, Buffer.alloc(100 * 1024, 48 + (i % 10)), { qos: 1 });
+    for (let i = 0; i < 12; i++) await holder.next("publish");
+    const next = await RawClient.open();
+    expect((await next.connect(clientId, { clean: false })).sessionPresent).toBe(true);
+    const redelivered: Packet[] = [];
+    for (let i = 0; i < 12; i++) redelivered.push(await next.next("publish"));
+    expect(redelivered.map((p) => (p.cmd === "publish" ? [p.dup, p.payload.length, Buffer.from(p.payload).subarray(0, 1).toString()] : null))).toEqual(
+      Array.from({ length: 12 }, (_, i) => [true, 100 * 1024, String(i % 10)]),
+    );
+    await holder.waitClosed();
+    await stillServed(other);
+    next.close();
+    await end(pub, other.client);
+  });
+});
+
 describe("no silent loss", () => {
   it("50 QoS 0 publishes sent right before DISCONNECT all reach the subscriber", async () => {
     const topic = `burst/${uid("t")}`;
