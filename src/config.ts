@@ -25,6 +25,8 @@ export interface ConfigVars {
   MAX_PACKETS_PER_FRAME?: string;
   CONNECT_RATE_PER_CLIENT?: string;
   CONNECT_BURST_PER_CLIENT?: string;
+  CONNECT_RATE_PER_ACCOUNT?: string;
+  CONNECT_BURST_PER_ACCOUNT?: string;
   SESSION_EXPIRY_SECONDS?: string;
 }
 
@@ -51,6 +53,9 @@ export interface Limits {
   /** CONNECTs per second for one client id, and how many may come at once. */
   connectRatePerClient: number;
   connectBurstPerClient: number;
+  /** CONNECTs per second for one account, and how many may come at once. */
+  connectRatePerAccount: number;
+  connectBurstPerAccount: number;
   /** Sustained HTTP publishes per second per identity (account + device id or JWT subject), across every request. */
   httpPublishRatePerSecond: number;
   /** HTTP publishes one identity may make at once after a quiet period. */
@@ -91,6 +96,8 @@ export const DEFAULT_LIMITS: Limits = {
   maxPacketsPerFrame: 500,
   connectRatePerClient: 1,
   connectBurstPerClient: 10,
+  connectRatePerAccount: 500,
+  connectBurstPerAccount: 1000,
   httpPublishRatePerSecond: 100,
   httpPublishBurst: 200,
   keepAliveMinSeconds: 0,
@@ -132,6 +139,8 @@ export function getConfig(env: ConfigVars): Config {
     maxPacketsPerFrame: int(env.MAX_PACKETS_PER_FRAME, DEFAULT_LIMITS.maxPacketsPerFrame, 1),
     connectRatePerClient: int(env.CONNECT_RATE_PER_CLIENT, DEFAULT_LIMITS.connectRatePerClient, 1),
     connectBurstPerClient: int(env.CONNECT_BURST_PER_CLIENT, DEFAULT_LIMITS.connectBurstPerClient, 1),
+    connectRatePerAccount: int(env.CONNECT_RATE_PER_ACCOUNT, DEFAULT_LIMITS.connectRatePerAccount, 1),
+    connectBurstPerAccount: int(env.CONNECT_BURST_PER_ACCOUNT, DEFAULT_LIMITS.connectBurstPerAccount, 1),
     httpPublishRatePerSecond: int(env.HTTP_PUBLISH_RATE_PER_SECOND, DEFAULT_LIMITS.httpPublishRatePerSecond, 1),
     httpPublishBurst: int(env.HTTP_PUBLISH_BURST, DEFAULT_LIMITS.httpPublishBurst, 1),
     keepAliveMinSeconds: int(env.KEEPALIVE_MIN_SECONDS, DEFAULT_LIMITS.keepAliveMinSeconds),

@@ -52,6 +52,8 @@ export interface Env {
   MAX_PACKETS_PER_FRAME?: string;
   CONNECT_RATE_PER_CLIENT?: string;
   CONNECT_BURST_PER_CLIENT?: string;
+  CONNECT_RATE_PER_ACCOUNT?: string;
+  CONNECT_BURST_PER_ACCOUNT?: string;
   HTTP_PUBLISH_RATE_PER_SECOND?: string;
   HTTP_PUBLISH_BURST?: string;
 }

@@ -5,7 +5,7 @@ import { errorMessage, log } from "../log";
 import { meterStorage } from "../metrics";
 import type { ClaimResult, ConnectionMode, Identity } from "../auth/identity";
 import { isRecord } from "../guards";
-import { fullBucket, take, type Bucket } from "../session/rate";
+import { fullBucket, take, type Bucket } from "./rate";
 
 interface LimiterState {
   mode: ConnectionMode | null;

@@ -79,6 +79,9 @@ export interface RouterAttach {
   acl?: Acl;
 }
 
+/** The router's answer to `attach`: `rate` when the account connects too often (CONNACK 3 / 0x9F). */
+export type RouterAttached = { ok: true } | { ok: false; reason: "rate" };
+
 /** Options of the router's `detach`: what a leaving connection leaves behind. */
 export interface RouterDetach {
   persistent: boolean;

@@ -6,13 +6,14 @@ import { parseSharedFilter, topicMatches } from "../topics/topic";
 import { getConfig } from "../config";
 import { SharedGroups, isSharedKey, sharedKey } from "./shared";
 import { errorMessage, log } from "../log";
-import { isMessage, isQoS, type ForwardedProps, type Message, type QoS, type SubscriptionRequest, type RouterAttach, type RouterDetach, type DeliverResult } from "./messages";
+import { isMessage, isQoS, type ForwardedProps, type Message, type QoS, type SubscriptionRequest, type RouterAttach, type RouterAttached, type RouterDetach, type DeliverResult } from "./messages";
 import { groupQueueKey, retainedKey, subscriptionKey, targetKey, parseSubscriptionKey, KEY } from "./keys";
 import { meterStorage } from "../metrics";
 import { isRecord } from "../guards";
 import { canSubscribe } from "../topics/acl";
 import { MONITOR_PREFIX } from "../monitoring/events";
 import { deleteKeys } from "../storage";
+import { fullBucket, take, type Bucket } from "../limits/rate";
 
 /** Where a session's messages go: its connection object (hex id) while online, else (null) its session object's queue. */
 interface TargetRecord {
@@ -79,6 +80,8 @@ export class TopicRouter extends DurableObject<Env> {
   /** Group key -> QoS 1/2 messages waiting for a member to come back; storage `g:<seq>`. */
   private readonly groupQueues = new Map<string, Array<{ seq: number; message: Message }>>();
   private nextGroupSeq = 0;
+  /** The account's connect rate (memory only: a busy account's router stays awake). */
+  private connects: Bucket | null = null;
   /** Retained monitoring topics, oldest first (Set order). */
   private readonly monitorOrder = new Set<string>();
   /** Deliveries dropped since the object woke (a clean target that failed, QoS 0 to a failed target). */
@@ -122,8 +125,16 @@ export class TopicRouter extends DurableObject<Env> {
    * with no subscriptions; `persistent` says whether the session outlives the connection. `announce` (the monitoring Connect event) is published after,
    * in the same call.
    */
-  async attach(account: string, clientId: string, conn: string, opts: RouterAttach): Promise<void> {
+  async attach(account: string, clientId: string, conn: string, opts: RouterAttach): Promise<RouterAttached> {
     const { cleanStart, persistent, announce = [], acl } = opts;
+    // Every connect of the account passes here: its connect rate costs no request of its own.
+    const limits = getConfig(this.env).limits;
+    const now = Date.now();
+    this.connects ??= fullBucket(limits.connectBurstPerAccount, now);
+    if (!take(this.connects, limits.connectRatePerAccount, limits.connectBurstPerAccount, now)) {
+      log("warn", "router.connect_rate_exceeded", { account, clientId, rate: limits.connectRatePerAccount });
+      return { ok: false, reason: "rate" };
+    }
     if (cleanStart) this.removeAllSubscriptions(clientId);
     else if (acl) {
       // Rights can shrink between connections (a new token, a changed ACL): resumed
@@ -147,6 +158,7 @@ export class TopicRouter extends DurableObject<Env> {
       await this.deliverTo(account, clientId, queue.map((q) => ({ ...q.message, qos: minQoS(q.message.qos, qos), share: key })));
       await deleteKeys(this.ctx.storage, queue.map((q) => groupQueueKey(q.seq)));
     }
+    return { ok: true };
   }
 
   /**

@@ -10,7 +10,7 @@ import { ADDR_HEADER, SUBPROTOCOL_HEADER, TRANSPORT_HEADER } from "../headers";
 import { PAGE_BYTES, pagesOf, type DeliverResult, type Message, type TakenOver } from "../router/messages";
 import { count, meterStorage } from "../metrics";
 import { authenticateConnect } from "./authenticate";
-import { fullBucket } from "./rate";
+import { fullBucket } from "../limits/rate";
 import { keepAliveDeadline } from "./keepalive";
 import { CONNECT_TIMEOUT_MS, type Attachment } from "./state";
 

@@ -5,7 +5,7 @@
 import type { Packet } from "../protocol/codec";
 import type { Link } from "./link";
 import { log } from "../log";
-import { fullBucket, take } from "./rate";
+import { fullBucket, take } from "../limits/rate";
 import { onConnect } from "./handlers/connect";
 import { onPublish } from "./handlers/publish";
 import { onPuback, onPubcomp, onPubrec, onPubrel, onPingreq } from "./handlers/acks";

@@ -5,12 +5,12 @@
  */
 import type { Config } from "../config";
 import type { ClaimResult, ConnectionMode } from "../auth/identity";
-import type { Handover, Message, QoS, RouterAttach, RouterDetach, SubscriptionRequest } from "../router/messages";
+import type { Handover, Message, QoS, RouterAttach, RouterAttached, RouterDetach, SubscriptionRequest } from "../router/messages";
 import type { IConnectPacket, Packet } from "../protocol/codec";
 import type { CloseCause } from "../protocol/codes";
 import type { ConnectDecision, BrowserCredentials } from "./authenticate";
 import type { Attachment, ConnMeta } from "./state";
-import type { Bucket } from "./rate";
+import type { Bucket } from "../limits/rate";
 import { InboundQos2, Outbox } from "./outbox";
 import { TopicAliases } from "./aliases";
 import { PartialPacket } from "./partial";
@@ -64,7 +64,7 @@ export interface RouterPort {
   publish(messages: Message[]): Promise<void>;
   subscribe(clientId: string, requests: SubscriptionRequest[], maxSubscriptions: number): Promise<{ granted: boolean[]; retained: Message[] }>;
   unsubscribe(clientId: string, filters: string[]): Promise<boolean[]>;
-  attach(clientId: string, conn: string, opts: RouterAttach): Promise<void>;
+  attach(clientId: string, conn: string, opts: RouterAttach): Promise<RouterAttached>;
   detach(clientId: string, conn: string, opts: RouterDetach): Promise<void>;
 }
 

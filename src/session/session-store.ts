@@ -11,7 +11,7 @@ import { QUEUE_PREFIX, SESSION_META_KEY, queueKey } from "./keys";
 import { deleteKeys, putEntries } from "../storage";
 import { isRecord } from "../guards";
 import type { RateBuckets, SessionAttach, SessionAttached, SessionDetach, SessionOwner } from "./link";
-import { fullBucket, take, type Bucket } from "./rate";
+import { fullBucket, take, type Bucket } from "../limits/rate";
 
 /** Queue entries read per storage call when paging the hand-over. */
 const QUEUE_READ = 64;

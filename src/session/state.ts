@@ -7,7 +7,7 @@ import type { ProtocolVersion } from "../protocol/codec";
 import { isMessage, type Message } from "../router/messages";
 import type { Identity } from "../auth/identity";
 import { protocolName, type ConnectionFacts, type TrafficCounters } from "../monitoring/events";
-import type { Bucket } from "./rate";
+import type { Bucket } from "../limits/rate";
 import { META_KEY } from "./keys";
 import { isRecord, isStringArray } from "../guards";
 

@@ -8,6 +8,7 @@ import type { Packet } from "mqtt-packet";
 import { RawClient } from "../helpers/raw";
 import { encode } from "../helpers/bytes";
 import { uid } from "../helpers/mqtt";
+import { mintToken } from "../helpers/admin";
 import { TEST_VARS, startBroker, stopBroker, type Broker } from "../helpers/broker";
 
 const RATES = {
@@ -18,6 +19,8 @@ const RATES = {
   MAX_PACKETS_PER_FRAME: "10",
   CONNECT_RATE_PER_CLIENT: "1",
   CONNECT_BURST_PER_CLIENT: "3",
+  CONNECT_RATE_PER_ACCOUNT: "1",
+  CONNECT_BURST_PER_ACCOUNT: "30",
 };
 
 let broker: Broker;
@@ -93,6 +96,24 @@ describe("rate limits", () => {
       await raw.waitClosed().catch(() => undefined);
     }
     expect(codes.slice(0, 3)).toEqual([0, 0, 0]);
+    expect(codes).toContain(3);
+    const bystander = await open(uid("by"));
+    await bystander.pingRoundTrip();
+    bystander.close();
+  });
+
+  it("one account connecting too often gets CONNACK 3 past CONNECT_BURST_PER_ACCOUNT; another account still connects", async () => {
+    const account = uid("busy");
+    const codes: number[] = [];
+    for (let i = 0; i < 45 && !codes.includes(3); i++) {
+      const clientId = uid("c");
+      const token = await mintToken(account, clientId, { url: broker.url });
+      const raw = await RawClient.open(broker.wsUrl);
+      const ack = await raw.connect(clientId, { keepalive: 0, username: clientId, password: Buffer.from(token) });
+      codes.push(ack.returnCode ?? -1);
+      raw.close();
+    }
+    expect(codes.slice(0, 30).every((c) => c === 0)).toBe(true);
     expect(codes).toContain(3);
     const bystander = await open(uid("by"));
     await bystander.pingRoundTrip();

@@ -190,9 +190,19 @@ async function attachSession(link: Link, meta: ConnMeta, params: SessionParamete
       announce.push(limitEvent(facts, meta.connectedAt, raised ? "KEEPALIVE_MIN_SECONDS" : "KEEPALIVE_MAX_SECONDS", `keep alive ${params.requestedKeepAlive} s clamped to ${att.keepAlive} s`));
     }
     // The session object decides whether a session was present; the router follows it.
-    await link.services.router(account).attach(clientId, link.connId, {
+    const routed = await link.services.router(account).attach(clientId, link.connId, {
       cleanStart: params.cleanStart || !attached.sessionPresent, persistent: params.expirySeconds > 0, announce, acl: identity.acl,
     });
+    if (!routed.ok) {
+      // The account connects too often. The session was attached: the close detaches it again
+      // (never connected: no will, no Disconnect event).
+      const reason = "connection rate exceeded";
+      log("warn", "mqtt.connect_refused", { account, clientId, identity: identity.id, code: ConnackCode.ServerUnavailable, reason });
+      await reportFailure(link, identity, { ...connectionFacts(meta), connectedAt: null }, "connectRateExceeded", reason);
+      connack(link, ConnackCode.ServerUnavailable, false, { reasonString: reason }, V5.connectionRateExceeded);
+      await link.close("connectRateExceeded", { quiet: true });
+      return null;
+    }
     return attached.sessionPresent;
   } catch (err) {
     log("error", "mqtt.connect_failed", { clientId, error: errorMessage(err) });

@@ -14,7 +14,7 @@ import type { Message } from "../../router/messages";
 import { canPublish, type Acl } from "../../topics/acl";
 import { validateTopicName } from "../../topics/topic";
 import { forwardedProps, payloadFormatValid } from "../properties";
-import { take } from "../rate";
+import { take } from "../../limits/rate";
 import type { Link, PendingPublish } from "../link";
 
 export async function onPublish(link: Link, packet: IPublishPacket): Promise<void> {

@@ -17,6 +17,8 @@ export interface TeardownInput {
   handBack: boolean;
   /** An admin close that asked for no will. */
   willSuppressed: boolean;
+  /** The connection got its CONNACK 0. A refused one publishes nothing: no will, no Disconnect event. */
+  connected: boolean;
   traffic: TrafficCounters;
   /** The connection's rate limiters, for the next connection of the client id. */
   buckets?: RateBuckets;
@@ -57,14 +59,16 @@ export function planTeardown(input: TeardownInput): TeardownPlan {
   const persistent = meta.expirySeconds > 0;
   const announce: Message[] = [];
   let delayedWill: SessionDetach["delayedWill"];
-  if (info.publishWill && meta.will && !input.willSuppressed) {
+  if (info.publishWill && meta.will && !input.willSuppressed && input.connected) {
     const delay = Math.min(meta.willDelaySeconds, meta.expirySeconds);
     if (delay > 0 && handBack) delayedWill = { message: meta.will, delaySeconds: delay };
     else announce.push(meta.will);
   }
   const { identity, clientId } = meta;
   const chosenFreely = identity.kind === "anonymous" || (identity.kind === "user" && clientId !== identity.id);
-  announce.push(disconnectEvent(connectionFacts(meta), input.now, info.monitorCode, info.reason, input.traffic, chosenFreely ? input.monitorRetainSeconds : undefined));
+  if (input.connected) {
+    announce.push(disconnectEvent(connectionFacts(meta), input.now, info.monitorCode, info.reason, input.traffic, chosenFreely ? input.monitorRetainSeconds : undefined));
+  }
   const handover: Handover = persistent ? { messages: unfinished, inboundQos2: input.inboundQos2 } : { messages: [], inboundQos2: [] };
   const sessionDetach: SessionDetach | null = handBack
     ? { handover, expirySeconds: meta.expirySeconds, ...(delayedWill ? { delayedWill } : {}), ...(input.buckets ? { buckets: input.buckets } : {}) }
@@ -91,6 +95,8 @@ const NO_TRAFFIC: TrafficCounters = { readBytes: 0, readMsg: 0, writeBytes: 0, w
 async function runTeardown(link: Link, cause: CloseCause, handBack: boolean): Promise<Handover> {
   const info = CLOSE_CAUSES[cause];
   const att = link.attachment();
+  // Whether CONNACK 0 went out; after a wake without the socket, a stored meta means it did.
+  const wasConnected = att ? att.phase === "connected" : true;
   if (att) {
     // MQTT 5: the server says why before it closes a connection it decided to close (§4.13.2).
     // Those are exactly the causes with an error reason (>= 0x80); the client's own ends are 0x00/0x04.
@@ -117,6 +123,7 @@ async function runTeardown(link: Link, cause: CloseCause, handBack: boolean): Pr
     const plan = planTeardown({
       meta, cause, handBack,
       willSuppressed: state.willSuppressed,
+      connected: wasConnected,
       traffic: att?.traffic ?? NO_TRAFFIC,
       ...(att?.packets ? { buckets: { publish: att.bucket, packets: att.packets } } : {}),
       unfinished: await state.outbox.handover(),

@@ -6,11 +6,11 @@
 import { DEFAULT_LIMITS, type Config } from "../../../src/config";
 import { decodePacket, readFrames, type Packet, type ProtocolVersion } from "../../../src/protocol/codec";
 import type { CloseCause } from "../../../src/protocol/codes";
-import type { Message, RouterAttach, RouterDetach, SubscriptionRequest } from "../../../src/router/messages";
+import type { Message, RouterAttach, RouterAttached, RouterDetach, SubscriptionRequest } from "../../../src/router/messages";
 import { createConnState, type ConnState, type Link, type PendingDetach, type Services } from "../../../src/session/link";
 import type { Attachment, ConnMeta } from "../../../src/session/state";
 import type { ConnectDecision } from "../../../src/session/authenticate";
-import { fullBucket } from "../../../src/session/rate";
+import { fullBucket } from "../../../src/limits/rate";
 
 /** The subset of DurableObjectStorage the connection's stores use, over a Map. */
 export class MemoryStorage {
@@ -97,8 +97,9 @@ export class FakeRouter {
     return filters.map(() => true);
   }
 
-  async attach(_clientId: string, _conn: string, opts: RouterAttach): Promise<void> {
+  async attach(_clientId: string, _conn: string, opts: RouterAttach): Promise<RouterAttached> {
     this.attached.push(opts);
+    return { ok: true };
   }
 
   async detach(_clientId: string, _conn: string, opts: RouterDetach): Promise<void> {

@@ -14,7 +14,7 @@ describe("planTeardown", () => {
   it("a takeover of a persistent session publishes the will and the Disconnect event and answers the hand-over instead of detaching the session", () => {
     const plan = planTeardown({
       meta: connMeta({ expirySeconds: 3600, will, willDelaySeconds: 30 }),
-      cause: "takenOver", handBack: false, willSuppressed: false, traffic,
+      cause: "takenOver", handBack: false, willSuppressed: false, connected: true, traffic,
       unfinished: [inflight], inboundQos2: [9], now: 10,
     });
     expect(plan.announce[0]).toBe(will); // no hand-back: the will delay cannot be kept by the session
@@ -28,7 +28,7 @@ describe("planTeardown", () => {
   it("a lost persistent connection with a will delay hands the will to the session object", () => {
     const plan = planTeardown({
       meta: connMeta({ expirySeconds: 3600, will, willDelaySeconds: 30 }),
-      cause: "networkLost", handBack: true, willSuppressed: false, traffic, unfinished: [], inboundQos2: [], now: 10,
+      cause: "networkLost", handBack: true, willSuppressed: false, connected: true, traffic, unfinished: [], inboundQos2: [], now: 10,
     });
     expect(plan.announce.map(eventAction)).toEqual(["Disconnect"]);
     expect(plan.sessionDetach).toEqual({ handover: { messages: [], inboundQos2: [] }, expirySeconds: 3600, delayedWill: { message: will, delaySeconds: 30 } });
@@ -37,7 +37,7 @@ describe("planTeardown", () => {
   it("a clean session gives unfinished shared messages back to their groups and keeps nothing", () => {
     const plan = planTeardown({
       meta: connMeta({ expirySeconds: 0, identity: { kind: "user", account: "acc", id: "u", acl: { pub: [], sub: [] }, expiresAt: null } }),
-      cause: "clientDisconnect", handBack: true, willSuppressed: false, traffic, unfinished: [inflight, shared], inboundQos2: [], now: 10,
+      cause: "clientDisconnect", handBack: true, willSuppressed: false, connected: true, traffic, unfinished: [inflight, shared], inboundQos2: [], now: 10,
     });
     expect(plan.orphans).toEqual([shared]);
     expect(plan.handover).toEqual({ messages: [], inboundQos2: [] });
@@ -45,15 +45,26 @@ describe("planTeardown", () => {
   });
 
   it("DISCONNECT publishes no will [MQTT-3.1.2-10]; an admin close can suppress it", () => {
-    const base = { handBack: true, traffic, unfinished: [], inboundQos2: [], now: 10 };
+    const base = { handBack: true, connected: true, traffic, unfinished: [], inboundQos2: [], now: 10 };
     expect(planTeardown({ ...base, meta: connMeta({ will }), cause: "clientDisconnect", willSuppressed: false }).announce).toHaveLength(1);
     expect(planTeardown({ ...base, meta: connMeta({ will }), cause: "adminKick", willSuppressed: true }).announce).toHaveLength(1);
     expect(planTeardown({ ...base, meta: connMeta({ will }), cause: "adminKick", willSuppressed: false }).announce[0]).toBe(will);
   });
 });
 
+describe("a connection refused after its session was attached", () => {
+  it("publishes neither its will nor a Disconnect event (it never got CONNACK 0)", () => {
+    const plan = planTeardown({
+      meta: connMeta({ will }), cause: "connectRateExceeded", handBack: true, willSuppressed: false, connected: false,
+      traffic, unfinished: [], inboundQos2: [], now: 10,
+    });
+    expect(plan.announce).toEqual([]);
+    expect(plan.sessionDetach).not.toBeNull();
+  });
+});
+
 describe("retained Disconnect events", () => {
-  const base = { cause: "networkLost" as const, handBack: true, willSuppressed: false, traffic, unfinished: [], inboundQos2: [], now: 1_000, monitorRetainSeconds: 60 };
+  const base = { cause: "networkLost" as const, handBack: true, willSuppressed: false, connected: true, traffic, unfinished: [], inboundQos2: [], now: 1_000, monitorRetainSeconds: 60 };
   it("expire for client ids chosen freely (multi mode, anonymous); stay for devices and single-mode users", () => {
     const user = (id: string) => ({ kind: "user" as const, account: "acc", id, acl: { pub: [], sub: [] }, expiresAt: null });
     const multi = planTeardown({ ...base, meta: connMeta({ clientId: "random-1", identity: user("u") }) }).announce[0];

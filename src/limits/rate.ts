@@ -1,6 +1,7 @@
 /**
- * Token bucket for publishes per connection: `rate` tokens per second, at most `burst`
- * saved up. Kept in the socket attachment, so it survives hibernation. Pure.
+ * Token bucket: `rate` tokens per second, at most `burst` saved up. Pure: the caller keeps
+ * the bucket (a socket attachment, an object's memory). Used for the publish and packet
+ * budgets of a connection, the HTTP publish budget of an identity and the connect rates.
  */
 export interface Bucket {
   tokens: number;
