@@ -20,6 +20,8 @@ export interface Limits {
   maxQueuedMessages: number;
   maxInflight: number;
   sessionExpirySeconds: number;
+  /** Accept control characters (U+0001..U+001F, U+007F..U+009F) in client ids, user names, topics and filters. */
+  allowControlCharacters: boolean;
 }
 
 export interface Config {
@@ -45,12 +47,19 @@ export const DEFAULT_LIMITS: Limits = {
   maxQueuedMessages: 1000,
   maxInflight: 100,
   sessionExpirySeconds: 7 * 24 * 3600,
+  allowControlCharacters: false,
 };
 
 function int(value: string | undefined, fallback: number, min = 0): number {
   if (value === undefined || value.trim() === "") return fallback;
   const n = Number(value);
   return Number.isInteger(n) && n >= min ? n : fallback;
+}
+
+/** "true" or "false" (any case); anything else is the fallback. */
+function bool(value: string | undefined, fallback: boolean): boolean {
+  const v = value?.trim().toLowerCase();
+  return v === "true" ? true : v === "false" ? false : fallback;
 }
 
 let cached: { env: Env; config: Config } | undefined;
@@ -76,6 +85,7 @@ export function getConfig(env: Env): Config {
     maxQueuedMessages: int(env.MAX_QUEUED_MESSAGES, DEFAULT_LIMITS.maxQueuedMessages, 1),
     maxInflight: int(env.MAX_INFLIGHT, DEFAULT_LIMITS.maxInflight, 1),
     sessionExpirySeconds: int(env.SESSION_EXPIRY_SECONDS, DEFAULT_LIMITS.sessionExpirySeconds, 1),
+    allowControlCharacters: bool(env.ALLOW_CONTROL_CHARACTERS, DEFAULT_LIMITS.allowControlCharacters),
   };
   const anon = env.ANONYMOUS_ACCOUNT?.trim();
   const config: Config = {

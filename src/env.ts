@@ -39,4 +39,5 @@ export interface Env {
   MAX_FILTERS_PER_SUBSCRIBE?: string;
   PUBLISH_RATE_PER_SECOND?: string;
   PUBLISH_BURST?: string;
+  ALLOW_CONTROL_CHARACTERS?: string;
 }

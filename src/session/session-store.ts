@@ -87,7 +87,10 @@ export class MqttSession extends DurableObject<Env> {
     const { cleanStart: clean, expirySeconds } = opts;
     const prev = this.meta;
     const sessionPresent = !clean && prev !== null && prev.persistent;
-    if (prev?.will) log("info", "session.will_cancelled", { clientId }); // reconnected within the will delay
+    // A will waiting for its delay: a connection that resumes the session cancels it [MQTT-3.1.3-9];
+    // a clean start ends the session, and the end of a session publishes it (§3.1.2.5, as mosquitto).
+    const endedWill = clean ? (prev?.will ?? null) : null;
+    if (prev?.will && !endedWill) log("info", "session.will_cancelled", { clientId });
     const meta: SessionMeta = {
       account,
       clientId,
@@ -105,11 +108,14 @@ export class MqttSession extends DurableObject<Env> {
     // Owner first: messages arriving while the old connection closes are forwarded to the new one.
     this.saveMeta(meta);
     await this.ctx.storage.deleteAlarm();
+    if (endedWill) {
+      await routerStub(this.env, account).publish(account, [endedWill]).catch((err: unknown) => log("warn", "session.will_failed", { clientId, error: errorMessage(err) }));
+    }
 
     let carried: Handover = { messages: [], inboundQos2: prev?.inboundQos2 ?? [] };
     if (prev?.owner && prev.owner !== conn) {
       try {
-        const taken = await connectionStub(this.env, prev.owner).takeover(clientId);
+        const taken = await connectionStub(this.env, prev.owner).takeover(clientId, { cleanStart: clean });
         carried = { messages: taken.messages, inboundQos2: [...new Set([...carried.inboundQos2, ...taken.inboundQos2])] };
       } catch (err) {
         // The old object is unreachable; its alarm later hands its messages back through detach().
