@@ -9,7 +9,7 @@ import { encodePacket, type IConnectPacket, type Packet } from "../protocol/code
 import { CLOSE_CAUSES, type CloseCause } from "../protocol/codes";
 import { errorMessage, log } from "../log";
 import type { ConnectionMode } from "../auth/identity";
-import type { Handover, Message, QoS, RouterAttach, RouterDetach, SubscriptionRequest } from "../router/messages";
+import type { Handover, Message, RouterAttach, RouterDetach, SubscriptionRequest } from "../router/messages";
 import type { SessionAttach, SessionDetach } from "./session-store";
 import type { ConnectDecision, BrowserCredentials } from "./authenticate";
 import { InboundQos2, Outbox } from "./outbox";

@@ -1,6 +1,7 @@
 import WebSocket from "ws";
 import mqttPacket, { type Packet } from "mqtt-packet";
 import { inject } from "vitest";
+import { concatBytes, readFrames } from "../../src/protocol/codec";
 
 /**
  * A packet-level MQTT client over a raw WebSocket: the test decides exactly which bytes
@@ -10,6 +11,10 @@ export class RawClient {
   readonly packets: Packet[] = [];
   closed: { code: number; reason: string } | null = null;
   private readonly parser: ReturnType<typeof mqttPacket.parser>;
+  /** The exact bytes each received packet came as ({@link bytesOf}). */
+  private readonly wire = new WeakMap<Packet, Uint8Array>();
+  private pending: Uint8Array = new Uint8Array(0);
+  private current: Uint8Array | null = null;
 
   private constructor(
     private readonly ws: WebSocket,
@@ -17,9 +22,30 @@ export class RawClient {
     readonly version: 3 | 4 | 5 = 4,
   ) {
     this.parser = mqttPacket.parser({ protocolVersion: version });
-    this.parser.on("packet", (p: Packet) => this.packets.push(p));
-    ws.on("message", (data: Buffer) => this.parser.parse(data));
+    this.parser.on("packet", (p: Packet) => {
+      this.packets.push(p);
+      if (this.current) this.wire.set(p, this.current);
+    });
+    ws.on("message", (data: Buffer) => this.receive(data));
     ws.on("close", (code: number, reason: Buffer) => (this.closed = { code, reason: reason.toString() }));
+  }
+
+  /** Cuts the stream into packets, so each parsed packet keeps its own bytes. */
+  private receive(data: Buffer): void {
+    const { frames, rest } = readFrames(concatBytes(this.pending, new Uint8Array(data)), 1 << 28);
+    this.pending = rest.slice();
+    for (const frame of frames) {
+      this.current = frame.slice();
+      this.parser.parse(Buffer.from(this.current));
+    }
+    this.current = null;
+  }
+
+  /** The exact bytes `packet` (one this client received) came as. */
+  bytesOf(packet: Packet): Uint8Array {
+    const bytes = this.wire.get(packet);
+    if (!bytes) throw new Error(`no bytes recorded for this ${packet.cmd}`);
+    return bytes;
   }
 
   static open(url = inject("brokerWsUrl"), protocol: string | string[] = "mqtt", version: 3 | 4 | 5 = 4): Promise<RawClient> {
@@ -53,6 +79,18 @@ export class RawClient {
       if (Date.now() > deadline) throw new Error(`timed out waiting for ${cmd}`);
       await new Promise((r) => setTimeout(r, 10));
     }
+  }
+
+  /**
+   * PINGREQ, then waits for its PINGRESP. The broker handles a connection's packets in order,
+   * so once it answers, it has handled every packet sent before, and every packet it sent on
+   * this connection before the PINGRESP has arrived: what is not there by now did not come.
+   */
+  async pingRoundTrip(ms = 10_000): Promise<void> {
+    // PINGRESPs already here answer earlier PINGREQs: ours is the one after them.
+    const earlier = this.packets.filter((p) => p.cmd === "pingresp").length;
+    this.send({ cmd: "pingreq" });
+    for (let i = 0; i <= earlier; i++) await this.next("pingresp", ms);
   }
 
   async waitClosed(ms = 10_000): Promise<{ code: number; reason: string }> {
