@@ -54,6 +54,22 @@ async function expectClosed(raw: RawClient, version: Version, v5Reason: number):
   await raw.waitClosed();
 }
 
+/** The client's QoS 2 exchange for `bytes` (a PUBLISH with packet identifier `pid`): PUBREC and PUBCOMP, each exactly 2 bytes after the fixed header. */
+async function publishQos2(c: RawClient, bytes: Uint8Array, pid: number): Promise<void> {
+  c.sendBytes(bytes);
+  expect(await next(c, "pubrec")).toBe(hex(frame(0x50, u16(pid))));
+  c.sendBytes(frame(0x62, u16(pid)));
+  expect(await next(c, "pubcomp")).toBe(hex(frame(0x70, u16(pid))));
+}
+
+/** Completes the broker's QoS 2 delivery `pid` to `c`: PUBREC, the exact PUBREL, PUBCOMP; then nothing more. */
+async function completeDelivery(c: RawClient, pid: number): Promise<void> {
+  c.sendBytes(frame(0x50, u16(pid)));
+  expect(await next(c, "pubrel")).toBe(hex(frame(0x62, u16(pid))));
+  c.sendBytes(frame(0x70, u16(pid)));
+  await c.pingRoundTrip();
+}
+
 const ack = (version: Version, name: "PUBACK" | "PUBREL"): string => hex(canonical(version === 5 ? `5.0 ${name} success` : `3.1.1 ${name}`).bytes);
 
 describe("short acknowledgements [§3.4.2.1] [§3.5.2.1] [§3.6.2.1] [§3.7.2.1] and 0x10 No matching subscribers", () => {
@@ -79,12 +95,8 @@ describe("short acknowledgements [§3.4.2.1] [§3.5.2.1] [§3.6.2.1] [§3.7.2.1]
       expect(await next(c, "pubrec")).toBe(hex(canonical("5.0 PUBREC success").bytes));
       c.sendBytes(frame(0x62, u16(1)));
       expect(await next(c, "pubcomp")).toBe(hex(canonical("5.0 PUBCOMP success").bytes));
-      const delivery = await c.next("publish");
-      expect(delivery).toMatchObject({ qos: 2, messageId: 2 });
-      c.sendBytes(frame(0x50, u16(2)));
-      expect(await next(c, "pubrel")).toBe(hex(frame(0x62, u16(2))));
-      c.sendBytes(frame(0x70, u16(2)));
-      await c.pingRoundTrip();
+      expect(await c.next("publish")).toMatchObject({ qos: 2, messageId: 2 });
+      await completeDelivery(c, 2);
       c.close();
     });
   }
@@ -103,12 +115,10 @@ describe("wrong acknowledgements for a delivery (§4.3.2, §4.3.3): a protocol e
         const sub = await client(version);
         await subscribeTo(sub, topic, qos);
         const pub = await client(4);
-        pub.sendBytes(publish({ topic, qos, id: 1 }));
-        if (qos === 1) await pub.next("puback");
+        if (qos === 2) await publishQos2(pub, publish({ topic, qos, id: 1 }), 1);
         else {
-          await pub.next("pubrec");
-          pub.sendBytes(frame(0x62, u16(1)));
-          await pub.next("pubcomp");
+          pub.sendBytes(publish({ topic, qos, id: 1 }));
+          await pub.next("puback");
         }
         const delivery = await sub.next("publish");
         sub.sendBytes(wrong(delivery.messageId ?? 0));
@@ -135,12 +145,7 @@ describe("PUBREC for the broker's QoS 2 deliveries", () => {
     const sub = await client(5, { properties: { receiveMaximum: 1 } });
     await subscribeTo(sub, topic, 2);
     const pub = await client(5);
-    for (const id of [1, 2]) {
-      pub.sendBytes(publish({ topic, qos: 2, id, version: 5, payload: utf8(`m${id}`) }));
-      await pub.next("pubrec");
-      pub.sendBytes(frame(0x62, u16(id)));
-      await pub.next("pubcomp");
-    }
+    for (const id of [1, 2]) await publishQos2(pub, publish({ topic, qos: 2, id, version: 5, payload: utf8(`m${id}`) }), id);
     const first = await sub.next("publish");
     expect(first).toMatchObject({ messageId: 1, payload: Buffer.from("m1") });
     sub.sendBytes(frame(0x50, u16(1), 0x80));
@@ -148,8 +153,7 @@ describe("PUBREC for the broker's QoS 2 deliveries", () => {
     expect(second).toMatchObject({ messageId: 2, payload: Buffer.from("m2") });
     await sub.pingRoundTrip();
     expect(sub.packets.filter((p) => p.cmd === "pubrel")).toEqual([]);
-    sub.sendBytes(frame(0x50, u16(2)));
-    expect(await next(sub, "pubrel")).toBe(hex(frame(0x62, u16(2))));
+    await completeDelivery(sub, 2);
     sub.close();
     pub.close();
   });
@@ -268,22 +272,13 @@ describe("the client's Maximum Packet Size [MQTT-3.1.2-25]: a message too large 
     const topic = "12/max/publish/qos2/test/topic";
     const c = await client(5, maximum);
     await subscribeTo(c, topic, 2);
-    c.sendBytes(publish({ topic, qos: 2, id: 1, version: 5, payload: utf8("1234") }));
-    expect(await next(c, "pubrec")).toBe(hex(frame(0x50, u16(1))));
-    c.sendBytes(frame(0x62, u16(1)));
-    expect(await next(c, "pubcomp")).toBe(hex(frame(0x70, u16(1))));
+    await publishQos2(c, publish({ topic, qos: 2, id: 1, version: 5, payload: utf8("1234") }), 1);
     await c.pingRoundTrip();
     expect(publishes(c)).toEqual([]);
     const fitting = publish({ topic, qos: 2, id: 2, version: 5, payload: utf8("789") });
-    c.sendBytes(fitting);
-    expect(await next(c, "pubrec")).toBe(hex(frame(0x50, u16(2))));
-    c.sendBytes(frame(0x62, u16(2)));
-    expect(await next(c, "pubcomp")).toBe(hex(frame(0x70, u16(2))));
+    await publishQos2(c, fitting, 2);
     expect(await next(c, "publish")).toBe(hex(fitting)); // the broker's own packet id 2: 1 went to the skipped one
-    c.sendBytes(frame(0x50, u16(2)));
-    expect(await next(c, "pubrel")).toBe(hex(frame(0x62, u16(2))));
-    c.sendBytes(frame(0x70, u16(2)));
-    await c.pingRoundTrip();
+    await completeDelivery(c, 2);
     c.close();
   });
 });
