@@ -311,9 +311,15 @@ export class InboundQos2 {
     return (await this.load()).has(pid);
   }
 
-  /** How many exchanges are open (MQTT 5 Receive Maximum counts them until PUBCOMP). */
-  async count(): Promise<number> {
-    return (await this.load()).size;
+  /**
+   * How many messages wait for their PUBREL on this connection (MQTT 5 Receive Maximum counts
+   * them). Ids handed over from an earlier connection are left out: a client that lost its
+   * state never releases them, and they must not use up its quota for good.
+   */
+  async pending(): Promise<number> {
+    let n = 0;
+    for (const record of (await this.load()).values()) if (record) n++;
+    return n;
   }
 
   /** Takes ownership of `message` for `pid`, durably, before the PUBREC. */

@@ -18,15 +18,17 @@ export async function onPuback(link: Link, packet: IPubackPacket): Promise<void>
  * [MQTT-4.3.3-4]: PUBREC is answered with PUBREL, once the state change is durable. A PUBREC
  * with a reason code of 0x80 or more ends the delivery without PUBREL (MQTT 5 §4.3.3). A PUBREC
  * for an id with no delivery still gets its PUBREL (MQTT 5: reason 0x92 Packet Identifier not
- * found), so the client can finish its side.
+ * found), so the client can finish its side; a failed one for such an id gets nothing.
  */
 export async function onPubrec(link: Link, packet: IPubrecPacket): Promise<void> {
   const pid = packet.messageId ?? 0;
   const v5 = link.att().protocolVersion === 5;
-  const result = await link.state.outbox.received(pid, v5 && (packet.reasonCode ?? 0) >= 0x80);
+  const failed = v5 && (packet.reasonCode ?? 0) >= 0x80;
+  const result = await link.state.outbox.received(pid, failed);
   if (result.kind === "released") link.send({ cmd: "pubrel", messageId: pid });
-  else if (result.kind === "unknown") link.send(v5 ? { cmd: "pubrel", messageId: pid, reasonCode: V5.packetIdNotFound } : { cmd: "pubrel", messageId: pid });
-  else await settle(link, result);
+  else if (result.kind === "unknown") {
+    if (!failed) link.send(v5 ? { cmd: "pubrel", messageId: pid, reasonCode: V5.packetIdNotFound } : { cmd: "pubrel", messageId: pid });
+  } else await settle(link, result);
 }
 
 /** PUBCOMP ends a QoS 2 delivery after its PUBREL [MQTT-4.3.3]. */

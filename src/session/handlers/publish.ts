@@ -60,9 +60,9 @@ export async function onPublish(link: Link, packet: IPublishPacket): Promise<voi
   enqueue(link, { message: decision.message, ack, reason: decision.reason });
 }
 
-/** QoS 1 publishes waiting for their PUBACK and QoS 2 exchanges not yet completed. */
+/** QoS 1 publishes waiting for their PUBACK and QoS 2 messages waiting for their PUBREL. */
 async function inboundInFlight(link: Link): Promise<number> {
-  return link.state.inboundPending + (await link.state.inboundQos2.count());
+  return link.state.inboundPending + (await link.state.inboundQos2.pending());
 }
 
 /**

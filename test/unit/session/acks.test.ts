@@ -31,6 +31,8 @@ describe("acknowledgements of the broker's deliveries", () => {
     const v5 = await withDeliveries(5);
     await onPubrec(v5, { cmd: "pubrec", messageId: 9, reasonCode: 0 });
     expect(v5.sent).toEqual([{ cmd: "pubrel", messageId: 9, reasonCode: V5.packetIdNotFound }]);
+    await onPubrec(v5, { cmd: "pubrec", messageId: 8, reasonCode: 0x80 }); // a failed one ends nothing: no answer
+    expect(v5.sent).toHaveLength(1);
   });
 
   it("MQTT 5 PUBREC with a reason of 0x80 or more ends the QoS 2 delivery: no PUBREL, and the next message flows", async () => {

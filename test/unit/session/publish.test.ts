@@ -85,6 +85,16 @@ describe("PUBLISH handler", () => {
     expect(link.cmds()).toEqual(["pubrec", "pubrec", "pubcomp", "pubcomp"]);
   });
 
+  it("MQTT 5 Receive Maximum counts QoS 2 messages until their PUBREL; a retransmission is not counted again [MQTT-3.3.4-7]", async () => {
+    const link = new FakeLink(testConfig({ maxInflight: 2 }), connectedAttachment(5), connMeta({ protocolVersion: 5 }));
+    await onPublish(link, publish(1, 2));
+    await onPublish(link, publish(2, 2));
+    await onPublish(link, { ...publish(2, 2), dup: true });
+    expect(link.closes).toEqual([]);
+    await onPublish(link, publish(3, 2));
+    expect(link.closes).toEqual(["receiveMaximumExceeded"]);
+  });
+
   it("MQTT 5: PUBACK 0x10 when no subscription matched, 0x00 (short) when one did; 3.1.1 has no reason code", async () => {
     const link = new FakeLink(testConfig(), connectedAttachment(5), connMeta({ protocolVersion: 5 }));
     link.router.matched = (messages) => messages.map((m) => m.topic === "seen");
