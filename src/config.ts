@@ -1,6 +1,7 @@
 
 /** The vars the config reads (strings, as wrangler passes them; a subset of the Worker's bindings). */
 export interface ConfigVars {
+  ALLOW_CONTROL_CHARACTERS?: string;
   ANONYMOUS_ACCOUNT?: string;
   HTTP_PUBLISH_BURST?: string;
   HTTP_PUBLISH_RATE_PER_SECOND?: string;
@@ -71,6 +72,8 @@ export interface Limits {
   monitorRetainSeconds: number;
   maxInflight: number;
   sessionExpirySeconds: number;
+  /** Accept control characters (U+0001..U+001F, U+007F..U+009F) in client ids, user names, topics and filters. */
+  allowControlCharacters: boolean;
 }
 
 export interface Config {
@@ -108,12 +111,19 @@ export const DEFAULT_LIMITS: Limits = {
   monitorRetainSeconds: 86_400,
   maxInflight: 100,
   sessionExpirySeconds: 7 * 24 * 3600,
+  allowControlCharacters: false,
 };
 
 function int(value: string | undefined, fallback: number, min = 0): number {
   if (value === undefined || value.trim() === "") return fallback;
   const n = Number(value);
   return Number.isInteger(n) && n >= min ? n : fallback;
+}
+
+/** "true" or "false" (any case); anything else is the fallback. */
+function bool(value: string | undefined, fallback: boolean): boolean {
+  const v = value?.trim().toLowerCase();
+  return v === "true" ? true : v === "false" ? false : fallback;
 }
 
 let cached: { env: ConfigVars; config: Config } | undefined;
@@ -151,6 +161,7 @@ export function getConfig(env: ConfigVars): Config {
     monitorRetainSeconds: int(env.MONITOR_RETAIN_SECONDS, DEFAULT_LIMITS.monitorRetainSeconds, 1),
     maxInflight: int(env.MAX_INFLIGHT, DEFAULT_LIMITS.maxInflight, 1),
     sessionExpirySeconds: int(env.SESSION_EXPIRY_SECONDS, DEFAULT_LIMITS.sessionExpirySeconds, 1),
+    allowControlCharacters: bool(env.ALLOW_CONTROL_CHARACTERS, DEFAULT_LIMITS.allowControlCharacters),
   };
   const anon = env.ANONYMOUS_ACCOUNT?.trim();
   const config: Config = {

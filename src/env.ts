@@ -56,4 +56,5 @@ export interface Env {
   CONNECT_BURST_PER_ACCOUNT?: string;
   HTTP_PUBLISH_RATE_PER_SECOND?: string;
   HTTP_PUBLISH_BURST?: string;
+  ALLOW_CONTROL_CHARACTERS?: string;
 }

@@ -69,9 +69,10 @@ export const CONNACK_V5: Record<ConnackCode, number> = {
   [ConnackCode.NotAuthorized]: 0x87,
 };
 
-/** MQTT 5 reason codes the broker puts in acknowledgements (PUBACK, PUBREC, SUBACK, UNSUBACK, CONNACK) [MQTT-2.4]. */
+/** MQTT 5 reason codes the broker puts in acknowledgements (PUBACK, PUBREC, PUBREL, SUBACK, UNSUBACK, CONNACK) [MQTT-2.4]. */
 export const V5 = {
   success: 0x00,
+  noMatchingSubscribers: 0x10,
   noSubscriptionExisted: 0x11,
   unspecified: 0x80,
   protocolError: 0x82,
@@ -79,6 +80,7 @@ export const V5 = {
   badAuthenticationMethod: 0x8c,
   topicFilterInvalid: 0x8f,
   packetIdInUse: 0x91,
+  packetIdNotFound: 0x92,
   receiveMaximumExceeded: 0x93,
   topicAliasInvalid: 0x94,
   quotaExceeded: 0x97,

@@ -6,7 +6,17 @@
 import { parser as createParser } from "mqtt-packet";
 import type { Packet, Parser } from "mqtt-packet";
 import type { DecodeFailure, ProtocolVersion } from "./packets";
-import { checkConnectHeader, checkFixedHeader, findMisplacedProperty, findRuleViolation, tagParserError } from "./rules";
+import {
+  canonicalFrame,
+  checkConnectHeader,
+  checkFixedHeader,
+  findLengthViolation,
+  findMisplacedProperty,
+  findProtocolError,
+  findRuleViolation,
+  tagParserError,
+} from "./rules";
+import { bodyOffset } from "./framing";
 
 /** Output of {@link decodePacket}. */
 export type DecodeResult = { ok: true; packet: Packet } | DecodeFailure;
@@ -58,26 +68,37 @@ const parsers: Array<Parser | undefined> = [undefined, undefined, undefined, und
  * Beyond mqtt-packet's parsing, a decoded packet satisfies these rules; a frame breaking one
  * fails with `error` starting with the rule's id (MQTT 3.1.1 numbering; 5.0 has the same rules):
  * - [MQTT-2.2.2-1] fixed-header flags: 0010 for PUBREL, SUBSCRIBE, UNSUBSCRIBE; 0000 for every
- *   other type but PUBLISH (AUTH: 5.0 only). [§2.2.1] packet type 0, and 15 before 5.0, are reserved.
- * - [MQTT-3.3.1-4] PUBLISH with both QoS bits set.
+ *   other type but PUBLISH (AUTH: 5.0 only); not on a 3.1 connection, where they are unused.
+ *   [§2.2.1] packet type 0, and 15 before 5.0, are reserved.
+ * - [MQTT-3.3.1-4] PUBLISH with both QoS bits set; [MQTT-3.3.1-2] QoS 0 with DUP set.
  * - [MQTT-1.5.3-1] every string field (client id, will topic, user name, topic names and
  *   filters, 5.0 string and user properties) is well-formed UTF-8: no invalid or overlong
  *   sequence, no surrogate code point (ED A0..BF xx), nothing above U+10FFFF.
  * - [MQTT-1.5.3-2] no U+0000 in those strings.
  * - CONNECT: [MQTT-3.1.2-1] protocol name "MQTT" for levels 4 and 5, "MQIsdp" for level 3;
  *   [MQTT-3.1.2-3] reserved flag 0; [MQTT-3.1.2-13] / [MQTT-3.1.2-15] (both [MQTT-3.1.2-11])
- *   no will QoS / will retain without the will flag; [MQTT-3.1.2-14] will QoS not 3;
- *   [MQTT-3.1.2-22] (3.1, 3.1.1) no password flag without the user name flag.
+ *   no will QoS / will retain without the will flag (those three not for 3.1, which lacks them);
+ *   [MQTT-3.1.2-14] will QoS not 3; [MQTT-3.1.2-22] (3.1, 3.1.1) no password flag without the
+ *   user name flag; [§3.1.3] nothing after the last field.
  * - [MQTT-2.3.1-1] packet identifier not 0 in PUBLISH QoS > 0, SUBSCRIBE, UNSUBSCRIBE, PUBACK,
  *   PUBREC, PUBREL, PUBCOMP.
- * - [MQTT-3.8.3-3] / [MQTT-3.10.3-2] SUBSCRIBE / UNSUBSCRIBE carry at least one topic filter;
- *   [MQTT-3.8.3-4] subscription options: requested QoS not 3, reserved bits 0.
+ * - [MQTT-3.8.3-3] / [MQTT-3.10.3-2] SUBSCRIBE / UNSUBSCRIBE carry at least one topic filter
+ *   (not in 3.1); [MQTT-4.7.3-1] none of them empty; [MQTT-3.8.3-4] subscription options:
+ *   requested QoS not 3, reserved bits 0.
+ * - [§3.4.1] .. [§3.7.1], [§3.12.1] .. [§3.15.1]: no bytes after the fields of PUBACK, PUBREC,
+ *   PUBREL, PUBCOMP, PINGREQ, PINGRESP, DISCONNECT, AUTH (5.0: after their properties).
+ *
+ * Well-formed packets breaking a protocol rule fail with `protocolError: true` (MQTT 5 closes with
+ * 0x82, not 0x81): a reason code the packet may not carry ([MQTT-3.4.2-1] and its twins,
+ * [MQTT-3.14.2-1] DISCONNECT), a Payload Format Indicator, Request Problem Information or
+ * Request Response Information other than 0 or 1.
  *
  * A CONNECT with the name "MQTT" or "MQIsdp" and a level other than 3, 4, 5 is not malformed:
  * it fails with `unsupportedLevel: true` (see {@link DecodeFailure}) so the session can answer
  * CONNACK 0x01 [MQTT-3.1.2-2]; the level is checked before the CONNECT flags, as the spec orders.
  * Packets only a server sends (CONNACK, SUBACK, UNSUBACK, PINGRESP) decode normally: refusing
- * them from a client is the session's job.
+ * them from a client is the session's job. A 3.1 CONNECT whose user name or password flag is set
+ * while the field is missing decodes as without it (mosquitto's reading of 3.1).
  *
  * Cost on the common path: one table lookup on the first byte, and one scan of each decoded
  * string for U+0000 / U+FFFD. Raw bytes are re-read (strictly, with a fatal UTF-8 decoder)
@@ -91,16 +112,21 @@ export function decodePacket(frame: Uint8Array, protocolVersion: ProtocolVersion
   if (frame.length < 2) return { ok: false, error: "incomplete packet" };
 
   const first = frame[0]!;
-  const headerError = checkFixedHeader(first, protocolVersion);
-  if (headerError !== null) return { ok: false, error: headerError };
-
   // CONNECT gets a throwaway parser: mqtt-packet replaces a parser's settings with the CONNECT
   // it parses, which would switch a cached parser's version (and keep the password alive).
   const isConnect = first >> 4 === 1;
+  let version = protocolVersion;
   if (isConnect) {
-    const refused = checkConnectHeader(frame);
-    if (refused !== null) return refused;
+    const header = checkConnectHeader(frame);
+    if (typeof header === "object" && header !== null) return header;
+    if (header !== null) version = header;
   }
+  const headerError = checkFixedHeader(first, version);
+  if (headerError !== null) return { ok: false, error: headerError };
+  const early = decodeWithoutParser(frame, version);
+  if (early !== null) return early;
+  const input = canonicalFrame(frame, version);
+
   let parser = isConnect ? undefined : parsers[protocolVersion];
   if (parser === undefined) {
     parser = newParser(protocolVersion);
@@ -112,7 +138,7 @@ export function decodePacket(frame: Uint8Array, protocolVersion: ProtocolVersion
   parseError = null;
   let left = -1;
   try {
-    left = parser.parse(Buffer.isBuffer(frame) ? frame : Buffer.from(frame.buffer, frame.byteOffset, frame.byteLength));
+    left = parser.parse(Buffer.isBuffer(input) ? input : Buffer.from(input.buffer, input.byteOffset, input.byteLength));
   } catch (err) {
     if (parseError === null) parseError = errorMessage(err);
   }
@@ -124,18 +150,38 @@ export function decodePacket(frame: Uint8Array, protocolVersion: ProtocolVersion
 
   if (error !== null || count !== 1 || left !== 0 || packet === null) {
     if (!isConnect) parsers[protocolVersion] = undefined;
-    if (error !== null) return { ok: false, error: tagParserError(error) };
+    if (error !== null) {
+      const tagged = tagParserError(error);
+      return tagged.protocolError ? { ok: false, error: tagged.error, protocolError: true } : { ok: false, error: tagged.error };
+    }
     if (count === 0) return { ok: false, error: "incomplete packet" };
     return { ok: false, error: "trailing bytes after packet" };
   }
 
-  const leaked = findParseFailure(packet);
-  if (leaked !== null) return { ok: false, error: leaked };
-  const broken = findRuleViolation(packet, frame, protocolVersion);
-  if (broken !== null) return { ok: false, error: broken };
-  const misplaced = findMisplacedProperty(packet);
-  if (misplaced !== null) return { ok: false, error: misplaced };
+  const malformed = findParseFailure(packet)
+    ?? findRuleViolation(packet, input, protocolVersion)
+    ?? findLengthViolation(packet, input, version)
+    ?? findMisplacedProperty(packet);
+  if (malformed !== null) return { ok: false, error: malformed };
+  const refused = findProtocolError(packet, input, protocolVersion);
+  if (refused !== null) return { ok: false, error: refused, protocolError: true };
   return { ok: true, packet };
+}
+
+/**
+ * The well-formed packets mqtt-packet refuses: a 5.0 AUTH with Remaining Length 0 (reason 0x00,
+ * §3.15.2.1) and a 3.1 SUBSCRIBE or UNSUBSCRIBE without topic filters (3.1 does not require one;
+ * mosquitto answers with an empty SUBACK). Null for every other frame.
+ */
+function decodeWithoutParser(frame: Uint8Array, version: ProtocolVersion): DecodeResult | null {
+  const type = frame[0]! >> 4;
+  if (type === 15 && version === 5 && frame.length === 2) return { ok: true, packet: { cmd: "auth", reasonCode: 0 } };
+  if (version !== 3 || (type !== 8 && type !== 10) || frame.length - bodyOffset(frame) !== 2) return null;
+  const at = bodyOffset(frame);
+  const messageId = (frame[at]! << 8) | frame[at + 1]!;
+  const cmd = type === 8 ? "SUBSCRIBE" : "UNSUBSCRIBE";
+  if (messageId === 0) return { ok: false, error: `[MQTT-2.3.1-1]: ${cmd} with packet identifier 0` }; // [MQTT-2.3.1-1]
+  return { ok: true, packet: type === 8 ? { cmd: "subscribe", messageId, subscriptions: [] } : { cmd: "unsubscribe", messageId, unsubscriptions: [] } };
 }
 
 /**

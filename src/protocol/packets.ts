@@ -22,6 +22,11 @@ export interface DecodeFailure {
    */
   error: string;
   /**
+   * The packet is well formed but breaks a protocol rule (a reason code its packet may not carry,
+   * a 0-or-1 property with another value): MQTT 5 closes with 0x82 Protocol Error, not 0x81.
+   */
+  protocolError?: true;
+  /**
    * Set only for a CONNECT whose protocol name is valid but whose level is not 3, 4 or 5
    * (bridge-mode levels 0x83..0x85 included): the session answers CONNACK 0x01 "unacceptable
    * protocol version" and closes [MQTT-3.1.2-2] instead of treating it as malformed.

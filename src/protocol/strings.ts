@@ -9,7 +9,7 @@
  */
 import type { Packet } from "mqtt-packet";
 import { CONNECT_USERNAME, CONNECT_WILL } from "./packets";
-import { bodyOffset } from "./framing";
+import { FieldReader, LayoutError } from "./fields";
 
 /** Matches the two characters that send a string to the strict check. */
 const SUSPECT_TEXT = /[\u0000\uFFFD]/;
@@ -42,89 +42,11 @@ export function hasSuspectProperty(properties: object): boolean {
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
-/** 5.0 property ids (one byte each; all are below 0x80) → name and wire type. */
-type PropertyKind = "byte" | "int16" | "int32" | "var" | "string" | "pair" | "binary";
-const PROPERTY_KINDS: ReadonlyMap<number, readonly [string, PropertyKind]> = new Map([
-  [0x01, ["payloadFormatIndicator", "byte"]],
-  [0x02, ["messageExpiryInterval", "int32"]],
-  [0x03, ["contentType", "string"]],
-  [0x08, ["responseTopic", "string"]],
-  [0x09, ["correlationData", "binary"]],
-  [0x0b, ["subscriptionIdentifier", "var"]],
-  [0x11, ["sessionExpiryInterval", "int32"]],
-  [0x12, ["assignedClientIdentifier", "string"]],
-  [0x13, ["serverKeepAlive", "int16"]],
-  [0x15, ["authenticationMethod", "string"]],
-  [0x16, ["authenticationData", "binary"]],
-  [0x17, ["requestProblemInformation", "byte"]],
-  [0x18, ["willDelayInterval", "int32"]],
-  [0x19, ["requestResponseInformation", "byte"]],
-  [0x1a, ["responseInformation", "string"]],
-  [0x1c, ["serverReference", "string"]],
-  [0x1f, ["reasonString", "string"]],
-  [0x21, ["receiveMaximum", "int16"]],
-  [0x22, ["topicAliasMaximum", "int16"]],
-  [0x23, ["topicAlias", "int16"]],
-  [0x24, ["maximumQoS", "byte"]],
-  [0x25, ["retainAvailable", "byte"]],
-  [0x26, ["userProperty", "pair"]],
-  [0x27, ["maximumPacketSize", "int32"]],
-  [0x28, ["wildcardSubscriptionAvailable", "byte"]],
-  [0x29, ["subscriptionIdentifiersAvailable", "byte"]],
-  [0x2a, ["sharedSubscriptionAvailable", "byte"]],
-]);
-const FIXED_SIZES: Readonly<Record<"byte" | "int16" | "int32", number>> = { byte: 1, int16: 2, int32: 4 };
-
-/** Thrown inside the re-read when the layout disagrees with the frame; caught in findBadString. */
-class LayoutError extends Error {}
-
 /**
  * Walks the raw string fields of a packet mqtt-packet has already parsed (so the layout is
  * known to fit) and returns the first [MQTT-1.5.3-1] / [MQTT-1.5.3-2] violation, or null.
  */
-class StringFields {
-  private pos: number;
-  private readonly end: number;
-
-  constructor(private readonly bytes: Uint8Array) {
-    this.pos = bodyOffset(bytes);
-    this.end = bytes.length;
-    if (this.pos < 0) throw new LayoutError();
-  }
-
-  get remaining(): number {
-    return this.end - this.pos;
-  }
-
-  skip(n: number): void {
-    if (this.pos + n > this.end) throw new LayoutError();
-    this.pos += n;
-  }
-
-  u8(): number {
-    if (this.pos >= this.end) throw new LayoutError();
-    return this.bytes[this.pos++]!;
-  }
-
-  u16(): number {
-    return (this.u8() << 8) | this.u8();
-  }
-
-  varint(): number {
-    let value = 0;
-    for (let i = 0, mul = 1; i < 4; i++, mul *= 128) {
-      const b = this.u8();
-      value += (b & 0x7f) * mul;
-      if ((b & 0x80) === 0) return value;
-    }
-    throw new LayoutError();
-  }
-
-  /** Skips a length-prefixed binary field. */
-  binary(): void {
-    this.skip(this.u16());
-  }
-
+class StringFields extends FieldReader {
   /** Checks the next length-prefixed UTF-8 string field. */
   string(field: string): string | null {
     const length = this.u16();
@@ -141,20 +63,14 @@ class StringFields {
   }
 
   /** Checks the string and user properties of a 5.0 property block. */
-  properties(where: string): string | null {
-    const length = this.varint();
-    const stop = this.pos + length;
-    if (stop > this.end) throw new LayoutError();
+  stringProperties(where: string): string | null {
+    const stop = this.propertiesEnd();
     while (this.pos < stop) {
-      const kind = PROPERTY_KINDS.get(this.u8());
-      if (kind === undefined) throw new LayoutError();
-      const [name, type] = kind;
+      const { name, type } = this.property();
       let bad: string | null = null;
       if (type === "string") bad = this.string(`${where} property ${name}`);
       else if (type === "pair") bad = this.string(`${where} user property name`) ?? this.string(`${where} user property value`);
-      else if (type === "binary") this.binary();
-      else if (type === "var") this.varint();
-      else this.skip(FIXED_SIZES[type]);
+      else this.skipValue(type);
       if (bad !== null) return bad;
     }
     return null;
@@ -182,10 +98,10 @@ function walkStrings(r: StringFields, packet: Packet, v5: boolean): string | nul
       r.skip(1); // level
       const flags = r.u8();
       r.skip(2); // keep alive
-      const bad = (v5 ? r.properties("CONNECT") : null) ?? r.string("client identifier");
+      const bad = (v5 ? r.stringProperties("CONNECT") : null) ?? r.string("client identifier");
       if (bad !== null) return bad;
       if ((flags & CONNECT_WILL) !== 0) {
-        const willBad = (v5 ? r.properties("will") : null) ?? r.string("will topic");
+        const willBad = (v5 ? r.stringProperties("will") : null) ?? r.string("will topic");
         if (willBad !== null) return willBad;
         r.binary(); // will payload
       }
@@ -195,13 +111,13 @@ function walkStrings(r: StringFields, packet: Packet, v5: boolean): string | nul
       const bad = r.string("topic name");
       if (bad !== null || !v5) return bad;
       if (packet.qos !== 0) r.skip(2);
-      return r.properties("PUBLISH");
+      return r.stringProperties("PUBLISH");
     }
     case "subscribe":
     case "unsubscribe": {
       r.skip(2);
       if (v5) {
-        const bad = r.properties(packet.cmd.toUpperCase());
+        const bad = r.stringProperties(packet.cmd.toUpperCase());
         if (bad !== null) return bad;
       }
       while (r.remaining > 0) {
@@ -225,19 +141,19 @@ function walkStrings(r: StringFields, packet: Packet, v5: boolean): string | nul
       r.skip(2); // packet identifier
       if (r.remaining <= 1) return null;
       r.skip(1); // reason code
-      return r.properties(where);
+      return r.stringProperties(where);
     case "connack":
       r.skip(2); // flags, reason code
-      return r.remaining > 0 ? r.properties(where) : null;
+      return r.remaining > 0 ? r.stringProperties(where) : null;
     case "suback":
     case "unsuback":
       r.skip(2); // packet identifier
-      return r.properties(where);
+      return r.stringProperties(where);
     case "disconnect":
     case "auth":
       if (r.remaining <= 1) return null;
       r.skip(1); // reason code
-      return r.properties(where);
+      return r.stringProperties(where);
     default:
       return null;
   }

@@ -217,9 +217,11 @@ export class TopicRouter extends DurableObject<Env> {
       if (parseSharedFilter(filter)) continue;
       if (options.rh === 2 || (options.rh === 1 && !isNew)) continue;
       // [MQTT-3.8.4-3]: a repeated subscription replaces the old one and resends retained messages.
-      for (const [topic, record] of this.retained) {
-        if (!topicMatches(filter, topic)) continue;
-        if (record.expiresAt !== undefined && record.expiresAt <= now) continue;
+      // In topic order, the same before and after a restart (the map keeps insertion order).
+      const topics = [...this.retained.keys()].filter((topic) => topicMatches(filter, topic)).sort();
+      for (const topic of topics) {
+        const record = this.retained.get(topic);
+        if (!record || (record.expiresAt !== undefined && record.expiresAt <= now)) continue;
         const m: Message = { topic, payload: record.payload, qos: minQoS(record.qos, options.qos), retain: true };
         if (record.props) m.props = record.props;
         if (record.expiresAt !== undefined) m.expiresAt = record.expiresAt;
@@ -242,16 +244,20 @@ export class TopicRouter extends DurableObject<Env> {
   /**
    * Routes a batch of messages from one publisher, in order. Resolves once every QoS 1
    * copy is durable at its subscriber (online connection or offline session), so the
-   * publisher's PUBACKs can follow.
+   * publisher's PUBACKs can follow; with, for each message, whether any subscription matched
+   * it (MQTT 5 PUBACK 0x10 No matching subscribers when none did; a no-local one counts).
    */
-  async publish(account: string, messages: Message[]): Promise<void> {
+  async publish(account: string, messages: Message[]): Promise<boolean[]> {
     const perClient = new Map<string, Message[]>();
+    const matched: boolean[] = [];
     for (const message of messages) {
       if (message.retain) this.storeRetained(message);
       // One copy per session even when several of its filters match, at the highest granted
       // QoS, carrying every matching subscription identifier (MQTT 5 §3.3.4).
       const best = new Map<string, { qos: QoS; rap: boolean; ids: number[] }>();
-      for (const { key, value } of this.trie.match(message.topic)) {
+      const subscriptions = this.trie.match(message.topic);
+      matched.push(subscriptions.length > 0);
+      for (const { key, value } of subscriptions) {
         if (isSharedKey(key)) {
           this.routeShared(key, message, perClient);
           continue;
@@ -274,6 +280,7 @@ export class TopicRouter extends DurableObject<Env> {
       }
     }
     await this.deliverAll(account, perClient);
+    return matched;
   }
 
   /** A shared group's state, for the admin API. */

@@ -1,5 +1,9 @@
+import type { CloseCause } from "../protocol/codes";
 import { TOPIC_ALIAS_MAXIMUM } from "./properties";
 import { ALIASES_KEY } from "./keys";
+
+/** The topic a PUBLISH is for, or why it has none: the close it calls for. */
+export type AliasResult = { ok: true; topic: string } | { ok: false; cause: Extract<CloseCause, "topicAliasInvalid" | "protocolError"> };
 
 /**
  * MQTT 5 topic aliases set by the client on this connection [MQTT-3.3.2-8..12]. Durable
@@ -12,17 +16,21 @@ export class TopicAliases {
 
   /**
    * The topic a PUBLISH is for: its own topic (which also sets the alias) or the alias's.
-   * null: the alias is 0, over our maximum, or unknown (a protocol error, 0x94).
+   * An alias of 0 or over our maximum is Topic Alias invalid (0x94) [MQTT-3.3.2-8] [MQTT-3.3.2-9];
+   * an empty topic with an alias never set is a Protocol Error (0x82, §3.3.2.3.4).
    */
-  async resolve(alias: number, topic: string): Promise<string | null> {
-    if (alias === 0 || alias > TOPIC_ALIAS_MAXIMUM) return null;
+  async resolve(alias: number, topic: string): Promise<AliasResult> {
+    if (alias === 0 || alias > TOPIC_ALIAS_MAXIMUM) return { ok: false, cause: "topicAliasInvalid" };
     const map = await this.load();
-    if (topic === "") return map.get(alias) ?? null;
+    if (topic === "") {
+      const known = map.get(alias);
+      return known === undefined ? { ok: false, cause: "protocolError" } : { ok: true, topic: known };
+    }
     if (map.get(alias) !== topic) {
       map.set(alias, topic);
       await this.storage.put(ALIASES_KEY, [...map]);
     }
-    return topic;
+    return { ok: true, topic };
   }
 
   private async load(): Promise<Map<number, string>> {

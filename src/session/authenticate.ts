@@ -3,7 +3,7 @@ import { ConnackCode, type CloseCause } from "../protocol/codes";
 import type { IConnectPacket } from "../protocol/codec";
 import { toBytes } from "../protocol/bytes";
 import { forwardedProps } from "./properties";
-import { utf8ByteLength, validateTopicName } from "../topics/topic";
+import { hasControlCharacter, utf8ByteLength, validateTopicName } from "../topics/topic";
 import { canPublish } from "../topics/acl";
 import type { Message } from "../router/messages";
 import {
@@ -47,11 +47,16 @@ const FAILURE_CODES: Record<AuthFailure, ConnackCode> = {
   misconfigured: ConnackCode.ServerUnavailable,
 };
 
-/** Credentials per the identity table of the SPEC: device password, JWT, browser cookie + CSRF, or none. */
+/**
+ * Credentials per the identity table of the SPEC: device password, JWT, browser cookie + CSRF, or
+ * none. No user name, or an empty one without a password, is no credentials (anonymous, when on);
+ * any other user name is checked, and a wrong one is refused even while anonymous access is on:
+ * the broker has authenticators, so a mistyped credential never lands in the anonymous account.
+ */
 async function authenticate(packet: IConnectPacket, env: AuthBindings, config: Config, browser: BrowserCredentials | null): Promise<AuthResult> {
   const username = packet.username;
-  if (username === undefined) return anonymousIdentity(config.anonymousAccount);
   const password = packet.password === undefined ? "" : new TextDecoder().decode(packet.password);
+  if (username === undefined || (username === "" && password === "")) return anonymousIdentity(config.anonymousAccount);
   if (browser && password !== "" && timingSafeEqualString(password, browser.csrf)) {
     return authenticateToken(env, browser.token, username);
   }
@@ -75,9 +80,17 @@ export async function authenticateConnect(
   }
   const clean = packet.clean !== false;
   let clientId = packet.clientId ?? "";
+  // 3.1 §3.1: a client id is 1 to 23 characters; an empty one is rejected (mosquitto too). The upper
+  // bound is MAX_CLIENT_ID_BYTES, as for 3.1.1 and 5.0.
+  if (clientId === "" && packet.protocolVersion === 3) return refuse(ConnackCode.IdentifierRejected, "invalidClientId", "3.1 requires a client id");
   if (clientId === "" && !clean) {
     // [MQTT-3.1.3-8]: an empty client id needs clean session.
     return refuse(ConnackCode.IdentifierRejected, "invalidClientId", "empty client id requires clean session");
+  }
+  const controls = config.limits.allowControlCharacters;
+  // §1.5.4: control characters SHOULD NOT be in a string; refused unless ALLOW_CONTROL_CHARACTERS.
+  if (!controls && packet.username !== undefined && hasControlCharacter(packet.username)) {
+    return refuse(ConnackCode.BadUserNameOrPassword, "notAuthorized", "control character in user name");
   }
 
   const auth = await authenticate(packet, env, config, browser);
@@ -98,6 +111,9 @@ export async function authenticateConnect(
   }
   if (utf8ByteLength(clientId) > config.limits.maxClientIdBytes) {
     return refuse(ConnackCode.IdentifierRejected, "invalidClientId", "client id too long", identity, clientId.slice(0, 64));
+  }
+  if (!controls && hasControlCharacter(clientId)) {
+    return refuse(ConnackCode.IdentifierRejected, "invalidClientId", "control character in client id", identity, clientId.slice(0, 64));
   }
   const mode: ConnectionMode = identity.kind === "user" && clientId !== identity.id ? "multi" : "single";
 

@@ -188,14 +188,17 @@ export class MqttConnection extends DurableObject<Env> {
   }
 
   /**
-   * Another connection claimed this session [MQTT-3.1.4-3]: close, publish the will, and
-   * return the session state this connection held (unfinished outbound messages with their
-   * packet ids, inbound QoS 2 ids) so the new connection carries on.
+   * Another connection claimed this session [MQTT-3.1.4-3]: close, and return the session state
+   * this connection held (unfinished outbound messages with their packet ids, inbound QoS 2 ids)
+   * so the new connection carries on. The will is published unless the new connection resumes
+   * this session (`cleanStart` false, and the session outlives this connection): then the session
+   * does not end (MQTT 5 §3.1.2.5; mosquitto treats 3.1.1 the same).
    */
-  async takeover(clientId: string): Promise<TakenOver> {
+  async takeover(clientId: string, opts: { cleanStart?: boolean } = {}): Promise<TakenOver> {
     const meta = await this.link.readMeta();
     if (!meta || meta.clientId !== clientId) return { messages: [], inboundQos2: [], more: false };
-    const handover = await closeConnection(this.link, "takenOver", { handBack: false });
+    const resumed = opts.cleanStart === false && meta.expirySeconds > 0;
+    const handover = await closeConnection(this.link, "takenOver", { handBack: false, resumed });
     // The unfinished messages travel in pages bounded in bytes (`nextHandoverPage`).
     const [first = [], ...rest] = pagesOf(handover.messages, PAGE_BYTES);
     this.handoverPages = rest;
@@ -269,7 +272,8 @@ export class MqttConnection extends DurableObject<Env> {
       }
       if (!decoded.ok) {
         log("warn", "mqtt.malformed", { clientId: att.clientId, error: decoded.error });
-        await link.close("invalidData");
+        // MQTT 5 §4.13: a well-formed packet breaking a rule is a Protocol Error (0x82), not Malformed (0x81).
+        await link.close(decoded.protocolError ? "protocolError" : "invalidData");
         return;
       }
       await dispatch(link, decoded.packet);

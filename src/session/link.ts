@@ -5,7 +5,7 @@
  */
 import type { Config } from "../config";
 import type { ClaimResult, ConnectionMode } from "../auth/identity";
-import type { Handover, Message, QoS, RouterAttach, RouterAttached, RouterDetach, SubscriptionRequest } from "../router/messages";
+import type { Handover, Message, RouterAttach, RouterAttached, RouterDetach, SubscriptionRequest } from "../router/messages";
 import type { IConnectPacket, Packet } from "../protocol/codec";
 import type { CloseCause } from "../protocol/codes";
 import type { ConnectDecision, BrowserCredentials } from "./authenticate";
@@ -61,7 +61,8 @@ export interface PendingDetach {
 
 /** The account's router, as a connection sees it (the account is bound). */
 export interface RouterPort {
-  publish(messages: Message[]): Promise<void>;
+  /** Routes messages in order; for each, whether any subscription matched it. */
+  publish(messages: Message[]): Promise<boolean[]>;
   subscribe(clientId: string, requests: SubscriptionRequest[], maxSubscriptions: number): Promise<{ granted: boolean[]; retained: Message[] }>;
   unsubscribe(clientId: string, filters: string[]): Promise<boolean[]>;
   attach(clientId: string, conn: string, opts: RouterAttach): Promise<RouterAttached>;
@@ -88,13 +89,16 @@ export interface Services {
   authenticate(packet: IConnectPacket, browser: BrowserCredentials | null): Promise<ConnectDecision>;
 }
 
-/** A QoS > 0 or QoS 0 publish waiting for the router call in flight. */
+/**
+ * A publish waiting for the router call in flight, or a PUBREL whose stored QoS 2 message goes
+ * with the next call (`message` null: claimed from the inbound store when the call goes out).
+ */
 export interface PendingPublish {
-  /** null: denied by the ACL or a QoS 2 retransmission: acknowledged without routing. */
+  /** null: nothing to route (denied by the ACL, refused, or a PUBREL). */
   message: Message | null;
-  packetId: number | undefined;
-  qos: QoS;
-  /** MQTT 5 reason code for the acknowledgement of a refused publish. */
+  /** The acknowledgement once the call resolved: PUBACK (QoS 1), PUBCOMP (a PUBREL); none for QoS 0. */
+  ack: { cmd: "puback" | "pubcomp"; packetId: number } | null;
+  /** MQTT 5 reason code for the PUBACK of a refused publish. */
   reason: number | undefined;
 }
 
@@ -111,10 +115,8 @@ export interface ConnState {
   readonly partial: PartialPacket;
   /** Outbound QoS 1/2 flows. */
   readonly outbox: Outbox;
-  /** Inbound QoS 2 packet ids between PUBREC and PUBREL. */
+  /** Inbound QoS 2 messages and packet ids between PUBREC and PUBCOMP. */
   readonly inboundQos2: InboundQos2;
-  /** Inbound QoS 2 ids on their way to the router (not yet in inboundQos2). */
-  readonly qos2Routing: Set<number>;
   /** Inbound QoS > 0 publishes not yet acknowledged (MQTT 5 receive maximum). */
   inboundPending: number;
   readonly aliases: TopicAliases;
@@ -122,6 +124,10 @@ export interface ConnState {
   early: Message[];
   /** Publishes waiting for the router call in flight; they travel together in the next one. */
   publishQueue: PendingPublish[];
+  /** The batcher is running. */
+  routing: boolean;
+  /** The router call in flight for publishes: the teardown waits for it to settle. */
+  routingCall: Promise<unknown> | null;
   /** The batcher's run while a router call for publishes is in flight (null when idle). */
   flushing: Promise<void> | null;
   /** Set once the connection started to close: the hand-over it produces. */
@@ -139,11 +145,12 @@ export function createConnState(storage: DurableObjectStorage, config: Config): 
     partial: new PartialPacket(storage),
     outbox: new Outbox(storage, config.limits.maxInflight, config.limits.maxQueuedMessages),
     inboundQos2: new InboundQos2(storage),
-    qos2Routing: new Set(),
     inboundPending: 0,
     aliases: new TopicAliases(storage),
     early: [],
     publishQueue: [],
+    routing: false,
+    routingCall: null,
     flushing: null,
     closing: null,
     willSuppressed: false,

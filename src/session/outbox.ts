@@ -22,6 +22,16 @@ export interface OutRecord {
 /** What to put on the wire for one record. */
 export type OutAction = { kind: "publish"; record: OutRecord } | { kind: "pubrel"; pid: number };
 
+/**
+ * What an acknowledgement from the client did to the flow of its packet id:
+ * - `done`: the flow ended; `next` holds the queued messages that now fit the window;
+ * - `released`: a PUBREC moved a QoS 2 flow on; PUBREL goes out [MQTT-4.3.3-4];
+ * - `unknown`: no flow has this packet id (a late duplicate, or never sent);
+ * - `unexpected`: a flow has it, but this is not its acknowledgement (PUBREC for QoS 1, PUBACK
+ *   for QoS 2, PUBCOMP before PUBREL): a protocol error.
+ */
+export type AckResult = { kind: "done"; next: OutAction[] } | { kind: "released" } | { kind: "unknown" } | { kind: "unexpected" };
+
 function isOutRecord(v: unknown): v is OutRecord {
   if (!isRecord(v)) return false;
   const r = v;
@@ -169,18 +179,15 @@ export class Outbox {
     return actions;
   }
 
-  /**
-   * PUBACK (QoS 1) or PUBCOMP (QoS 2) for `pid`: the message is done. Returns the queued
-   * messages that now fit the window. Unknown ids (duplicates) are ignored.
-   */
-  async complete(pid: number, ack: "puback" | "pubcomp"): Promise<OutAction[]> {
+  /** PUBACK (QoS 1) or PUBCOMP (QoS 2, after PUBREL) for `pid`: the message is done. */
+  async complete(pid: number, ack: "puback" | "pubcomp"): Promise<AckResult> {
     await this.load();
     const record = this.byPid.get(pid);
-    if (!record) return [];
+    if (!record) return { kind: "unknown" };
     const expected = ack === "puback" ? record.message.qos === 1 : record.state === "released";
-    if (!expected) return [];
+    if (!expected) return { kind: "unexpected" };
     await this.forget(record);
-    return this.admit();
+    return { kind: "done", next: await this.admit() };
   }
 
   /** A message that will never be sent (expired, too large for the client): done, window freed. */
@@ -192,11 +199,20 @@ export class Outbox {
     return this.admit();
   }
 
-  /** PUBREC for a QoS 2 message: now released; the caller sends PUBREL [MQTT-4.3.3-4]. */
-  async received(pid: number): Promise<boolean> {
+  /**
+   * PUBREC for `pid`. A reason code of 0x80 or more (MQTT 5) ends the flow: no PUBREL follows
+   * [MQTT-4.3.3-4], the message is done. Otherwise the message is released (durably) and the
+   * caller sends PUBREL; a repeated PUBREC gets PUBREL again.
+   */
+  async received(pid: number, failed = false): Promise<AckResult> {
     await this.load();
     const record = this.byPid.get(pid);
-    if (!record || record.message.qos !== 2) return false;
+    if (!record) return { kind: "unknown" };
+    if (record.message.qos !== 2) return { kind: "unexpected" };
+    if (failed && record.state === "sent") {
+      await this.forget(record);
+      return { kind: "done", next: await this.admit() };
+    }
     if (record.state !== "released") {
       record.state = "released";
       const writes: Record<string, OutRecord> = {};
@@ -204,7 +220,7 @@ export class Outbox {
       this.sync(record, writes, deletes);
       await this.flush(writes, deletes);
     }
-    return true;
+    return { kind: "released" };
   }
 
   /** Everything in flight, in order, as it must be resent on a new connection [MQTT-4.4.0-1]. */
@@ -268,56 +284,128 @@ export class Outbox {
 }
 
 
+/** A stored inbound QoS 2 message waiting for its PUBREL; `seq` keeps arrival order. */
+interface StoredInbound {
+  seq: number;
+  message: Message;
+  /** In memory only: in the router call in flight. */
+  routing?: boolean;
+}
+
+function isStoredInbound(v: unknown): v is StoredInbound {
+  if (typeof v !== "object" || v === null) return false;
+  const r = v as Record<string, unknown>;
+  return typeof r.seq === "number" && isMessage(r.message);
+}
+
 /**
- * Packet ids of inbound QoS 2 messages received (routed, PUBREC sent) and not yet
- * released by the client's PUBREL: a retransmitted PUBLISH with one of these ids is not
- * routed again [MQTT-4.3.3-2]. Durable; handed to the session's next connection.
+ * Inbound QoS 2 exchanges between PUBREC and PUBREL, by packet id (storage `i:<pid>`). The broker
+ * takes ownership of a message by storing it here, answers PUBREC, and routes it when PUBREL
+ * arrives (the spec's "Method A", mosquitto's order): so the publisher has PUBREC before any
+ * subscriber has the message. A retransmitted PUBLISH with a known id is answered, not stored
+ * again [MQTT-4.3.3-10]. Ids handed over from an earlier connection carry no message: theirs was
+ * routed when that connection ended (`unrouted`). Durable; handed to the session's next connection.
  */
 export class InboundQos2 {
-  private ids: Set<number> | null = null;
+  /** Packet id → its stored message, or null once routed (waiting for the exchange to end). */
+  private entries: Map<number, StoredInbound | null> | null = null;
+  private nextSeq = 0;
 
   constructor(private readonly storage: DurableObjectStorage) {}
 
-  async load(): Promise<Set<number>> {
-    if (this.ids) return this.ids;
+  async load(): Promise<Map<number, StoredInbound | null>> {
+    if (this.entries) return this.entries;
     const stored = await this.storage.list({ prefix: INBOUND_PREFIX });
-    const ids = new Set<number>();
-    for (const key of stored.keys()) {
+    const entries = new Map<number, StoredInbound | null>();
+    for (const [key, value] of stored) {
       const pid = Number(key.slice(INBOUND_PREFIX.length));
-      if (Number.isInteger(pid)) ids.add(pid);
+      if (!Number.isInteger(pid)) continue;
+      const record = isStoredInbound(value) ? { seq: value.seq, message: value.message } : null;
+      entries.set(pid, record);
+      if (record) this.nextSeq = Math.max(this.nextSeq, record.seq + 1);
     }
-    if (!this.ids) this.ids = ids;
-    return this.ids;
+    if (!this.entries) this.entries = entries;
+    return this.entries;
   }
 
   async has(pid: number): Promise<boolean> {
     return (await this.load()).has(pid);
   }
 
-  async add(pids: number[]): Promise<void> {
-    if (pids.length === 0) return;
-    const ids = await this.load();
-    const writes: Record<string, true> = {};
-    for (const pid of pids) {
-      ids.add(pid);
-      writes[inboundKey(pid)] = true;
-    }
-    await this.storage.put(writes);
+  /**
+   * How many messages wait for their PUBREL on this connection (MQTT 5 Receive Maximum counts
+   * them). Ids handed over from an earlier connection are left out: a client that lost its
+   * state never releases them, and they must not use up its quota for good.
+   */
+  async pending(): Promise<number> {
+    let n = 0;
+    for (const record of (await this.load()).values()) if (record) n++;
+    return n;
   }
 
-  /** PUBREL: the exchange is over; true when the id was known. */
+  /** Takes ownership of `message` for `pid`, durably, before the PUBREC. */
+  async store(pid: number, message: Message): Promise<void> {
+    const entries = await this.load();
+    const record: StoredInbound = { seq: this.nextSeq++, message };
+    entries.set(pid, record);
+    await this.storage.put(inboundKey(pid), { seq: record.seq, message });
+  }
+
+  /** Ids handed over from an earlier connection: their messages were routed. */
+  async add(pids: number[]): Promise<void> {
+    if (pids.length === 0) return;
+    const entries = await this.load();
+    const writes: Record<string, true> = {};
+    for (const pid of pids) {
+      if (entries.get(pid)) continue; // a stored message stays stored
+      entries.set(pid, null);
+      writes[inboundKey(pid)] = true;
+    }
+    if (Object.keys(writes).length > 0) await this.storage.put(writes);
+  }
+
+  /**
+   * The stored message of `pid`, now in the router call about to go out; null when there is none
+   * to route (routed before, in a call already, or unknown). Synchronous, so no teardown can see
+   * the message between this and the call; call {@link load} before.
+   */
+  claim(pid: number): Message | null {
+    const record = this.entries?.get(pid);
+    if (!record || record.routing) return null;
+    record.routing = true;
+    return record.message;
+  }
+
+  /** The router call carrying `pids` settled: routed (kept as known ids until released) or back to waiting. */
+  settle(pids: readonly number[], routed: boolean): void {
+    for (const pid of pids) {
+      const record = this.entries?.get(pid);
+      if (!record) continue;
+      if (routed) this.entries?.set(pid, null);
+      else record.routing = false;
+    }
+  }
+
+  /** PUBREL handled: the exchange is over; true when the id was known. */
   async release(pid: number): Promise<boolean> {
-    const ids = await this.load();
-    if (!ids.delete(pid)) return false;
+    const entries = await this.load();
+    if (!entries.delete(pid)) return false;
     await this.storage.delete(inboundKey(pid));
     return true;
   }
 
   async all(): Promise<number[]> {
-    return [...(await this.load())];
+    return [...(await this.load()).keys()];
+  }
+
+  /** Stored messages not routed and not in a router call, in arrival order (a connection ending routes them). */
+  async unrouted(): Promise<Message[]> {
+    const records: StoredInbound[] = [];
+    for (const record of (await this.load()).values()) if (record && !record.routing) records.push(record);
+    return records.sort((a, b) => a.seq - b.seq).map((r) => r.message);
   }
 
   reset(): void {
-    this.ids = new Set();
+    this.entries = new Map();
   }
 }

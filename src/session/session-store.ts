@@ -124,7 +124,10 @@ export class MqttSession extends DurableObject<Env> {
       return { ok: false, reason: "rate" };
     }
     const sessionPresent = !clean && prev !== null && prev.persistent;
-    if (prev?.will) log("info", "session.will_cancelled", { clientId }); // reconnected within the will delay
+    // A will waiting for its delay: a connection that resumes the session cancels it [MQTT-3.1.3-9];
+    // a clean start ends the session, and the end of a session publishes it (§3.1.2.5, as mosquitto).
+    const endedWill = clean ? (prev?.will ?? null) : null;
+    if (prev?.will && !endedWill) log("info", "session.will_cancelled", { clientId });
     const meta: SessionMeta = {
       account,
       clientId,
@@ -144,6 +147,9 @@ export class MqttSession extends DurableObject<Env> {
     // Owner first: messages arriving while the old connection closes are forwarded to the new one.
     this.saveMeta(meta);
     await this.ctx.storage.deleteAlarm();
+    if (endedWill) {
+      await routerStub(this.env, account).publish(account, [endedWill]).catch((err: unknown) => log("warn", "session.will_failed", { clientId, error: errorMessage(err) }));
+    }
 
     // A taken-over connection hands over its unfinished messages in pages: the first comes with
     // the takeover's answer, the rest page by page as they are passed on.
@@ -153,7 +159,7 @@ export class MqttSession extends DurableObject<Env> {
     if (prev?.owner && prev.owner !== conn) {
       try {
         const old = connectionStub(this.env, prev.owner);
-        const taken = await old.takeover(clientId);
+        const taken = await old.takeover(clientId, { cleanStart: clean });
         first = taken.messages;
         inboundQos2 = [...new Set([...inboundQos2, ...taken.inboundQos2])];
         if (taken.more) nextPage = () => old.nextHandoverPage();

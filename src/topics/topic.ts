@@ -9,6 +9,11 @@ export interface TopicLimits {
   maxTopicBytes: number;
   /** Maximum number of `/`-separated levels. */
   maxTopicLevels: number;
+  /**
+   * Accept the control characters U+0001..U+001F and U+007F..U+009F, which the spec says a
+   * string SHOULD NOT hold (§1.5.4); refused unless set (`ALLOW_CONTROL_CHARACTERS`).
+   */
+  allowControlCharacters?: boolean;
 }
 
 /** Why a topic name or filter was rejected. */
@@ -18,6 +23,7 @@ export type TopicError =
   | "too-deep"
   | "wildcard"
   | "null-char"
+  | "control-char"
   | "malformed-filter"
   | "invalid-utf8";
 
@@ -49,20 +55,35 @@ export function utf8ByteLength(s: string): number {
   return bytes;
 }
 
+/** True when `s` holds a control character §1.5.4 says a string SHOULD NOT hold: U+0001..U+001F, U+007F..U+009F. */
+export function hasControlCharacter(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if ((c >= 0x01 && c <= 0x1f) || (c >= 0x7f && c <= 0x9f)) return true;
+  }
+  return false;
+}
+
 /**
  * Single pass over the whole string: well-formed UTF-16 (so it encodes to
- * well-formed UTF-8), no U+0000, and byte length within limits.
+ * well-formed UTF-8), no U+0000, no control character unless allowed, and byte
+ * length within limits.
  */
 function checkChars(s: string, limits: TopicLimits): TopicError | null {
   let bytes = 0;
   const n = s.length;
+  const controls = limits.allowControlCharacters === true;
   for (let i = 0; i < n; i++) {
     const c = s.charCodeAt(i);
     if (c < 0x80) {
       // [MQTT-1.5.3-2] UTF-8 strings must not contain U+0000.
       if (c === 0) return "null-char";
+      // §1.5.4: U+0001..U+001F and U+007F SHOULD NOT appear.
+      if (!controls && (c < 0x20 || c === 0x7f)) return "control-char";
       bytes += 1;
     } else if (c < 0x800) {
+      // §1.5.4: nor U+0080..U+009F.
+      if (!controls && c <= 0x9f) return "control-char";
       bytes += 2;
     } else if (c >= 0xd800 && c <= 0xdfff) {
       // [MQTT-1.5.3-1] surrogate code points are not valid in UTF-8: a lone

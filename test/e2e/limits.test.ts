@@ -29,6 +29,7 @@ const LIMITS = {
   PUBLISH_BURST: "5",
   HTTP_PUBLISH_RATE_PER_SECOND: "5",
   HTTP_PUBLISH_BURST: "5",
+  ALLOW_CONTROL_CHARACTERS: "true",
 };
 
 let broker: Broker;
@@ -319,6 +320,18 @@ describe("limits (dedicated broker with small limits)", () => {
     pub.close();
     await end(again.client);
   }, 30_000);
+
+  it("ALLOW_CONTROL_CHARACTERS=true: a client id, a topic filter and a topic name with control characters are accepted and routed", async () => {
+    const raw = await RawClient.open(broker.wsUrl);
+    expect((await raw.connect(sid("c\u0007"), NO_KEEPALIVE)).returnCode).toBe(0);
+    const topic = "t/\u0001\u009f";
+    raw.send({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 1 }] });
+    expect(await raw.next("suback")).toMatchObject({ granted: [1] });
+    raw.send(publish(topic, "ctl", 1, 2));
+    await raw.next("puback");
+    expect(await raw.next("publish")).toMatchObject({ topic, payload: Buffer.from("ctl") });
+    raw.close();
+  });
 
   it("PUBLISH_RATE_PER_SECOND / PUBLISH_BURST: 5 publishes at once pass, the 6th closes the connection (Disconnect 92, rate)", async () => {
     const acc = account();

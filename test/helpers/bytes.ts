@@ -81,6 +81,7 @@ export const prop = {
   messageExpiry: (seconds: number): number[] => [0x02, ...u32(seconds)],
   sessionExpiry: (seconds: number): number[] => [0x11, ...u32(seconds)],
   subscriptionIdentifier: (id: number): number[] => [0x0b, id & 0x7f],
+  payloadFormat: (value: number): number[] => [0x01, value],
 };
 
 export interface ConnectSpec {

@@ -1,9 +1,11 @@
 /**
- * Byte-level table of protocol-rule violations the codec refuses ({@link MALFORMED}), with, for
- * each rule, valid neighbours that must still decode ({@link VALID_NEIGHBOURS}), CONNECTs with
- * an unsupported protocol level (answered with CONNACK 0x01, not refused as malformed:
- * {@link UNSUPPORTED_LEVELS}), and server-to-client packets that decode so the session can
- * refuse them itself ({@link SERVER_ONLY}).
+ * Byte-level table of protocol-rule violations the codec refuses ({@link MALFORMED}: MQTT 5
+ * DISCONNECT 0x81; {@link PROTOCOL_ERRORS}: well-formed, but 0x82), with, for each rule, valid
+ * neighbours that must still decode ({@link VALID_NEIGHBOURS}, among them the 3.1 packets 3.1.1
+ * would refuse: {@link V31_ACCEPTED}), CONNECTs with an unsupported protocol level (answered with
+ * CONNACK 0x01, not refused as malformed: {@link UNSUPPORTED_LEVELS}), packets a client may not
+ * send that decode so the session can refuse them itself ({@link SERVER_ONLY}), and the exact
+ * bytes of the short MQTT 5 acknowledgements the broker sends ({@link CANONICAL}).
  *
  * Shared by the codec unit tests, the session end-to-end tests and the fuzz test. Plain data,
  * built with the byte builders of `./bytes`: usable in Node and in workerd.
@@ -12,7 +14,7 @@
  * e.g. `MQTT-2.2.2-1` for the error `[MQTT-2.2.2-1]: ...`. A non-CONNECT case is meant to be
  * sent after a successful CONNECT of the case's `version` (see {@link isConnectFrame}).
  */
-import type { ProtocolVersion } from "../../src/protocol/codec";
+import type { Packet, ProtocolVersion } from "../../src/protocol/codec";
 import { connect, frame, prop, props, publish, str, subscribe, u16, unsubscribe, utf8 } from "./bytes";
 
 export interface WireCase {
@@ -23,6 +25,8 @@ export interface WireCase {
   version: ProtocolVersion;
   /** Exactly one complete frame, fixed header included. */
   bytes: Uint8Array;
+  /** For a case the broker accepts: the packet it answers with (a CONNECT: CONNACK 0). */
+  answer?: "connack" | "pingresp" | "suback" | "unsuback" | "pubcomp";
 }
 
 /** True for a CONNECT frame; every other case is sent after a CONNECT of the case's version. */
@@ -77,10 +81,13 @@ export const MALFORMED: readonly WireCase[] = [
   V("DISCONNECT with header flags 0010", "MQTT-2.2.2-1", 4, frame(0xe2)),
   V("5.0 DISCONNECT with header flags 1000", "MQTT-2.2.2-1", 5, frame(0xe8)),
   V("5.0 AUTH with header flags 0001", "MQTT-2.2.2-1", 5, frame(0xf1, 0x18, props())),
-  V("3.1 PINGREQ with header flags 0010", "MQTT-2.2.2-1", 3, frame(0xc2)),
   V("PUBLISH QoS 3", "MQTT-3.3.1-4", 4, publish({ topic: "a", qos: 3, id: 1 })),
   V("PUBLISH QoS 3 with DUP and RETAIN", "MQTT-3.3.1-4", 4, publish({ topic: "a", qos: 3, flags: 0b1111, id: 1 })),
   V("5.0 PUBLISH QoS 3", "MQTT-3.3.1-4", 5, publish({ topic: "a", qos: 3, id: 1, version: 5 })),
+  V("PUBLISH QoS 0 with DUP", "MQTT-3.3.1-2", 4, publish({ topic: "a", flags: 0b1000 })),
+  V("PUBLISH QoS 0 with DUP and RETAIN", "MQTT-3.3.1-2", 4, publish({ topic: "a", flags: 0b1001 })),
+  V("5.0 PUBLISH QoS 0 with DUP", "MQTT-3.3.1-2", 5, publish({ topic: "a", flags: 0b1000, version: 5 })),
+  V("3.1 PUBLISH QoS 0 with DUP", "MQTT-3.3.1-2", 3, publish({ topic: "a", flags: 0b1000 })),
   V("reserved packet type 0", "§2.2.1", 4, frame(0x00)),
   V("packet type 15 (AUTH) in 3.1.1", "§2.2.1", 4, frame(0xf0)),
   V("packet type 15 (AUTH) in 3.1", "§2.2.1", 3, frame(0xf0, 0)),
@@ -131,7 +138,6 @@ export const MALFORMED: readonly WireCase[] = [
   V("CONNECT protocol name MQIsdp at level 5", "MQTT-3.1.2-1", 5, connect({ level: 5, name: "MQIsdp" })),
   V("CONNECT reserved flag set", "MQTT-3.1.2-3", 4, connect({ flags: 0x03 })),
   V("5.0 CONNECT reserved flag set", "MQTT-3.1.2-3", 5, connect({ level: 5, flags: 0x01 })),
-  V("3.1 CONNECT reserved flag set", "MQTT-3.1.2-3", 3, connect({ level: 3, flags: 0x03 })),
   V("CONNECT will QoS 1 without the will flag", "MQTT-3.1.2-13", 4, connect({ flags: 0x0a })),
   V("CONNECT will QoS 2 without the will flag", "MQTT-3.1.2-13", 4, connect({ flags: 0x12 })),
   V("CONNECT will retain without the will flag", "MQTT-3.1.2-15", 4, connect({ flags: 0x22 })),
@@ -167,6 +173,31 @@ export const MALFORMED: readonly WireCase[] = [
   V("3.1 SUBSCRIBE requesting QoS 3", "MQTT-3.8.3-4", 3, subscribe(1, [["a", 3]])),
   V("5.0 SUBSCRIBE requesting QoS 3", "MQTT-3.8.3-4", 5, subscribe(1, [["a", 3]], 5)),
   V("5.0 SUBSCRIBE options with reserved bit 6 set", "MQTT-3.8.3-4", 5, subscribe(1, [["a", 0x40]], 5)),
+
+  // Bytes after the fields of fixed-layout packets (3.1.1 §3.4.1 .. §3.14.1; 5.0: after the properties).
+  V("PUBACK with a byte after its packet identifier", "§3.4.1", 4, frame(0x40, u16(1), 0)),
+  V("3.1 PUBACK with two bytes after its packet identifier", "§3.4.1", 3, frame(0x40, u16(1), 0, 0)),
+  V("5.0 PUBACK with a byte after its properties", "§3.4.1", 5, frame(0x40, u16(1), 0x00, props(), 0xff)),
+  V("PUBREC with a byte after its packet identifier", "§3.5.1", 4, frame(0x50, u16(1), 0)),
+  V("PUBREL with a byte after its packet identifier", "§3.6.1", 4, frame(0x62, u16(1), 0)),
+  V("PUBCOMP with a byte after its packet identifier", "§3.7.1", 4, frame(0x70, u16(1), 0)),
+  V("5.0 PUBCOMP with bytes after its properties", "§3.7.1", 5, frame(0x70, u16(1), 0x00, props(prop.reasonString("r")), 0, 0)),
+  V("PINGREQ with a body", "§3.12.1", 4, frame(0xc0, 0)),
+  V("5.0 PINGREQ with a body", "§3.12.1", 5, frame(0xc0, 0, 0)),
+  V("PINGRESP with a body", "§3.13.1", 4, frame(0xd0, 0)),
+  V("5.0 PINGRESP with a body", "§3.13.1", 5, frame(0xd0, 0)),
+  V("DISCONNECT with a body", "§3.14.1", 4, frame(0xe0, 0)),
+  V("5.0 DISCONNECT with a byte after its properties", "§3.14.1", 5, frame(0xe0, 0x00, props(), 0)),
+  V("CONNECT with a byte after its last field", "§3.1.3", 4, frame(0x10, connect({ clientId: "t" }).subarray(2), 0)),
+  V("5.0 CONNECT with a byte after its password", "§3.1.3", 5, frame(0x10, connect({ level: 5, username: "u", password: utf8("p") }).subarray(2), 0)),
+
+  // Empty topic filters [MQTT-4.7.3-1].
+  V("SUBSCRIBE with an empty filter", "MQTT-4.7.3-1", 4, subscribe(1, [["", 0]])),
+  V("SUBSCRIBE with an empty second filter", "MQTT-4.7.3-1", 4, subscribe(1, [["a", 1], ["", 1]])),
+  V("5.0 SUBSCRIBE with an empty filter", "MQTT-4.7.3-1", 5, subscribe(1, [["", 0]], 5)),
+  V("3.1 SUBSCRIBE with an empty filter", "MQTT-4.7.3-1", 3, subscribe(1, [["", 0]])),
+  V("UNSUBSCRIBE with an empty filter", "MQTT-4.7.3-1", 4, unsubscribe(1, [""])),
+  V("5.0 UNSUBSCRIBE with an empty second filter", "MQTT-4.7.3-1", 5, unsubscribe(1, ["a", ""], 5)),
 ];
 
 /** Frames next to a rule that must still decode; `spec` names the rule they border. */
@@ -214,6 +245,32 @@ export const VALID_NEIGHBOURS: readonly WireCase[] = [
   V("UNSUBSCRIBE with one filter", "MQTT-3.10.3-2", 4, unsubscribe(7, ["#"])),
   V("SUBSCRIBE requesting QoS 2", "MQTT-3.8.3-4", 4, subscribe(1, [["a", 2]])),
   V("5.0 SUBSCRIBE with No Local, Retain As Published, Retain Handling 2, QoS 2", "MQTT-3.8.3-4", 5, subscribe(1, [["a", 0x2e]], 5)),
+
+  V("PUBLISH QoS 1 with DUP", "MQTT-3.3.1-2", 4, publish({ topic: "a", qos: 1, id: 1, flags: 0b1010 })),
+  V("5.0 PUBACK with reason 0x10 and no Property Length (length 3)", "§3.4.1", 5, frame(0x40, u16(1), 0x10)),
+  V("5.0 PUBACK with an empty property block (length 4)", "§3.4.1", 5, frame(0x40, u16(1), 0x00, props())),
+  V("PUBREC of 2 bytes", "§3.5.1", 4, frame(0x50, u16(1))),
+  V("5.0 PUBREL with reason 0x92", "§3.6.1", 5, frame(0x62, u16(1), 0x92)),
+  V("5.0 PUBCOMP with a Reason String", "§3.7.1", 5, frame(0x70, u16(1), 0x00, props(prop.reasonString("r")))),
+  V("PINGREQ", "§3.12.1", 4, frame(0xc0)),
+  V("PINGRESP", "§3.13.1", 4, frame(0xd0)),
+  V("DISCONNECT", "§3.14.1", 4, frame(0xe0)),
+  V("5.0 DISCONNECT 0x04 with a Session Expiry Interval", "§3.14.1", 5, frame(0xe0, 0x04, props(prop.sessionExpiry(0)))),
+  V("CONNECT with a will, user name and password", "§3.1.3", 4, connect({ will: { topic: "w" }, username: "u", password: utf8("p") })),
+  V("SUBSCRIBE with the one-character filter /", "MQTT-4.7.3-1", 4, subscribe(1, [["/", 0]])),
+  V("UNSUBSCRIBE with the filter #", "MQTT-4.7.3-1", 4, unsubscribe(1, ["#"])),
+
+  V("5.0 DISCONNECT 0x04", "MQTT-3.14.2-1", 5, frame(0xe0, 0x04)),
+  V("5.0 DISCONNECT 0x8E (a server's code, still in the table)", "MQTT-3.14.2-1", 5, frame(0xe0, 0x8e)),
+  V("5.0 PUBACK 0x10", "MQTT-3.4.2-1", 5, frame(0x40, u16(1), 0x10)),
+  V("5.0 PUBREC 0x80", "MQTT-3.5.2-1", 5, frame(0x50, u16(1), 0x80)),
+  V("5.0 PUBREL 0x92", "MQTT-3.6.2-1", 5, frame(0x62, u16(1), 0x92)),
+  V("5.0 PUBCOMP 0x92", "MQTT-3.7.2-1", 5, frame(0x70, u16(1), 0x92)),
+  V("5.0 AUTH with Remaining Length 0 (reason 0x00)", "MQTT-3.15.2-1", 5, frame(0xf0)),
+  V("5.0 PUBLISH Payload Format Indicator 1", "§3.3.2.3.2", 5, publish({ topic: "a", version: 5, properties: props(prop.payloadFormat(1)) })),
+  V("5.0 CONNECT will Payload Format Indicator 1", "§3.1.3.2", 5, connect({ level: 5, will: { topic: "w", properties: props(prop.payloadFormat(1)) } })),
+  V("5.0 CONNECT Request Problem Information 0", "§3.1.2.11", 5, connect({ level: 5, properties: props([0x17, 0]) })),
+  ...v31AcceptedCases(),
 ];
 
 /**
@@ -233,7 +290,11 @@ export const UNSUPPORTED_LEVELS: readonly WireCase[] = [
   V("MQTT level 6 with nothing after the level", "MQTT-3.1.2-2", 4, frame(0x10, str("MQTT"), 6)),
 ];
 
-/** Server-to-client packets: they decode; the session refuses them from a client (rule 7). */
+/**
+ * Packets a client may not send here: server-to-client packets, and AUTH when no authentication
+ * method was negotiated (none ever is). They decode; the session closes with a Protocol Error
+ * (MQTT 5: DISCONNECT 0x82).
+ */
 export const SERVER_ONLY: readonly WireCase[] = [
   V("CONNACK", "server-only", 4, frame(0x20, 0, 0)),
   V("SUBACK", "server-only", 4, frame(0x90, u16(1), 0)),
@@ -242,4 +303,93 @@ export const SERVER_ONLY: readonly WireCase[] = [
   V("PINGRESP", "server-only", 4, frame(0xd0)),
   V("5.0 CONNACK", "server-only", 5, frame(0x20, 0, 0, props())),
   V("5.0 SUBACK", "server-only", 5, frame(0x90, u16(1), props(), 0)),
+  V("5.0 PINGRESP", "server-only", 5, frame(0xd0)),
+  V("5.0 UNSUBACK", "server-only", 5, frame(0xb0, u16(1), props(), 0x00)),
+  V("5.0 AUTH with Remaining Length 0", "§4.12", 5, frame(0xf0)),
+  V("5.0 AUTH continue authentication", "§4.12", 5, frame(0xf0, 0x18, props())),
 ];
+
+/**
+ * Well-formed packets that break a protocol rule: `decodePacket` fails with `protocolError: true`;
+ * an MQTT 5 session closes with DISCONNECT 0x82 (a CONNECT: closed without CONNACK).
+ */
+export const PROTOCOL_ERRORS: readonly WireCase[] = [
+  V("5.0 DISCONNECT reason 0x01", "MQTT-3.14.2-1", 5, frame(0xe0, 0x01)),
+  V("5.0 DISCONNECT reason 0x05 with properties", "MQTT-3.14.2-1", 5, frame(0xe0, 0x05, props())),
+  V("5.0 PUBACK reason 0x05", "MQTT-3.4.2-1", 5, frame(0x40, u16(1), 0x05)),
+  V("5.0 PUBREC reason 0x01", "MQTT-3.5.2-1", 5, frame(0x50, u16(1), 0x01)),
+  V("5.0 PUBREL reason 0x10", "MQTT-3.6.2-1", 5, frame(0x62, u16(1), 0x10)),
+  V("5.0 PUBCOMP reason 0x80", "MQTT-3.7.2-1", 5, frame(0x70, u16(1), 0x80)),
+  V("5.0 AUTH reason 0x05", "MQTT-3.15.2-1", 5, frame(0xf0, 0x05, props())),
+  V("5.0 PUBLISH Payload Format Indicator 2", "§3.3.2.3.2", 5, publish({ topic: "a", version: 5, properties: props(prop.payloadFormat(2)) })),
+  V("5.0 PUBLISH QoS 1 Payload Format Indicator 255 after a Content Type", "§3.3.2.3.2", 5, publish({ topic: "a", qos: 1, id: 4, version: 5, properties: props(prop.contentType("t"), prop.payloadFormat(255)) })),
+  V("5.0 CONNECT will Payload Format Indicator 2", "§3.1.3.2", 5, connect({ level: 5, will: { topic: "w", properties: props(prop.payloadFormat(2)) } })),
+  V("5.0 CONNECT Request Problem Information 2", "§3.1.2.11", 5, connect({ level: 5, properties: props([0x17, 2]) })),
+  V("5.0 CONNECT Request Response Information 3", "§3.1.2.11", 5, connect({ level: 5, properties: props([0x19, 3]) })),
+];
+
+/**
+ * 3.1 packets that break a 3.1.1 rule 3.1 does not have, and that mosquitto accepts: they decode on
+ * a 3.1 connection, and the broker answers them (`answer`; a CONNECT: CONNACK 0, anonymously).
+ * `spec` is the 3.1.1 rule they would break. Each CONNECT has its own client id.
+ */
+function v31AcceptedCases(): WireCase[] {
+  const A = (name: string, spec: string, bytes: Uint8Array, answer: NonNullable<WireCase["answer"]>): WireCase => ({ name, spec, version: 3, bytes, answer });
+  return [
+    A("3.1 PINGREQ with header flags 0010", "MQTT-2.2.2-1", frame(0xc2), "pingresp"),
+    A("3.1 PUBREL with DUP (header flags 1010)", "MQTT-2.2.2-1", frame(0x6a, u16(1)), "pubcomp"),
+    A("3.1 SUBSCRIBE with DUP (header flags 1010)", "MQTT-2.2.2-1", subscribe(1, [["v31/a", 0]], 3, 0x8a), "suback"),
+    A("3.1 UNSUBSCRIBE with header flags 0000", "MQTT-2.2.2-1", unsubscribe(1, ["v31/a"], 3, 0xa0), "unsuback"),
+    A("3.1 CONNECT with header flags 0001", "MQTT-2.2.2-1", Uint8Array.from([0x11, ...connect({ level: 3, clientId: "v31-header" }).subarray(1)]), "connack"),
+    A("3.1 CONNECT reserved flag set", "MQTT-3.1.2-3", connect({ level: 3, flags: 0x03, clientId: "v31-reserved" }), "connack"),
+    A("3.1 CONNECT will QoS 1 without the will flag", "MQTT-3.1.2-13", connect({ level: 3, flags: 0x0a, clientId: "v31-will-qos" }), "connack"),
+    A("3.1 CONNECT will retain without the will flag", "MQTT-3.1.2-15", connect({ level: 3, flags: 0x22, clientId: "v31-will-retain" }), "connack"),
+    A("3.1 CONNECT user name flag, no user name field", "§3.1.3", connect({ level: 3, flags: 0x82, clientId: "v31-no-user" }), "connack"),
+    A("3.1 CONNECT user name and password flags, no password field", "§3.1.3", connect({ level: 3, flags: 0xc2, clientId: "v31-no-password", username: "" }), "connack"),
+    A("3.1 SUBSCRIBE without a topic filter", "MQTT-3.8.3-3", frame(0x82, u16(2)), "suback"),
+    A("3.1 UNSUBSCRIBE without a topic filter", "MQTT-3.10.3-2", frame(0xa2, u16(2)), "unsuback"),
+  ];
+}
+
+/** {@link v31AcceptedCases}: the 3.1 packets 3.1.1 would refuse (also in {@link VALID_NEIGHBOURS}). */
+export const V31_ACCEPTED: readonly WireCase[] = v31AcceptedCases();
+
+/** A packet the broker builds, with the exact bytes it must go out as. */
+export interface EncodingCase {
+  name: string;
+  spec: string;
+  version: ProtocolVersion;
+  packet: Packet;
+  bytes: Uint8Array;
+}
+
+const E = (name: string, spec: string, version: ProtocolVersion, packet: Packet, bytes: Uint8Array): EncodingCase => ({ name, spec, version, packet, bytes });
+
+/**
+ * The canonical encodings of the broker's acknowledgements: MQTT 5 leaves out the Property Length
+ * without properties, and the reason code too when it is 0x00 (§3.4.2.1 and its twins, §3.14.2.1).
+ * Shared by the codec's encode test and the end-to-end tests, which look cases up by name.
+ */
+export const CANONICAL: readonly EncodingCase[] = [
+  E("5.0 PUBACK success", "§3.4.2.1", 5, { cmd: "puback", messageId: 1, reasonCode: 0 }, frame(0x40, u16(1))),
+  E("5.0 PUBACK without a reason code", "§3.4.2.1", 5, { cmd: "puback", messageId: 1 }, frame(0x40, u16(1))),
+  E("5.0 PUBACK no matching subscribers", "§3.4.2.1", 5, { cmd: "puback", messageId: 1, reasonCode: 0x10 }, frame(0x40, u16(1), 0x10)),
+  E("5.0 PUBACK not authorized with a Reason String", "§3.4.2.1", 5, { cmd: "puback", messageId: 1, reasonCode: 0x87, properties: { reasonString: "x" } }, frame(0x40, u16(1), 0x87, props(prop.reasonString("x")))),
+  E("5.0 PUBREC success", "§3.5.2.1", 5, { cmd: "pubrec", messageId: 1, reasonCode: 0 }, frame(0x50, u16(1))),
+  E("5.0 PUBREC no matching subscribers", "§3.5.2.1", 5, { cmd: "pubrec", messageId: 1, reasonCode: 0x10 }, frame(0x50, u16(1), 0x10)),
+  E("5.0 PUBREL success", "§3.6.2.1", 5, { cmd: "pubrel", messageId: 1 }, frame(0x62, u16(1))),
+  E("5.0 PUBREL packet identifier not found", "§3.6.2.1", 5, { cmd: "pubrel", messageId: 1, reasonCode: 0x92 }, frame(0x62, u16(1), 0x92)),
+  E("5.0 PUBCOMP success", "§3.7.2.1", 5, { cmd: "pubcomp", messageId: 1 }, frame(0x70, u16(1))),
+  E("5.0 DISCONNECT normal", "§3.14.2.1", 5, { cmd: "disconnect", reasonCode: 0 }, frame(0xe0)),
+  E("5.0 DISCONNECT protocol error without a Reason String", "§3.14.2.1", 5, { cmd: "disconnect", reasonCode: 0x82 }, frame(0xe0, 0x82)),
+  E("3.1.1 PUBACK", "§3.4.1", 4, { cmd: "puback", messageId: 1 }, frame(0x40, u16(1))),
+  E("3.1.1 PUBREL", "§3.6.1", 4, { cmd: "pubrel", messageId: 1 }, frame(0x62, u16(1))),
+  E("3.1 SUBACK without return codes", "§3.9", 3, { cmd: "suback", messageId: 2, granted: [] }, frame(0x90, u16(2))),
+];
+
+/** The case of {@link CANONICAL} named `name` (throws on a typo). */
+export function canonical(name: string): EncodingCase {
+  const c = CANONICAL.find((x) => x.name === name);
+  if (!c) throw new Error(`no canonical encoding named ${name}`);
+  return c;
+}

@@ -2,6 +2,7 @@ import WebSocket from "ws";
 import mqttPacket, { type Packet } from "mqtt-packet";
 import { inject } from "vitest";
 import { encode } from "./bytes";
+import { concatBytes, readFrames } from "../../src/protocol/codec";
 
 export interface RawOpenOptions {
   /** WebSocket subprotocol(s); default "mqtt". */
@@ -18,6 +19,10 @@ export interface RawOpenOptions {
  */
 export class RawClient {
   readonly packets: Packet[] = [];
+  /** The exact bytes each received packet came as ({@link bytesOf}). */
+  private readonly wire = new WeakMap<Packet, Uint8Array>();
+  private pending: Uint8Array = new Uint8Array(0);
+  private current: Uint8Array | null = null;
   closed: { code: number; reason: string } | null = null;
   private readonly parser: ReturnType<typeof mqttPacket.parser>;
 
@@ -27,9 +32,30 @@ export class RawClient {
     readonly version: 3 | 4 | 5,
   ) {
     this.parser = mqttPacket.parser({ protocolVersion: version });
-    this.parser.on("packet", (p: Packet) => this.packets.push(p));
-    ws.on("message", (data: Buffer) => this.parser.parse(data));
+    this.parser.on("packet", (p: Packet) => {
+      this.packets.push(p);
+      if (this.current) this.wire.set(p, this.current);
+    });
+    ws.on("message", (data: Buffer) => this.receive(data));
     ws.on("close", (code: number, reason: Buffer) => (this.closed = { code, reason: reason.toString() }));
+  }
+
+  /** Cuts the stream into packets, so each parsed packet keeps its own bytes. */
+  private receive(data: Buffer): void {
+    const { frames, rest } = readFrames(concatBytes(this.pending, new Uint8Array(data)), 1 << 28);
+    this.pending = rest.slice();
+    for (const frame of frames) {
+      this.current = frame.slice();
+      this.parser.parse(Buffer.from(this.current));
+    }
+    this.current = null;
+  }
+
+  /** The exact bytes `packet` (one this client received) came as. */
+  bytesOf(packet: Packet): Uint8Array {
+    const bytes = this.wire.get(packet);
+    if (!bytes) throw new Error(`no bytes recorded for this ${packet.cmd}`);
+    return bytes;
   }
 
   /** Opens a WebSocket to `url` (default: the shared test broker). */

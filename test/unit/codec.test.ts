@@ -7,7 +7,7 @@ import {
   type Packet,
   type ProtocolVersion,
 } from "../../src/protocol/codec";
-import { MALFORMED, SERVER_ONLY, UNSUPPORTED_LEVELS, VALID_NEIGHBOURS, type WireCase } from "../helpers/malformed";
+import { CANONICAL, MALFORMED, PROTOCOL_ERRORS, SERVER_ONLY, UNSUPPORTED_LEVELS, VALID_NEIGHBOURS, type WireCase } from "../helpers/malformed";
 import { bytes, hex, publish } from "../helpers/bytes";
 import { mulberry32 } from "../helpers/random";
 
@@ -350,7 +350,19 @@ describe("protocol rules at the codec boundary", () => {
         if (r.ok) return;
         expect(r.error).toContain(`[${c.spec}]`);
         expect(r.unsupportedLevel).toBeUndefined();
+        expect(r.protocolError).toBeUndefined();
         // The cached parser still works afterwards.
+        expect(decodeOk(PUBACK, c.version)).toMatchObject({ cmd: "puback", messageId: 10 });
+      });
+    }
+  });
+
+  describe("refuses each well-formed packet that breaks a protocol rule as a protocol error, not malformed", () => {
+    for (const c of PROTOCOL_ERRORS) {
+      it(label(c), () => {
+        const r = decodePacket(c.bytes, c.version);
+        expect(r).toMatchObject({ ok: false, protocolError: true });
+        if (!r.ok) expect(r.error).toContain(`[${c.spec}]`);
         expect(decodeOk(PUBACK, c.version)).toMatchObject({ cmd: "puback", messageId: 10 });
       });
     }
@@ -366,7 +378,7 @@ describe("protocol rules at the codec boundary", () => {
 
   it("has a valid neighbour for every rule", () => {
     const neighboured = new Set(VALID_NEIGHBOURS.map((c) => c.spec));
-    for (const c of MALFORMED) expect(neighboured, c.spec).toContain(c.spec);
+    for (const c of [...MALFORMED, ...PROTOCOL_ERRORS]) expect(neighboured, c.spec).toContain(c.spec);
   });
 
   describe("reports an unsupported protocol level apart from malformed packets", () => {
@@ -419,6 +431,18 @@ function lp(value: string | number[]): Array<number | string> {
 }
 
 describe("encodePacket", () => {
+  describe("writes the canonical short MQTT 5 acknowledgements (the shared table)", () => {
+    for (const c of CANONICAL) {
+      it(`${c.name} [${c.spec}]: ${hex(c.bytes)}`, () => {
+        expect(hex(encodePacket(c.packet, c.version))).toBe(hex(c.bytes));
+        // Each decodes back to what it says.
+        const back = decodeOk(c.bytes, c.version);
+        expect(back.cmd).toBe(c.packet.cmd);
+        expect(back.messageId).toBe(c.packet.messageId);
+      });
+    }
+  });
+
   it("throws instead of emitting a truncated packet", () => {
     expect(() => encodePacket({ cmd: "puback", messageId: 70000 }, 4)).toThrow();
     expect(() => encodePacket({ cmd: "publish", qos: 1, dup: false, retain: false, topic: "t", payload: "x" }, 4)).toThrow();

@@ -74,6 +74,32 @@ describe("MqttConnection in workerd", () => {
     });
   }
 
+  it("an inbound QoS 2 message is stored before PUBREC, survives a wake, and is routed on PUBREL", async () => {
+    const before = await connectionIds();
+    const c = await open();
+    const clientId = `q2-${crypto.randomUUID()}`;
+    const topic = `q2/${clientId}`;
+    c.ws.send(encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 60, clientId }));
+    await c.next("connack");
+    c.ws.send(encode({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 2 }] }));
+    await c.next("suback");
+    const id = [...(await connectionIds())].find((x) => !before.has(x));
+    if (!id) throw new Error("connection object not found");
+    c.ws.send(encode({ cmd: "publish", topic, payload: Buffer.from("once"), qos: 2, messageId: 3, retain: false, dup: false }));
+    expect(await c.next("pubrec")).toMatchObject({ messageId: 3 });
+    const stored = await runInDurableObject(E.CONNECTION.get(E.CONNECTION.idFromString(id)), async (_i, state) =>
+      [...(await state.storage.list({ prefix: "i:" })).keys()],
+    );
+    expect(stored).toEqual(["i:3"]);
+    await simulateWake(id);
+    c.ws.send(encode({ cmd: "pubrel", messageId: 3 }));
+    expect(await c.next("pubcomp")).toMatchObject({ messageId: 3 });
+    const delivered = await c.next("publish");
+    expect(delivered).toMatchObject({ topic, qos: 2 });
+    if (delivered.cmd === "publish") expect(delivered.payload.toString()).toBe("once");
+    c.ws.close();
+  });
+
   it("a delivery to a connection whose socket is gone falls back to the session queue", async () => {
     const account = `acc-${crypto.randomUUID()}`;
     // A connection object that holds no socket, as after a runtime restart killed it.

@@ -3,31 +3,52 @@
  * deliveries (outbox), PUBREL for the client's own QoS 2 publishes, and PINGREQ.
  */
 import type { IPubackPacket, IPubcompPacket, IPubrecPacket, IPubrelPacket } from "../../protocol/codec";
+import { V5 } from "../../protocol/codes";
+import type { AckResult } from "../outbox";
 import type { Link } from "../link";
 import { transmit } from "./deliver";
+import { releaseInbound } from "./publish";
 
 /** PUBACK ends a QoS 1 delivery [MQTT-4.3.2]; the window may admit the next message. */
 export async function onPuback(link: Link, packet: IPubackPacket): Promise<void> {
-  await transmit(link, await link.state.outbox.complete(packet.messageId ?? 0, "puback"));
-}
-
-/** [MQTT-4.3.3-4]: PUBREC is answered with PUBREL, once the state change is durable. */
-export async function onPubrec(link: Link, packet: IPubrecPacket): Promise<void> {
-  if (await link.state.outbox.received(packet.messageId ?? 0)) link.send({ cmd: "pubrel", messageId: packet.messageId });
-}
-
-/** PUBCOMP ends a QoS 2 delivery [MQTT-4.3.3]. */
-export async function onPubcomp(link: Link, packet: IPubcompPacket): Promise<void> {
-  await transmit(link, await link.state.outbox.complete(packet.messageId ?? 0, "pubcomp"));
+  await settle(link, await link.state.outbox.complete(packet.messageId ?? 0, "puback"));
 }
 
 /**
- * Inbound QoS 2 ends here; the message was routed on PUBLISH. PUBCOMP even for an unknown
- * id: the client may be resending after our PUBCOMP was lost [MQTT-4.3.3-11].
+ * [MQTT-4.3.3-4]: PUBREC is answered with PUBREL, once the state change is durable. A PUBREC
+ * with a reason code of 0x80 or more ends the delivery without PUBREL (MQTT 5 §4.3.3). A PUBREC
+ * for an id with no delivery still gets its PUBREL (MQTT 5: reason 0x92 Packet Identifier not
+ * found), so the client can finish its side; a failed one for such an id gets nothing.
  */
-export async function onPubrel(link: Link, packet: IPubrelPacket): Promise<void> {
-  await link.state.inboundQos2.release(packet.messageId ?? 0);
-  link.send({ cmd: "pubcomp", messageId: packet.messageId });
+export async function onPubrec(link: Link, packet: IPubrecPacket): Promise<void> {
+  const pid = packet.messageId ?? 0;
+  const v5 = link.att().protocolVersion === 5;
+  const failed = v5 && (packet.reasonCode ?? 0) >= 0x80;
+  const result = await link.state.outbox.received(pid, failed);
+  if (result.kind === "released") link.send({ cmd: "pubrel", messageId: pid });
+  else if (result.kind === "unknown") {
+    if (!failed) link.send(v5 ? { cmd: "pubrel", messageId: pid, reasonCode: V5.packetIdNotFound } : { cmd: "pubrel", messageId: pid });
+  } else await settle(link, result);
+}
+
+/** PUBCOMP ends a QoS 2 delivery after its PUBREL [MQTT-4.3.3]. */
+export async function onPubcomp(link: Link, packet: IPubcompPacket): Promise<void> {
+  await settle(link, await link.state.outbox.complete(packet.messageId ?? 0, "pubcomp"));
+}
+
+/**
+ * Applies the outcome of an acknowledgement that may end a delivery: the next messages go out;
+ * one for an id with no delivery is ignored (a late duplicate); one that is not this delivery's
+ * (PUBREC for QoS 1, PUBACK for QoS 2, PUBCOMP before PUBREL) is a protocol error, as mosquitto has it.
+ */
+async function settle(link: Link, result: AckResult): Promise<void> {
+  if (result.kind === "done") await transmit(link, result.next);
+  else if (result.kind === "unexpected") await link.close("protocolError");
+}
+
+/** PUBREL releases an inbound QoS 2 message: now it is routed, then PUBCOMP (`publish.ts`). */
+export function onPubrel(link: Link, packet: IPubrelPacket): Promise<void> {
+  return releaseInbound(link, packet.messageId ?? 0);
 }
 
 /** [MQTT-3.12.4-1]: PINGREQ is answered with PINGRESP. */

@@ -1,10 +1,13 @@
 /**
  * PUBLISH from the client: the checks, in the order the spec puts them, then the batcher
  * that hands publishes to the account's router. At most one router call is in flight;
- * publishes arriving meanwhile travel together in the next call, in order. A QoS 1/2
- * publish is acknowledged only after the router call that carried it resolved (every copy
- * durable); when it fails, no acknowledgement goes out and the connection closes, so the
- * client resends.
+ * publishes arriving meanwhile travel together in the next call, in order. A QoS 1 publish
+ * is acknowledged only after the router call that carried it resolved (every copy durable);
+ * when it fails, no acknowledgement goes out and the connection closes, so the client resends.
+ *
+ * QoS 2 follows the spec's "Method A" (mosquitto's order): the message is stored here, durably,
+ * and PUBREC goes out at once; PUBREL hands it to the batcher, and PUBCOMP follows the router
+ * call. So the publisher has its PUBREC before any subscriber (itself included) has the message.
  */
 import type { IPublishPacket } from "../../protocol/codec";
 import { V5 } from "../../protocol/codes";
@@ -29,8 +32,8 @@ export async function onPublish(link: Link, packet: IPublishPacket): Promise<voi
   let topic = packet.topic;
   if (props?.topicAlias !== undefined) {
     const resolved = await state.aliases.resolve(props.topicAlias, topic);
-    if (resolved === null) return link.close("topicAliasInvalid");
-    topic = resolved;
+    if (!resolved.ok) return link.close(resolved.cause);
+    topic = resolved.topic;
   }
   const topicError = validateTopicName(topic, limits);
   if (topicError) {
@@ -41,27 +44,70 @@ export async function onPublish(link: Link, packet: IPublishPacket): Promise<voi
   if (payload.byteLength > limits.maxPayloadBytes) return link.close("tooLarge");
   if (packet.qos > 0 && !packet.messageId) return link.close("protocolError"); // [MQTT-2.3.1-1]
   const packetId = packet.qos > 0 ? packet.messageId : undefined;
-  if (packetId !== undefined && state.inboundPending >= limits.maxInflight && att.protocolVersion === 5) {
-    // [MQTT-3.3.4-7]: more unacknowledged QoS > 0 publishes than the Receive Maximum we announced.
+  // A retransmission of a QoS 2 message already received is answered, not stored or counted again.
+  const retransmitted = packet.qos === 2 && packetId !== undefined && (await state.inboundQos2.has(packetId));
+  if (packetId !== undefined && !retransmitted && att.protocolVersion === 5 && (await inboundInFlight(link)) >= limits.maxInflight) {
+    // [MQTT-3.3.4-7]: more QoS 1 and 2 publishes not yet acknowledged (QoS 2: until PUBCOMP) than the Receive Maximum we announced.
     return link.close("receiveMaximumExceeded");
   }
   const { identity } = await link.meta();
-  const pending = decidePublish(packet, topic, payload, identity.acl, att.clientId, link.now());
-  if (pending.reason === V5.payloadFormatInvalid) log("info", "mqtt.payload_format_invalid", { account: att.account, clientId: att.clientId, topic });
-  if (pending.reason === V5.notAuthorized) log("info", "mqtt.publish_denied", { account: att.account, clientId: att.clientId, topic });
-  if (packet.qos === 2 && packetId !== undefined) {
-    // A retransmission of a QoS 2 message already received is answered, not routed again
-    // [MQTT-4.3.3-10]: exactly once.
-    if (state.qos2Routing.has(packetId) || (await state.inboundQos2.has(packetId))) pending.message = null;
-    else if (pending.message) state.qos2Routing.add(packetId);
-  }
+  const decision = decidePublish(packet, topic, payload, identity.acl, att.clientId, link.now());
+  if (decision.reason === V5.payloadFormatInvalid) log("info", "mqtt.payload_format_invalid", { account: att.account, clientId: att.clientId, topic });
+  if (decision.reason === V5.notAuthorized) log("info", "mqtt.publish_denied", { account: att.account, clientId: att.clientId, topic });
+  if (packet.qos === 2 && packetId !== undefined) return receiveQos2(link, packetId, decision, retransmitted);
   if (packetId !== undefined) state.inboundPending++;
+  const ack = packetId === undefined ? null : { cmd: "puback" as const, packetId };
+  enqueue(link, { message: decision.message, ack, reason: decision.reason });
+}
+
+/** QoS 1 publishes waiting for their PUBACK and QoS 2 messages waiting for their PUBREL. */
+async function inboundInFlight(link: Link): Promise<number> {
+  return link.state.inboundPending + (await link.state.inboundQos2.pending());
+}
+
+/**
+ * A QoS 2 PUBLISH: stored before PUBREC, so the broker owns it from then on [MQTT-4.3.3-9]; a
+ * retransmission of a known id is answered again and not stored twice [MQTT-4.3.3-10]. A
+ * refused one (MQTT 5: PUBREC >= 0x80) ends there [MQTT-4.3.3-9]; 3.1.1 has no negative PUBREC:
+ * acknowledged, never routed.
+ */
+async function receiveQos2(link: Link, packetId: number, decision: PublishDecision, retransmitted: boolean): Promise<void> {
+  if (!retransmitted && decision.message) await link.state.inboundQos2.store(packetId, decision.message);
+  if (link.att().protocolVersion === 5 && decision.reason !== undefined && !retransmitted) {
+    link.send({ cmd: "pubrec", messageId: packetId, reasonCode: decision.reason });
+  } else link.send({ cmd: "pubrec", messageId: packetId });
+}
+
+/**
+ * PUBREL for an inbound QoS 2 exchange: its stored message goes to the router with the next call,
+ * in order with the publishes around it, and PUBCOMP follows the call. PUBCOMP also for an id
+ * with nothing to route: the client may be resending after our PUBCOMP was lost [MQTT-4.3.3-11],
+ * the message was refused, or routed when an earlier connection ended.
+ */
+export async function releaseInbound(link: Link, packetId: number): Promise<void> {
+  await link.state.inboundQos2.load(); // the batcher claims the message synchronously
+  enqueue(link, { message: null, ack: { cmd: "pubcomp", packetId }, reason: undefined });
+}
+
+function enqueue(link: Link, pending: PendingPublish): void {
+  const state = link.state;
   state.publishQueue.push(pending);
-  if (!state.flushing) {
+  if (!state.routing) {
     state.flushing = flushPublishes(link).finally(() => {
       state.flushing = null;
     });
   }
+}
+
+/** Waits until every publish received so far has been routed (or the connection closed). */
+export async function drainPublishes(link: Link): Promise<void> {
+  while (link.state.flushing) await link.state.flushing;
+}
+
+/** What to do with one valid PUBLISH: the message to route, or null with the MQTT 5 reason of its acknowledgement. */
+export interface PublishDecision {
+  message: Message | null;
+  reason: number | undefined;
 }
 
 /**
@@ -70,54 +116,87 @@ export async function onPublish(link: Link, packet: IPublishPacket): Promise<voi
  * PUBACK: a refused QoS 1/2 publish is acknowledged and dropped, in order with the others
  * [MQTT-4.6.0-2]. Pure.
  */
-export function decidePublish(packet: IPublishPacket, topic: string, payload: Uint8Array, acl: Acl, clientId: string, now: number): PendingPublish {
+export function decidePublish(packet: IPublishPacket, topic: string, payload: Uint8Array, acl: Acl, clientId: string, now: number): PublishDecision {
   const props = packet.properties;
-  const packetId = packet.qos > 0 ? packet.messageId : undefined;
-  if (!payloadFormatValid(payload, props?.payloadFormatIndicator)) {
-    return { message: null, packetId, qos: packet.qos, reason: V5.payloadFormatInvalid };
-  }
-  if (!canPublish(acl, topic)) return { message: null, packetId, qos: packet.qos, reason: V5.notAuthorized };
+  if (!payloadFormatValid(payload, props?.payloadFormatIndicator)) return { message: null, reason: V5.payloadFormatInvalid };
+  if (!canPublish(acl, topic)) return { message: null, reason: V5.notAuthorized };
   const message: Message = { topic, payload, qos: packet.qos, retain: packet.retain, from: clientId };
   if (props) {
     const forwarded = forwardedProps(props);
     if (forwarded) message.props = forwarded;
     if (props.messageExpiryInterval !== undefined) message.expiresAt = now + props.messageExpiryInterval * 1000;
   }
-  return { message, packetId, qos: packet.qos, reason: undefined };
+  return { message, reason: undefined };
 }
 
-/** Sends queued publishes to the router, one call at a time, then their acknowledgements. */
+/**
+ * Sends queued publishes to the router, one call at a time, then their acknowledgements. MQTT 5:
+ * a QoS 1 message no subscription matched gets PUBACK 0x10 No matching subscribers (as mosquitto
+ * and EMQX answer; the router says so per message).
+ */
 export async function flushPublishes(link: Link): Promise<void> {
   const state = link.state;
   const att = link.att();
+  const v5 = att.protocolVersion === 5;
+  state.routing = true;
   try {
     while (state.publishQueue.length > 0 && !state.closing) {
       const batch = state.publishQueue;
       state.publishQueue = [];
-      const messages = batch.flatMap((p) => (p.message ? [p.message] : []));
-      if (messages.length > 0) await link.services.router(att.account).publish(messages);
-      // QoS 2 ids are durable before PUBREC goes out, so a retransmission after a crash is still recognized.
-      const qos2 = batch.flatMap((p) => (p.qos === 2 && p.packetId !== undefined ? [p.packetId] : []));
-      await state.inboundQos2.add(qos2);
-      for (const pid of qos2) state.qos2Routing.delete(pid);
-      for (const { packetId, qos, reason } of batch) {
-        if (packetId === undefined) continue;
+      // Released QoS 2 messages join the call here, synchronously: from now on a teardown leaves them to it.
+      const released: number[] = [];
+      const carried = batch.map((p) => {
+        if (p.ack?.cmd !== "pubcomp") return p.message;
+        const message = state.inboundQos2.claim(p.ack.packetId);
+        if (message) released.push(p.ack.packetId);
+        return message;
+      });
+      const messages = carried.flatMap((m) => (m ? [m] : []));
+      const matched = messages.length > 0 ? await routeCall(link, messages, released) : [];
+      let routed = 0;
+      for (const [i, { ack, reason }] of batch.entries()) {
+        const hit = carried[i] ? matched[routed++] !== false : true;
+        if (!ack) continue;
+        if (ack.cmd === "pubcomp") {
+          // Released durably before PUBCOMP: a PUBREL resent after a crash finds nothing to route again.
+          await state.inboundQos2.release(ack.packetId);
+          link.send({ cmd: "pubcomp", messageId: ack.packetId });
+          continue;
+        }
         state.inboundPending--;
-        if (att.protocolVersion === 5 && reason !== undefined) {
-          // A PUBREC with a reason code >= 0x80 ends its exchange [MQTT-4.3.3-9].
-          link.send({ cmd: qos === 2 ? "pubrec" : "puback", messageId: packetId, reasonCode: reason });
-          if (qos === 2) await state.inboundQos2.release(packetId);
-        } else link.send({ cmd: qos === 2 ? "pubrec" : "puback", messageId: packetId });
+        const code = reason ?? (v5 && !hit ? V5.noMatchingSubscribers : undefined);
+        link.send(v5 && code !== undefined ? { cmd: "puback", messageId: ack.packetId, reasonCode: code } : { cmd: "puback", messageId: ack.packetId });
       }
     }
   } catch (err) {
     // No acknowledgement went out for this batch: the client retransmits after reconnecting.
+    // Released QoS 2 messages it carried are stored still: the teardown routes them.
     log("error", "mqtt.route_failed", { clientId: att.clientId, error: errorMessage(err) });
     await link.close("serverError");
+  } finally {
+    state.routing = false;
   }
 }
 
-/** Waits until every publish received so far has been routed (or the connection closed). */
-export async function drainPublishes(link: Link): Promise<void> {
-  while (link.state.flushing) await link.state.flushing;
+/**
+ * One router call. The inbound store learns its outcome before anyone awaiting the call does
+ * (the teardown waits for `routingCall`), so a message is routed by the call or by the teardown,
+ * never by both.
+ */
+function routeCall(link: Link, messages: Message[], released: number[]): Promise<boolean[]> {
+  const state = link.state;
+  const call = link.services.router(link.att().account).publish(messages).then(
+    (matched) => {
+      state.inboundQos2.settle(released, true);
+      return matched;
+    },
+    (err: unknown) => {
+      state.inboundQos2.settle(released, false);
+      throw err;
+    },
+  );
+  state.routingCall = call;
+  return call.finally(() => {
+    if (state.routingCall === call) state.routingCall = null;
+  });
 }

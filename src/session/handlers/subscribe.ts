@@ -111,7 +111,8 @@ export async function onSubscribe(link: Link, packet: ISubscribePacket): Promise
 export async function onUnsubscribe(link: Link, packet: IUnsubscribePacket): Promise<void> {
   const att = link.att();
   if (!packet.messageId) return link.close("protocolError");
-  const existed = await link.services.router(att.account).unsubscribe(att.clientId, packet.unsubscriptions);
+  // A 3.1 UNSUBSCRIBE may carry no filter: nothing to ask the router.
+  const existed = packet.unsubscriptions.length === 0 ? [] : await link.services.router(att.account).unsubscribe(att.clientId, packet.unsubscriptions);
   const granted = att.protocolVersion === 5 ? existed.map((e) => (e ? V5.success : V5.noSubscriptionExisted)) : [];
   link.send({ cmd: "unsuback", messageId: packet.messageId, granted });
 }

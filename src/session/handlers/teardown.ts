@@ -15,10 +15,18 @@ export interface TeardownInput {
   cause: CloseCause;
   /** false on a takeover: the new connection receives the hand-over as the answer instead. */
   handBack: boolean;
+  /**
+   * A takeover by a connection that resumes this session (clean start 0, and the session outlives
+   * this connection): the session does not end, so the will is not published (MQTT 5 §3.1.2.5; mosquitto
+   * does the same for 3.1.1).
+   */
+  resumed: boolean;
+  /** Inbound QoS 2 messages received (PUBREC sent) whose PUBREL never came: the broker owns them, so they are routed now. */
+  unreleased: Message[];
   /** An admin close that asked for no will. */
   willSuppressed: boolean;
-  /** The connection got its CONNACK 0. A refused one publishes nothing: no will, no Disconnect event. */
-  connected: boolean;
+  /** The connection got its CONNACK 0 (default). A refused one publishes nothing: no will, no Disconnect event. */
+  connected?: boolean;
   traffic: TrafficCounters;
   /** The connection's rate limiters, for the next connection of the client id. */
   buckets?: RateBuckets;
@@ -32,7 +40,7 @@ export interface TeardownInput {
 }
 
 export interface TeardownPlan {
-  /** Published through the router before it forgets the target: the will, then the Disconnect event. */
+  /** Published through the router before it forgets the target: unreleased QoS 2 messages, the will, then the Disconnect event. */
   announce: Message[];
   /** Shared-subscription messages a clean session leaves unfinished: back to their groups. */
   orphans: Message[];
@@ -46,10 +54,12 @@ export interface TeardownPlan {
 }
 
 /**
- * Decides what a leaving connection publishes and hands back. The will goes first
- * [MQTT-3.1.2-8], then the monitoring event. An MQTT 5 will delay hands the will to the
- * session object, which publishes it when the delay (or the session) ends unless the
- * session reconnects first [MQTT-3.1.3-9]. A persistent session keeps its unfinished
+ * Decides what a leaving connection publishes and hands back. The client's QoS 2 messages still
+ * waiting for PUBREL go first (PUBREC made them the broker's), then the will [MQTT-3.1.2-8], then
+ * the monitoring event. The will is published when the session ends or its delay elapses, not
+ * when a connection that resumes the session takes it over (§3.1.2.5). An MQTT 5 will delay hands
+ * the will to the session object, which publishes it when the delay (or the session) ends unless
+ * the session reconnects first [MQTT-3.1.3-9]. A persistent session keeps its unfinished
  * messages; a clean one gives its unfinished shared-subscription messages back to their
  * groups (not the QoS 2 ones already received). Pure.
  */
@@ -57,16 +67,16 @@ export function planTeardown(input: TeardownInput): TeardownPlan {
   const { meta, cause, handBack, unfinished } = input;
   const info = CLOSE_CAUSES[cause];
   const persistent = meta.expirySeconds > 0;
-  const announce: Message[] = [];
+  const announce: Message[] = [...input.unreleased];
   let delayedWill: SessionDetach["delayedWill"];
-  if (info.publishWill && meta.will && !input.willSuppressed && input.connected) {
+  if (info.publishWill && meta.will && !input.willSuppressed && input.connected !== false && !input.resumed) {
     const delay = Math.min(meta.willDelaySeconds, meta.expirySeconds);
     if (delay > 0 && handBack) delayedWill = { message: meta.will, delaySeconds: delay };
     else announce.push(meta.will);
   }
   const { identity, clientId } = meta;
   const chosenFreely = identity.kind === "anonymous" || (identity.kind === "user" && clientId !== identity.id);
-  if (input.connected) {
+  if (input.connected !== false) {
     announce.push(disconnectEvent(connectionFacts(meta), input.now, info.monitorCode, info.reason, input.traffic, chosenFreely ? input.monitorRetainSeconds : undefined));
   }
   const handover: Handover = persistent ? { messages: unfinished, inboundQos2: input.inboundQos2 } : { messages: [], inboundQos2: [] };
@@ -83,16 +93,19 @@ export function planTeardown(input: TeardownInput): TeardownPlan {
   };
 }
 
-/** Ends the connection for `cause`, once; later calls get the same hand-over. */
-export function closeConnection(link: Link, cause: CloseCause, opts: { handBack?: boolean } = {}): Promise<Handover> {
+/**
+ * Ends the connection for `cause`, once; later calls get the same hand-over. `handBack: false`
+ * and `resumed` come with a takeover (see {@link TeardownInput}).
+ */
+export function closeConnection(link: Link, cause: CloseCause, opts: { handBack?: boolean; resumed?: boolean } = {}): Promise<Handover> {
   const state = link.state;
-  if (!state.closing) state.closing = runTeardown(link, cause, opts.handBack !== false);
+  if (!state.closing) state.closing = runTeardown(link, cause, opts.handBack !== false, opts.resumed === true);
   return state.closing;
 }
 
 const NO_TRAFFIC: TrafficCounters = { readBytes: 0, readMsg: 0, writeBytes: 0, writeMsg: 0 };
 
-async function runTeardown(link: Link, cause: CloseCause, handBack: boolean): Promise<Handover> {
+async function runTeardown(link: Link, cause: CloseCause, handBack: boolean, resumed: boolean): Promise<Handover> {
   const info = CLOSE_CAUSES[cause];
   const att = link.attachment();
   // Whether CONNACK 0 went out; after a wake without the socket, a stored meta means it did.
@@ -116,12 +129,15 @@ async function runTeardown(link: Link, cause: CloseCause, handBack: boolean): Pr
     await retrySessionDetach(link, pending);
     return { messages: [], inboundQos2: [] };
   }
+  // A router call in flight decides which released QoS 2 messages are routed already.
+  await state.routingCall?.catch(() => undefined);
   const meta = await link.readMeta();
   let handover: Handover = { messages: [], inboundQos2: [] };
   if (meta) {
     const persistent = meta.expirySeconds > 0;
     const plan = planTeardown({
-      meta, cause, handBack,
+      meta, cause, handBack, resumed,
+      unreleased: await state.inboundQos2.unrouted(),
       willSuppressed: state.willSuppressed,
       connected: wasConnected,
       traffic: att?.traffic ?? NO_TRAFFIC,

@@ -73,19 +73,22 @@ export function deferred<T>(): Deferred<T> {
   return { promise, resolve, reject };
 }
 
-/** The router as the handlers see it: records every call; `publish` answers from `onPublish`. */
+/** The router as the handlers see it: records every call; `publish` waits for `onPublish` and answers from `matched`. */
 export class FakeRouter {
   readonly published: Message[][] = [];
   readonly subscribed: SubscriptionRequest[][] = [];
   readonly attached: RouterAttach[] = [];
   readonly detached: RouterDetach[] = [];
   onPublish: (messages: Message[]) => Promise<void> = async () => undefined;
+  /** Whether a subscription matched each published message (default: all did). */
+  matched: (messages: Message[]) => boolean[] = (messages) => messages.map(() => true);
   granted: (requests: SubscriptionRequest[]) => boolean[] = (requests) => requests.map(() => true);
   retained: Message[] = [];
 
-  async publish(messages: Message[]): Promise<void> {
+  async publish(messages: Message[]): Promise<boolean[]> {
     this.published.push(messages);
     await this.onPublish(messages);
+    return this.matched(messages);
   }
 
   async subscribe(_clientId: string, requests: SubscriptionRequest[]): Promise<{ granted: boolean[]; retained: Message[] }> {

@@ -11,15 +11,34 @@ describe("Outbox", () => {
   it("keeps at most the window in flight and admits the next one on PUBACK", async () => {
     const box = new Outbox(new MemoryStorage().asDurableObjectStorage(), 2);
     expect(publishedPids(await box.add([msg("a"), msg("b"), msg("c")]))).toEqual([1, 2]);
-    expect(await box.complete(1, "puback")).toEqual([expect.objectContaining({ kind: "publish", record: expect.objectContaining({ pid: 3 }) })]);
-    expect(await box.complete(1, "puback")).toEqual([]); // a duplicate PUBACK changes nothing
+    expect(await box.complete(1, "puback")).toEqual({ kind: "done", next: [expect.objectContaining({ kind: "publish", record: expect.objectContaining({ pid: 3 }) })] });
+    expect(await box.complete(1, "puback")).toEqual({ kind: "unknown" }); // a duplicate PUBACK changes nothing
+  });
+
+  it("an acknowledgement that is not its delivery's is unexpected: PUBREC for QoS 1, PUBACK for QoS 2, PUBCOMP before PUBREL", async () => {
+    const box = new Outbox(new MemoryStorage().asDurableObjectStorage(), 10);
+    await box.add([msg("one"), msg("two", 2)]);
+    expect(await box.received(1)).toEqual({ kind: "unexpected" });
+    expect(await box.complete(2, "puback")).toEqual({ kind: "unexpected" });
+    expect(await box.complete(2, "pubcomp")).toEqual({ kind: "unexpected" });
+    expect(await box.received(2)).toEqual({ kind: "released" });
+    expect(await box.received(2)).toEqual({ kind: "released" }); // a repeated PUBREC gets PUBREL again
+    expect(await box.complete(2, "pubcomp")).toEqual({ kind: "done", next: [] });
+    expect(await box.received(7)).toEqual({ kind: "unknown" });
+  });
+
+  it("a PUBREC with a failure reason ends the QoS 2 delivery: no PUBREL, and the window admits the next message", async () => {
+    const box = new Outbox(new MemoryStorage().asDurableObjectStorage(), 1);
+    expect(publishedPids(await box.add([msg("a", 2), msg("b", 2)]))).toEqual([1]);
+    expect(await box.received(1, true)).toEqual({ kind: "done", next: [expect.objectContaining({ kind: "publish", record: expect.objectContaining({ pid: 2 }) })] });
+    expect(await box.complete(1, "pubcomp")).toEqual({ kind: "unknown" });
   });
 
   it("hands unfinished messages over with their packet ids and DUP; the next connection resends them as they were [MQTT-4.4.0-1]", async () => {
     const storage = new MemoryStorage().asDurableObjectStorage();
     const first = new Outbox(storage, 10);
     await first.add([msg("a"), msg("b", 2)]);
-    expect(await first.received(2)).toBe(true);
+    expect(await first.received(2)).toEqual({ kind: "released" });
     const handover = await first.handover();
     expect(handover).toEqual([
       expect.objectContaining({ topic: "a", pid: 1, dup: true, released: false }),

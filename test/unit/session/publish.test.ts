@@ -2,6 +2,9 @@ import { describe, expect, it } from "vitest";
 import type { IPublishPacket } from "../../../src/protocol/codec";
 import { V5 } from "../../../src/protocol/codes";
 import { decidePublish, onPublish } from "../../../src/session/handlers/publish";
+import { onPubrel } from "../../../src/session/handlers/acks";
+import { closeConnection } from "../../../src/session/handlers/teardown";
+import { TOPIC_ALIAS_MAXIMUM } from "../../../src/session/properties";
 import { FakeLink, connectedAttachment, connMeta, deferred, settle, testConfig } from "./fake-link";
 
 const publish = (messageId: number | undefined, qos: 0 | 1 | 2, topic = "a/b"): IPublishPacket => ({
@@ -52,17 +55,87 @@ describe("PUBLISH handler", () => {
     expect(link.sent).toEqual([{ cmd: "puback", messageId: 1 }, { cmd: "puback", messageId: 3 }]);
   });
 
-  it("a QoS 2 retransmission during routing is acknowledged but routed once", async () => {
+  it("QoS 2 (Method A): stored and PUBREC at once, no router call before PUBREL; PUBREL routes it and PUBCOMP follows the call", async () => {
     const link = new FakeLink();
+    await onPublish(link, publish(5, 2));
+    await settle();
+    expect(link.sent).toEqual([{ cmd: "pubrec", messageId: 5 }]);
+    expect(link.router.published).toEqual([]);
+    expect(await link.state.inboundQos2.has(5)).toBe(true);
     const call = deferred<void>();
     link.router.onPublish = () => call.promise;
-    await onPublish(link, publish(5, 2));
-    await onPublish(link, { ...publish(5, 2), dup: true });
+    await onPubrel(link, { cmd: "pubrel", messageId: 5 });
+    await settle();
+    expect(link.router.published.flat().map((m) => m.topic)).toEqual(["a/b"]);
+    expect(link.cmds()).toEqual(["pubrec"]);
     call.resolve();
     await settle();
+    expect(link.sent).toEqual([{ cmd: "pubrec", messageId: 5 }, { cmd: "pubcomp", messageId: 5 }]);
+    expect(await link.state.inboundQos2.has(5)).toBe(false);
+  });
+
+  it("a QoS 2 retransmission before PUBREL gets PUBREC again and is stored once; a repeated PUBREL routes nothing more", async () => {
+    const link = new FakeLink();
+    await onPublish(link, publish(5, 2));
+    await onPublish(link, { ...publish(5, 2), dup: true });
+    await onPubrel(link, { cmd: "pubrel", messageId: 5 });
+    await onPubrel(link, { cmd: "pubrel", messageId: 5 });
+    await settle();
     expect(link.router.published.flat()).toHaveLength(1);
-    expect(link.sent).toEqual([{ cmd: "pubrec", messageId: 5 }, { cmd: "pubrec", messageId: 5 }]);
-    expect(await link.state.inboundQos2.has(5)).toBe(true);
+    expect(link.cmds()).toEqual(["pubrec", "pubrec", "pubcomp", "pubcomp"]);
+  });
+
+  it("MQTT 5 Receive Maximum counts QoS 2 messages until their PUBREL; a retransmission is not counted again [MQTT-3.3.4-7]", async () => {
+    const link = new FakeLink(testConfig({ maxInflight: 2 }), connectedAttachment(5), connMeta({ protocolVersion: 5 }));
+    await onPublish(link, publish(1, 2));
+    await onPublish(link, publish(2, 2));
+    await onPublish(link, { ...publish(2, 2), dup: true });
+    expect(link.closes).toEqual([]);
+    await onPublish(link, publish(3, 2));
+    expect(link.closes).toEqual(["receiveMaximumExceeded"]);
+  });
+
+  it("MQTT 5: PUBACK 0x10 when no subscription matched, 0x00 (short) when one did; 3.1.1 has no reason code", async () => {
+    const link = new FakeLink(testConfig(), connectedAttachment(5), connMeta({ protocolVersion: 5 }));
+    link.router.matched = (messages) => messages.map((m) => m.topic === "seen");
+    await onPublish(link, publish(1, 1, "nobody"));
+    await onPublish(link, publish(2, 1, "seen"));
+    await settle();
+    expect(link.sent).toEqual([{ cmd: "puback", messageId: 1, reasonCode: V5.noMatchingSubscribers }, { cmd: "puback", messageId: 2 }]);
+    const v4 = new FakeLink();
+    v4.router.matched = (messages) => messages.map(() => false);
+    await onPublish(v4, publish(1, 1));
+    await settle();
+    expect(v4.sent).toEqual([{ cmd: "puback", messageId: 1 }]);
+  });
+
+  it("a teardown routes the stored QoS 2 messages whose PUBREL never came, not one already in the router call", async () => {
+    const link = new FakeLink();
+    await onPublish(link, publish(1, 2, "in/flight"));
+    await onPublish(link, publish(2, 2, "never/released"));
+    const call = deferred<void>();
+    link.router.onPublish = () => call.promise;
+    await onPubrel(link, { cmd: "pubrel", messageId: 1 });
+    await settle();
+    const closing = closeConnection(link, "networkLost");
+    call.resolve();
+    await closing;
+    expect(link.router.published.flat().map((m) => m.topic)).toEqual(["in/flight"]);
+    expect(link.router.detached[0]?.announce?.[0]?.topic).toBe("never/released");
+  });
+
+  it("MQTT 5 topic aliases: an alias never set is a protocol error (0x82); 0 or over the maximum is Topic Alias invalid (0x94)", async () => {
+    const meta = connMeta({ protocolVersion: 5 });
+    const aliased = (alias: number, topic = ""): IPublishPacket => ({ ...publish(undefined, 0, topic), properties: { topicAlias: alias } });
+    const unset = new FakeLink(testConfig(), connectedAttachment(5), meta);
+    await onPublish(unset, aliased(3));
+    expect(unset.closes).toEqual(["protocolError"]);
+    const zero = new FakeLink(testConfig(), connectedAttachment(5), meta);
+    await onPublish(zero, aliased(0, "a"));
+    expect(zero.closes).toEqual(["topicAliasInvalid"]);
+    const over = new FakeLink(testConfig(), connectedAttachment(5), meta);
+    await onPublish(over, aliased(TOPIC_ALIAS_MAXIMUM + 1, "a"));
+    expect(over.closes).toEqual(["topicAliasInvalid"]);
   });
 
   it("past the publish rate the connection closes without routing", async () => {

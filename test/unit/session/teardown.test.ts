@@ -11,11 +11,11 @@ const shared: Message = { topic: "s", payload: new Uint8Array(), qos: 1, retain:
 const eventAction = (m: Message | undefined): unknown => (m ? JSON.parse(new TextDecoder().decode(m.payload)).Action : undefined);
 
 describe("planTeardown", () => {
-  it("a takeover of a persistent session publishes the will and the Disconnect event and answers the hand-over instead of detaching the session", () => {
+  it("a takeover by a clean start ends the persistent session: the will at once and the Disconnect event; the hand-over answers instead of detaching the session", () => {
     const plan = planTeardown({
       meta: connMeta({ expirySeconds: 3600, will, willDelaySeconds: 30 }),
-      cause: "takenOver", handBack: false, willSuppressed: false, connected: true, traffic,
-      unfinished: [inflight], inboundQos2: [9], now: 10,
+      cause: "takenOver", handBack: false, resumed: false, willSuppressed: false, connected: true, traffic,
+      unfinished: [inflight], unreleased: [], inboundQos2: [9], now: 10,
     });
     expect(plan.announce[0]).toBe(will); // no hand-back: the will delay cannot be kept by the session
     expect(eventAction(plan.announce[1])).toBe("Disconnect");
@@ -25,10 +25,29 @@ describe("planTeardown", () => {
     expect(plan.orphans).toEqual([]);
   });
 
+  it("a takeover that resumes the session publishes no will: the session goes on (§3.1.2.5)", () => {
+    const plan = planTeardown({
+      meta: connMeta({ expirySeconds: 3600, will }),
+      cause: "takenOver", handBack: false, resumed: true, willSuppressed: false, traffic,
+      unfinished: [], unreleased: [], inboundQos2: [], now: 10,
+    });
+    expect(plan.announce.map(eventAction)).toEqual(["Disconnect"]);
+  });
+
+  it("QoS 2 messages whose PUBREL never came are published first, before the will", () => {
+    const unreleased: Message = { topic: "q2", payload: new Uint8Array([2]), qos: 2, retain: false };
+    const plan = planTeardown({
+      meta: connMeta({ will }), cause: "networkLost", handBack: true, resumed: false, willSuppressed: false, traffic,
+      unfinished: [], unreleased: [unreleased], inboundQos2: [3], now: 10,
+    });
+    expect(plan.announce.slice(0, 2)).toEqual([unreleased, will]);
+    expect(eventAction(plan.announce[2])).toBe("Disconnect");
+  });
+
   it("a lost persistent connection with a will delay hands the will to the session object", () => {
     const plan = planTeardown({
       meta: connMeta({ expirySeconds: 3600, will, willDelaySeconds: 30 }),
-      cause: "networkLost", handBack: true, willSuppressed: false, connected: true, traffic, unfinished: [], inboundQos2: [], now: 10,
+      cause: "networkLost", handBack: true, resumed: false, willSuppressed: false, connected: true, traffic, unfinished: [], unreleased: [], inboundQos2: [], now: 10,
     });
     expect(plan.announce.map(eventAction)).toEqual(["Disconnect"]);
     expect(plan.sessionDetach).toEqual({ handover: { messages: [], inboundQos2: [] }, expirySeconds: 3600, delayedWill: { message: will, delaySeconds: 30 } });
@@ -37,7 +56,7 @@ describe("planTeardown", () => {
   it("a clean session gives unfinished shared messages back to their groups and keeps nothing", () => {
     const plan = planTeardown({
       meta: connMeta({ expirySeconds: 0, identity: { kind: "user", account: "acc", id: "u", acl: { pub: [], sub: [] }, expiresAt: null } }),
-      cause: "clientDisconnect", handBack: true, willSuppressed: false, connected: true, traffic, unfinished: [inflight, shared], inboundQos2: [], now: 10,
+      cause: "clientDisconnect", handBack: true, resumed: false, willSuppressed: false, connected: true, traffic, unfinished: [inflight, shared], unreleased: [], inboundQos2: [], now: 10,
     });
     expect(plan.orphans).toEqual([shared]);
     expect(plan.handover).toEqual({ messages: [], inboundQos2: [] });
@@ -45,7 +64,7 @@ describe("planTeardown", () => {
   });
 
   it("DISCONNECT publishes no will [MQTT-3.1.2-10]; an admin close can suppress it", () => {
-    const base = { handBack: true, connected: true, traffic, unfinished: [], inboundQos2: [], now: 10 };
+    const base = { handBack: true, resumed: false, connected: true, traffic, unfinished: [], unreleased: [], inboundQos2: [], now: 10 };
     expect(planTeardown({ ...base, meta: connMeta({ will }), cause: "clientDisconnect", willSuppressed: false }).announce).toHaveLength(1);
     expect(planTeardown({ ...base, meta: connMeta({ will }), cause: "adminKick", willSuppressed: true }).announce).toHaveLength(1);
     expect(planTeardown({ ...base, meta: connMeta({ will }), cause: "adminKick", willSuppressed: false }).announce[0]).toBe(will);
@@ -55,7 +74,7 @@ describe("planTeardown", () => {
 describe("a connection refused after its session was attached", () => {
   it("publishes neither its will nor a Disconnect event (it never got CONNACK 0)", () => {
     const plan = planTeardown({
-      meta: connMeta({ will }), cause: "connectRateExceeded", handBack: true, willSuppressed: false, connected: false,
+      meta: connMeta({ will }), cause: "connectRateExceeded", handBack: true, resumed: false, willSuppressed: false, connected: false, unreleased: [],
       traffic, unfinished: [], inboundQos2: [], now: 10,
     });
     expect(plan.announce).toEqual([]);
@@ -64,7 +83,7 @@ describe("a connection refused after its session was attached", () => {
 });
 
 describe("retained Disconnect events", () => {
-  const base = { cause: "networkLost" as const, handBack: true, willSuppressed: false, connected: true, traffic, unfinished: [], inboundQos2: [], now: 1_000, monitorRetainSeconds: 60 };
+  const base = { cause: "networkLost" as const, handBack: true, resumed: false, willSuppressed: false, connected: true, unreleased: [], traffic, unfinished: [], inboundQos2: [], now: 1_000, monitorRetainSeconds: 60 };
   it("expire for client ids chosen freely (multi mode, anonymous); stay for devices and single-mode users", () => {
     const user = (id: string) => ({ kind: "user" as const, account: "acc", id, acl: { pub: [], sub: [] }, expiresAt: null });
     const multi = planTeardown({ ...base, meta: connMeta({ clientId: "random-1", identity: user("u") }) }).announce[0];
