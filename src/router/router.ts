@@ -2,65 +2,18 @@ import { DurableObject } from "cloudflare:workers";
 import type { Env } from "../env";
 import { connectionStub, sessionStub } from "../stubs";
 import { SubscriptionTrie } from "../topics/trie";
-import { parseSharedFilter, topicMatches } from "../topics/topic";
+import { parseSharedFilter } from "../topics/topic";
 import { getConfig } from "../config";
 import { SharedGroups, isSharedKey, sharedKey } from "./shared";
 import { errorMessage, log } from "../log";
-import { isMessage, isQoS, type ForwardedProps, type Message, type QoS, type SubscriptionRequest, type RouterAttach, type RouterAttached, type RouterDetach, type DeliverResult } from "./messages";
-import { groupQueueKey, retainedKey, subscriptionKey, targetKey, parseSubscriptionKey, KEY } from "./keys";
+import { type Message, type QoS, type SubscriptionRequest, type RouterAttach, type RouterAttached, type RouterDetach, type DeliverResult } from "./messages";
+import { groupQueueKey, subscriptionKey, targetKey, parseSubscriptionKey, KEY } from "./keys";
 import { meterStorage } from "../metrics";
-import { isRecord } from "../guards";
 import { canSubscribe } from "../topics/acl";
-import { MONITOR_PREFIX } from "../monitoring/events";
 import { deleteKeys } from "../storage";
 import { fullBucket, take, type Bucket } from "../limits/rate";
-
-/** Where a session's messages go: its connection object (hex id) while online, else (null) its session object's queue. */
-interface TargetRecord {
-  conn: string | null;
-  persistent: boolean;
-}
-
-interface RetainedRecord {
-  payload: Uint8Array;
-  qos: QoS;
-  props?: ForwardedProps;
-  expiresAt?: number;
-}
-
-/** What the trie keeps per subscription: the granted QoS and the MQTT 5 options. */
-type SubOptions = Omit<SubscriptionRequest, "filter">;
-
-function readSubOptions(v: unknown): SubOptions | null {
-  if (isQoS(v)) return { qos: v }; // stored before MQTT 5 options existed
-  if (!isRecord(v)) return null;
-  const r = v;
-  if (!isQoS(r.qos)) return null;
-  const o: SubOptions = { qos: r.qos };
-  if (r.nl === true) o.nl = true;
-  if (r.rap === true) o.rap = true;
-  if (r.rh === 1 || r.rh === 2) o.rh = r.rh;
-  if (typeof r.id === "number") o.id = r.id;
-  return o;
-}
-
-function isTarget(v: unknown): v is TargetRecord {
-  if (!isRecord(v)) return false;
-  const r = v;
-  return (typeof r.conn === "string" || r.conn === null) && typeof r.persistent === "boolean";
-}
-
-function isGroupQueued(v: unknown): v is { key: string; message: Message } {
-  if (!isRecord(v)) return false;
-  const r = v;
-  return typeof r.key === "string" && isMessage(r.message);
-}
-
-function isRetained(v: unknown): v is RetainedRecord {
-  if (!isRecord(v)) return false;
-  const r = v;
-  return r.payload instanceof Uint8Array && isQoS(r.qos);
-}
+import { RetainedStore } from "./retained";
+import { isGroupQueued, isTarget, readSubOptions, type SubOptions, type TargetRecord } from "./records";
 
 /**
  * Topic router of one account (named by the account id). It owns the account's
@@ -75,21 +28,20 @@ export class TopicRouter extends DurableObject<Env> {
   /** clientId -> its filters (for cleanup and the per-session subscription count). */
   private readonly filtersByClient = new Map<string, Set<string>>();
   private readonly targets = new Map<string, TargetRecord>();
-  private readonly retained = new Map<string, RetainedRecord>();
+  private readonly retained: RetainedStore;
   private readonly shared = new SharedGroups();
   /** Group key -> QoS 1/2 messages waiting for a member to come back; storage `g:<seq>`. */
   private readonly groupQueues = new Map<string, Array<{ seq: number; message: Message }>>();
   private nextGroupSeq = 0;
   /** The account's connect rate (memory only: a busy account's router stays awake). */
   private connects: Bucket | null = null;
-  /** Retained monitoring topics, oldest first (Set order). */
-  private readonly monitorOrder = new Set<string>();
   /** Deliveries dropped since the object woke (a clean target that failed, QoS 0 to a failed target). */
   private dropped = 0;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     meterStorage(ctx, env, "router");
+    this.retained = new RetainedStore(ctx.storage, () => getConfig(env).limits.maxMonitorRetained);
     void ctx.blockConcurrencyWhile(() => this.load());
   }
 
@@ -104,13 +56,7 @@ export class TopicRouter extends DurableObject<Env> {
     for (const [key, value] of targets) {
       if (isTarget(value)) this.targets.set(key.slice(KEY.target.length), value);
     }
-    const retained = await this.ctx.storage.list({ prefix: KEY.retained });
-    for (const [key, value] of retained) {
-      if (!isRetained(value)) continue;
-      const topic = key.slice(KEY.retained.length);
-      this.retained.set(topic, value);
-      if (topic.startsWith(MONITOR_PREFIX)) this.monitorOrder.add(topic);
-    }
+    await this.retained.load();
     const queued = await this.ctx.storage.list({ prefix: KEY.groupQueue });
     for (const [key, value] of queued) {
       const seq = Number(key.slice(KEY.groupQueue.length));
@@ -217,17 +163,7 @@ export class TopicRouter extends DurableObject<Env> {
       if (parseSharedFilter(filter)) continue;
       if (options.rh === 2 || (options.rh === 1 && !isNew)) continue;
       // [MQTT-3.8.4-3]: a repeated subscription replaces the old one and resends retained messages.
-      // In topic order, the same before and after a restart (the map keeps insertion order).
-      const topics = [...this.retained.keys()].filter((topic) => topicMatches(filter, topic)).sort();
-      for (const topic of topics) {
-        const record = this.retained.get(topic);
-        if (!record || (record.expiresAt !== undefined && record.expiresAt <= now)) continue;
-        const m: Message = { topic, payload: record.payload, qos: minQoS(record.qos, options.qos), retain: true };
-        if (record.props) m.props = record.props;
-        if (record.expiresAt !== undefined) m.expiresAt = record.expiresAt;
-        if (options.id !== undefined) m.subIds = [options.id];
-        retained.push(m);
-      }
+      retained.push(...this.retained.matching(filter, options.qos, options.id, now));
     }
     return { granted, retained };
   }
@@ -251,7 +187,7 @@ export class TopicRouter extends DurableObject<Env> {
     const perClient = new Map<string, Message[]>();
     const matched: boolean[] = [];
     for (const message of messages) {
-      if (message.retain) this.storeRetained(message);
+      if (message.retain) this.retained.store(message);
       // One copy per session even when several of its filters match, at the highest granted
       // QoS, carrying every matching subscription identifier (MQTT 5 §3.3.4).
       const best = new Map<string, { qos: QoS; rap: boolean; ids: number[] }>();
@@ -390,37 +326,6 @@ export class TopicRouter extends DurableObject<Env> {
         this.dropped += durable.length;
         log("error", "router.enqueue_failed", { clientId, messages: durable.length, error: errorMessage(err) });
       });
-  }
-
-  private storeRetained(message: Message): void {
-    // [MQTT-3.3.1-10]/[MQTT-3.3.1-11]: an empty retained payload deletes; otherwise replace.
-    if (message.payload.byteLength === 0) {
-      this.retained.delete(message.topic);
-      void this.ctx.storage.delete(retainedKey(message.topic));
-      return;
-    }
-    const record: RetainedRecord = { payload: message.payload, qos: message.qos };
-    if (message.props) record.props = message.props;
-    if (message.expiresAt !== undefined) record.expiresAt = message.expiresAt;
-    this.retained.set(message.topic, record);
-    void this.ctx.storage.put(retainedKey(message.topic), record);
-    if (message.topic.startsWith(MONITOR_PREFIX)) this.boundMonitorEvents(message.topic);
-  }
-
-  /**
-   * Retained monitoring events are one per client id; client ids are the clients' choice, so
-   * the account keeps at most MAX_MONITOR_RETAINED of them: past it the oldest goes.
-   */
-  private boundMonitorEvents(topic: string): void {
-    this.monitorOrder.delete(topic);
-    this.monitorOrder.add(topic);
-    const max = getConfig(this.env).limits.maxMonitorRetained;
-    for (const oldest of this.monitorOrder) {
-      if (this.monitorOrder.size <= max) break;
-      this.monitorOrder.delete(oldest);
-      this.retained.delete(oldest);
-      void this.ctx.storage.delete(retainedKey(oldest));
-    }
   }
 
   private setTarget(clientId: string, target: TargetRecord): void {

@@ -3,18 +3,15 @@ import type { Env } from "../env";
 import { connectionStub, routerStub } from "../stubs";
 import { getConfig } from "../config";
 import { errorMessage, log } from "../log";
-import { PAGE_BYTES, isMessage, messageBytes, type DeliverResult, type Message } from "../router/messages";
+import { isMessage, type DeliverResult, type Message } from "../router/messages";
 import type { CloseCause } from "../protocol/codes";
 import { count, meterStorage } from "../metrics";
 import { limitEvent } from "../monitoring/events";
-import { QUEUE_PREFIX, SESSION_META_KEY, queueKey } from "./keys";
-import { deleteKeys, putEntries } from "../storage";
+import { SESSION_META_KEY } from "./keys";
+import { appendToQueue, dropQueueHead, readQueuePage } from "./queue";
 import { isRecord } from "../guards";
 import type { RateBuckets, SessionAttach, SessionAttached, SessionDetach, SessionOwner } from "./link";
 import { fullBucket, take, type Bucket } from "../limits/rate";
-
-/** Queue entries read per storage call when paging the hand-over. */
-const QUEUE_READ = 64;
 
 /** Persistent state of one MQTT session, apart from its subscriptions (the router owns those). */
 interface SessionMeta {
@@ -209,7 +206,7 @@ export class MqttSession extends DurableObject<Env> {
     }
     if (failed) return;
     while (meta.head < meta.tail) {
-      const { messages, next } = await this.readQueuePage(meta);
+      const { messages, next } = await readQueuePage(this.ctx.storage, meta);
       if (messages.length > 0 && (await deliver(messages)) !== "ok") return;
       await this.dropHead(meta, next);
     }
@@ -361,71 +358,20 @@ export class MqttSession extends DurableObject<Env> {
     if (times.length > 0) void this.ctx.storage.setAlarm(Math.min(...times));
   }
 
-  /**
-   * Queues messages durably (the router hears "delivered" only after the write), then drops
-   * the oldest past the count bound (MAX_QUEUED_MESSAGES) and the byte bound (MAX_QUEUED_BYTES).
-   */
+  /** Queues messages durably; past a bound the oldest go (counted, logged, LimitExceeded). */
   private async append(meta: SessionMeta, messages: Message[]): Promise<void> {
-    const limits = getConfig(this.env).limits;
     const first = meta.tail;
-    // A session stored before the byte bound has no sizes: it starts counting from here.
-    if (!meta.sizes || meta.sizes.length !== meta.tail - meta.head) meta.sizes = new Array<number>(meta.tail - meta.head).fill(0);
-    const entries: Array<[string, Message]> = [];
-    for (const m of messages) {
-      entries.push([queueKey(meta.tail++), m]);
-      meta.sizes.push(messageBytes(m));
-    }
-    await putEntries(this.ctx.storage, entries);
-    let bytes = meta.sizes.reduce((a, b) => a + b, 0);
-    let next = meta.head;
-    // The newest message always stays, whatever its size.
-    while (next < meta.tail - 1 && (meta.tail - next > limits.maxQueuedMessages || bytes > limits.maxQueuedBytes)) {
-      bytes -= meta.sizes[next - meta.head] ?? 0;
-      next++;
-    }
-    const excess = next - meta.head;
-    if (excess > 0) {
-      meta.dropped += excess;
-      const bound = meta.tail - next >= limits.maxQueuedMessages ? "MAX_QUEUED_MESSAGES" : "MAX_QUEUED_BYTES";
-      log("warn", "session.queue_full", { clientId: meta.clientId, dropped: excess, bound, first });
-      this.announce(meta, bound, `offline queue full: ${excess} oldest message(s) dropped (${meta.dropped} in all)`);
-      await this.dropHead(meta, next);
-      return;
+    const drop = await appendToQueue(this.ctx.storage, meta, messages, getConfig(this.env).limits);
+    if (drop) {
+      meta.dropped += drop.count;
+      log("warn", "session.queue_full", { clientId: meta.clientId, dropped: drop.count, bound: drop.bound, first });
+      this.announce(meta, drop.bound, `offline queue full: ${drop.count} oldest message(s) dropped (${meta.dropped} in all)`);
     }
     this.saveMeta(meta);
   }
 
-  /**
-   * The next page of the queue from its head, at most PAGE_BYTES (at least one message), and
-   * the sequence number after it. Expired messages are skipped [MQTT-3.3.2-5].
-   */
-  private async readQueuePage(meta: SessionMeta): Promise<{ messages: Message[]; next: number }> {
-    const map = await this.ctx.storage.list({ start: queueKey(meta.head), end: queueKey(meta.tail), limit: QUEUE_READ });
-    const messages: Message[] = [];
-    const now = Date.now();
-    let bytes = 0;
-    let next = meta.head;
-    for (const [key, value] of map) {
-      if (isMessage(value)) {
-        const size = messageBytes(value);
-        if (messages.length > 0 && bytes + size > PAGE_BYTES) break;
-        bytes += size;
-        if (!(value.expiresAt !== undefined && value.expiresAt <= now)) messages.push(value);
-      }
-      next = Number(key.slice(QUEUE_PREFIX.length)) + 1;
-    }
-    // Keys missing in storage (a gap) still advance the head.
-    if (map.size === 0) next = meta.tail;
-    return { messages, next };
-  }
-
-  /** Forgets the queue's messages before `next` (delivered, or dropped). */
   private async dropHead(meta: SessionMeta, next: number): Promise<void> {
-    const keys: string[] = [];
-    for (let s = meta.head; s < next; s++) keys.push(queueKey(s));
-    await deleteKeys(this.ctx.storage, keys);
-    if (meta.sizes) meta.sizes.splice(0, next - meta.head);
-    meta.head = next;
+    await dropQueueHead(this.ctx.storage, meta, next);
     this.saveMeta(meta);
   }
 
