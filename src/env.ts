@@ -10,6 +10,8 @@ export interface Env {
   ROUTER: DurableObjectNamespace<TopicRouter>;
   LIMITER: DurableObjectNamespace<ConnectionLimiter>;
   DB: D1Database;
+  /** The deployed Worker version (`[version_metadata]`), reported by GET /health. */
+  CF_VERSION_METADATA: WorkerVersionMetadata;
 
   /** Secrets (wrangler secret put / .dev.vars). */
   ADMIN_TOKEN?: string;
@@ -44,4 +46,6 @@ export interface Env {
   MAX_PACKETS_PER_FRAME?: string;
   CONNECT_RATE_PER_CLIENT?: string;
   CONNECT_BURST_PER_CLIENT?: string;
+  /** debug | info | warn | error (src/log.ts). */
+  LOG_LEVEL?: string;
 }
