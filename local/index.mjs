@@ -78,6 +78,7 @@ export async function startLocalBroker(options = {}) {
         durableObjects: worker.durableObjects,
         d1Databases: worker.d1Databases,
         ...(worker.assets === null ? {} : { assets: worker.assets }),
+        ...(worker.versionMetadata === null ? {} : { versionMetadata: worker.versionMetadata }),
       },
     ],
   });

@@ -121,5 +121,6 @@ const prepared = {
       ? null
       : { directory: assets.directory, routerConfig: assets.routerConfig ?? {}, assetConfig: assets.assetConfig ?? {} },
   migrations,
+  versionMetadata: workerOptions.versionMetadata ?? null,
 };
 writeFileSync(outArg, JSON.stringify(prepared, null, 2) + "\n");

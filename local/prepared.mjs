@@ -3,7 +3,7 @@
 import { readFileSync } from "node:fs";
 
 /** Bumped when the shape below changes, so old cache entries are rebuilt. */
-export const PREPARED_FORMAT = 1;
+export const PREPARED_FORMAT = 2;
 
 /**
  * @typedef {object} PreparedMigrations
@@ -23,6 +23,7 @@ export const PREPARED_FORMAT = 1;
  * @property {Record<string, string>} d1Databases binding -> database id
  * @property {NonNullable<import("miniflare").WorkerOptions["assets"]> | null} assets
  * @property {PreparedMigrations[]} migrations
+ * @property {string | null} versionMetadata the `version_metadata` binding's name (Miniflare fills it with a random id)
  */
 
 /**

@@ -14,7 +14,12 @@ import { fileURLToPath } from "node:url";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 
-/** The members of `interface <name> { ... }` in `text`: name -> { type, optional }. */
+/**
+ * The members of `interface <name> { ... }` in `text`: name -> { type, optional }.
+ * @param {string} text
+ * @param {string} name
+ * @returns {Map<string, { type: string, optional: boolean }>}
+ */
 export function interfaceMembers(text, name) {
   const start = new RegExp(`interface\\s+${name}\\s*\\{`).exec(text);
   if (!start) throw new Error(`no interface ${name}`);
@@ -31,12 +36,16 @@ export function interfaceMembers(text, name) {
     .replace(/\/\/.*$/gm, "");
   const members = new Map();
   for (const m of body.matchAll(/(?:^|[;\s])([A-Za-z_$][\w$]*)\s*(\?)?\s*:\s*([^;]+);/g)) {
-    members.set(m[1], { type: m[3].trim(), optional: m[2] === "?" });
+    members.set(m[1], { type: (m[3] ?? "").trim(), optional: m[2] === "?" });
   }
   return members;
 }
 
-/** A comparable kind: `DurableObjectNamespace<Class>`, `D1Database`, `string`, … */
+/**
+ * A comparable kind: `DurableObjectNamespace<Class>`, `D1Database`, `string`, …
+ * @param {string} type
+ * @returns {string}
+ */
 export function bindingKind(type) {
   const dobj = /^DurableObjectNamespace<\s*(?:import\([^)]*\)\.)?([\w$]+)\s*>$/.exec(type);
   if (dobj) return `DurableObjectNamespace<${dobj[1]}>`;
@@ -45,7 +54,12 @@ export function bindingKind(type) {
   return type;
 }
 
-/** Differences between the generated Env and src/env.ts's Env, as human-readable lines. */
+/**
+ * Differences between the generated Env and src/env.ts's Env, as human-readable lines.
+ * @param {Map<string, { type: string, optional: boolean }>} generated
+ * @param {Map<string, { type: string, optional: boolean }>} handWritten
+ * @returns {string[]}
+ */
 export function compareEnv(generated, handWritten) {
   const problems = [];
   for (const [name, gen] of generated) {

@@ -1,13 +1,17 @@
 #!/usr/bin/env node
 // `npm start`: local broker on wrangler dev. Installs nothing; run `npm ci` first.
+//   0. checks the vars (wrangler.toml, .dev.vars, `--var NAME:VALUE` arguments) with the
+//      Worker's own parser (scripts/config-check.mjs) and refuses to start on a bad one,
 //   1. makes sure .dev.vars holds ADMIN_TOKEN, JWT_SECRET and DEVICE_PEPPER (random if new),
 //   2. applies the local D1 migrations,
-//   3. runs `wrangler dev` on 127.0.0.1:$PORT (default 8787) and prints how to connect.
+//   3. runs `wrangler dev` on 127.0.0.1:$PORT (default 8787), with the --var arguments, and
+//      prints how to connect.
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { checkConfig, parseDevVars, parseVarArgs } from "./config-check.mjs";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const WRANGLER = join(ROOT, "node_modules/.bin/wrangler");
@@ -19,13 +23,29 @@ const DEV_ACCOUNT = "dev";
 const DEV_DEVICE = "dev-device";
 const DEV_USER = "dev-user";
 
+if (!existsSync(WRANGLER)) {
+  console.error("start: node_modules/.bin/wrangler not found; run `npm ci` first");
+  process.exit(2);
+}
+let varArgs;
+try {
+  const parsed = parseVarArgs(process.argv.slice(2));
+  if (parsed.rest.length > 0) throw new Error(`unknown argument ${parsed.rest[0]} (usage: npm start -- [--var NAME:VALUE]...)`);
+  varArgs = parsed.vars;
+} catch (err) {
+  console.error(`start: ${err.message}`);
+  process.exit(2);
+}
+const configCheck = await checkConfig({ root: ROOT, overrides: varArgs });
+for (const w of configCheck.warnings) console.warn(`start: warning: ${w}`);
+if (!configCheck.ok) {
+  console.error("start: not starting, the config is invalid:");
+  for (const p of configCheck.problems) console.error(`  ${p}`);
+  process.exit(2);
+}
 const port = Number(process.env.PORT || 8787);
 if (!Number.isInteger(port) || port <= 0 || port > 65535) {
   console.error(`start: PORT must be a TCP port number, got "${process.env.PORT}"`);
-  process.exit(2);
-}
-if (!existsSync(WRANGLER)) {
-  console.error("start: node_modules/.bin/wrangler not found; run `npm ci` first");
   process.exit(2);
 }
 
@@ -35,16 +55,6 @@ const quietEnv = {
   WRANGLER_SEND_METRICS: "false",
   XDG_CONFIG_HOME: join(ROOT, ".wrangler/config"),
 };
-
-/** Reads KEY=value lines (ignores blanks and # comments). */
-function parseVars(text) {
-  const vars = {};
-  for (const line of text.split(/\r?\n/)) {
-    const m = /^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$/.exec(line);
-    if (m && !line.trimStart().startsWith("#")) vars[m[1]] = m[2].replace(/^"(.*)"$/, "$1");
-  }
-  return vars;
-}
 
 /** The broker refuses a JWT_SECRET shorter than this (src/auth/jwt.ts, MIN_SECRET_BYTES). */
 const MIN_JWT_SECRET_BYTES = 32;
@@ -57,7 +67,7 @@ const MIN_JWT_SECRET_BYTES = 32;
 function ensureDevVars() {
   const exists = existsSync(DEV_VARS);
   let text = exists ? readFileSync(DEV_VARS, "utf8") : "";
-  const vars = parseVars(text);
+  const vars = parseDevVars(text);
   if (vars.JWT_SECRET && Buffer.byteLength(vars.JWT_SECRET, "utf8") < MIN_JWT_SECRET_BYTES) {
     console.log(`start: JWT_SECRET in .dev.vars is shorter than ${MIN_JWT_SECRET_BYTES} bytes; replacing it with a random one`);
     text = text.replace(/^\s*JWT_SECRET\s*=.*$\n?/gm, "");
@@ -157,12 +167,22 @@ async function bootstrapDevAccount(baseUrl, vars) {
   ];
 }
 
+let refusedConfig = false;
+
+/** Polls /health until 200; a 500 `config_invalid` (a var this script could not see) stops the broker. */
 async function waitForHealth(baseUrl, child) {
   for (;;) {
     if (child.exitCode !== null || child.signalCode !== null) return false;
     try {
       const res = await fetch(`${baseUrl}/health`);
       if (res.ok) return true;
+      const body = res.status === 500 ? await res.json().catch(() => null) : null;
+      if (body?.error?.code === "config_invalid") {
+        console.error(`start: stopping, the broker reports an invalid config: ${body.error.message}`);
+        refusedConfig = true;
+        child.kill("SIGTERM");
+        return false;
+      }
     } catch {
       // not up yet
     }
@@ -212,6 +232,7 @@ const child = spawn(
     "--persist-to",
     PERSIST,
     "--show-interactive-dev-session=false",
+    ...Object.entries(varArgs).flatMap(([k, v]) => ["--var", `${k}:${v}`]),
   ],
   { cwd: ROOT, env: quietEnv, stdio: "inherit" },
 );
@@ -226,6 +247,7 @@ child.on("error", (err) => {
   process.exit(1);
 });
 child.on("exit", (code, signal) => {
+  if (refusedConfig) process.exit(2);
   if (signal) process.exit(128 + ({ SIGINT: 2, SIGTERM: 15, SIGKILL: 9 }[signal] ?? 1));
   process.exit(code ?? 1);
 });
@@ -238,5 +260,5 @@ if (await waitForHealth(baseUrl, child)) {
   } catch (err) {
     console.error(`start: dev account bootstrap failed: ${err instanceof Error ? err.message : err}`);
   }
-  banner(baseUrl, anonymousAccountFromToml(), Array.isArray(extra) ? extra : undefined);
+  banner(baseUrl, varArgs.ANONYMOUS_ACCOUNT ?? anonymousAccountFromToml(), Array.isArray(extra) ? extra : undefined);
 }

@@ -1,10 +1,9 @@
+import { isValidAccountId } from "./auth/passwords";
+import { LOG_LEVELS, log, setLogLevel, type LogLevel } from "./log";
 
 /** The vars the config reads (strings, as wrangler passes them; a subset of the Worker's bindings). */
 export interface ConfigVars {
-  ALLOW_CONTROL_CHARACTERS?: string;
   ANONYMOUS_ACCOUNT?: string;
-  HTTP_PUBLISH_BURST?: string;
-  HTTP_PUBLISH_RATE_PER_SECOND?: string;
   KEEPALIVE_MAX_SECONDS?: string;
   KEEPALIVE_MIN_SECONDS?: string;
   MAX_CLIENT_ID_BYTES?: string;
@@ -13,9 +12,6 @@ export interface ConfigVars {
   MAX_MULTI_CONNECTIONS?: string;
   MAX_PAYLOAD_BYTES?: string;
   MAX_QUEUED_MESSAGES?: string;
-  MAX_QUEUED_BYTES?: string;
-  MAX_MONITOR_RETAINED?: string;
-  MONITOR_RETAIN_SECONDS?: string;
   MAX_SUBSCRIPTIONS?: string;
   MAX_TOPIC_BYTES?: string;
   MAX_TOPIC_LEVELS?: string;
@@ -28,8 +24,70 @@ export interface ConfigVars {
   CONNECT_BURST_PER_CLIENT?: string;
   CONNECT_RATE_PER_ACCOUNT?: string;
   CONNECT_BURST_PER_ACCOUNT?: string;
+  HTTP_PUBLISH_RATE_PER_SECOND?: string;
+  HTTP_PUBLISH_BURST?: string;
+  MAX_QUEUED_BYTES?: string;
+  MAX_MONITOR_RETAINED?: string;
+  MONITOR_RETAIN_SECONDS?: string;
+  ALLOW_CONTROL_CHARACTERS?: string;
   SESSION_EXPIRY_SECONDS?: string;
+  LOG_LEVEL?: string;
+  BENCH_COUNTERS?: string;
 }
+
+/**
+ * How one var is read. Unset or empty (blanks only) means the default; anything else must
+ * parse, or the whole config is invalid (`ConfigError`): no value silently becomes the default.
+ * - `int`: a whole number in decimal digits, at least `min` (a JSON number in wrangler.toml counts too);
+ * - `choice`: one of `values`;
+ * - `account`: an account id (1 to 64 of A-Z a-z 0-9 _ . -); empty turns the feature off.
+ */
+export type VarSpec =
+  | { readonly kind: "int"; readonly default: number; readonly min: number }
+  | { readonly kind: "choice"; readonly default: string; readonly values: readonly string[] }
+  | { readonly kind: "account"; readonly default: "" };
+
+/**
+ * Every var the broker reads, in one table: `getConfig` parses with it, `npm start` checks
+ * wrangler.toml and .dev.vars with it (scripts/config-check.mjs), and the unit tests hold
+ * the README's configuration table, wrangler.toml and .dev.vars.example to it.
+ */
+export const CONFIG_SCHEMA = {
+  ANONYMOUS_ACCOUNT: { kind: "account", default: "" },
+  MAX_PAYLOAD_BYTES: { kind: "int", default: 128 * 1024, min: 1 },
+  MAX_CLIENT_ID_BYTES: { kind: "int", default: 128, min: 1 },
+  MAX_TOPIC_BYTES: { kind: "int", default: 256, min: 1 },
+  MAX_TOPIC_LEVELS: { kind: "int", default: 16, min: 1 },
+  MAX_SUBSCRIPTIONS: { kind: "int", default: 100, min: 1 },
+  KEEPALIVE_MIN_SECONDS: { kind: "int", default: 0, min: 0 },
+  KEEPALIVE_MAX_SECONDS: { kind: "int", default: 3600, min: 1 },
+  MAX_QUEUED_MESSAGES: { kind: "int", default: 1000, min: 1 },
+  MAX_INFLIGHT: { kind: "int", default: 100, min: 1 },
+  SESSION_EXPIRY_SECONDS: { kind: "int", default: 7 * 24 * 3600, min: 1 },
+  MAX_MULTI_CONNECTIONS: { kind: "int", default: 100, min: 1 },
+  MAX_FILTERS_PER_SUBSCRIBE: { kind: "int", default: 32, min: 1 },
+  PUBLISH_RATE_PER_SECOND: { kind: "int", default: 100, min: 1 },
+  PUBLISH_BURST: { kind: "int", default: 200, min: 1 },
+  PACKET_RATE_PER_SECOND: { kind: "int", default: 500, min: 1 },
+  PACKET_BURST: { kind: "int", default: 1000, min: 1 },
+  MAX_PACKETS_PER_FRAME: { kind: "int", default: 500, min: 1 },
+  CONNECT_RATE_PER_CLIENT: { kind: "int", default: 1, min: 1 },
+  CONNECT_BURST_PER_CLIENT: { kind: "int", default: 10, min: 1 },
+  CONNECT_RATE_PER_ACCOUNT: { kind: "int", default: 500, min: 1 },
+  CONNECT_BURST_PER_ACCOUNT: { kind: "int", default: 1000, min: 1 },
+  HTTP_PUBLISH_RATE_PER_SECOND: { kind: "int", default: 100, min: 1 },
+  HTTP_PUBLISH_BURST: { kind: "int", default: 200, min: 1 },
+  MAX_QUEUED_BYTES: { kind: "int", default: 8 * 1024 * 1024, min: 1 },
+  MAX_MONITOR_RETAINED: { kind: "int", default: 10_000, min: 1 },
+  MONITOR_RETAIN_SECONDS: { kind: "int", default: 86_400, min: 1 },
+  ALLOW_CONTROL_CHARACTERS: { kind: "choice", default: "false", values: ["false", "true"] },
+  LOG_LEVEL: { kind: "choice", default: "info", values: LOG_LEVELS },
+  BENCH_COUNTERS: { kind: "choice", default: "0", values: ["0", "1"] },
+} as const satisfies Record<keyof ConfigVars, VarSpec>;
+
+type Schema = typeof CONFIG_SCHEMA;
+type VarName = keyof Schema;
+type NamesOf<Kind extends VarSpec["kind"]> = { [K in VarName]: Schema[K]["kind"] extends Kind ? K : never }[VarName];
 
 /** Broker limits, parsed once per isolate from wrangler vars. */
 export interface Limits {
@@ -72,7 +130,7 @@ export interface Limits {
   monitorRetainSeconds: number;
   maxInflight: number;
   sessionExpirySeconds: number;
-  /** Accept control characters (U+0001..U+001F, U+007F..U+009F) in client ids, user names, topics and filters. */
+  /** Control characters (U+0001..U+001F, U+007F..U+009F) allowed in client ids, user names, topics and filters (§1.5.4 says SHOULD NOT). */
   allowControlCharacters: boolean;
 }
 
@@ -84,91 +142,172 @@ export interface Config {
   anonymousAccount: string | undefined;
 }
 
-export const DEFAULT_LIMITS: Limits = {
-  maxPacketBytes: 128 * 1024 + 64 * 1024,
-  maxPayloadBytes: 128 * 1024,
-  maxClientIdBytes: 128,
-  maxTopicBytes: 256,
-  maxTopicLevels: 16,
-  maxSubscriptions: 100,
-  maxFiltersPerSubscribe: 32,
-  publishRatePerSecond: 100,
-  publishBurst: 200,
-  packetRatePerSecond: 500,
-  packetBurst: 1000,
-  maxPacketsPerFrame: 500,
-  connectRatePerClient: 1,
-  connectBurstPerClient: 10,
-  connectRatePerAccount: 500,
-  connectBurstPerAccount: 1000,
-  httpPublishRatePerSecond: 100,
-  httpPublishBurst: 200,
-  keepAliveMinSeconds: 0,
-  keepAliveMaxSeconds: 3600,
-  maxQueuedMessages: 1000,
-  maxQueuedBytes: 8 * 1024 * 1024,
-  maxMonitorRetained: 10_000,
-  monitorRetainSeconds: 86_400,
-  maxInflight: 100,
-  sessionExpirySeconds: 7 * 24 * 3600,
-  allowControlCharacters: false,
-};
-
-function int(value: string | undefined, fallback: number, min = 0): number {
-  if (value === undefined || value.trim() === "") return fallback;
-  const n = Number(value);
-  return Number.isInteger(n) && n >= min ? n : fallback;
+/** One var that did not parse (or two that contradict each other), in words an operator can act on. */
+export interface ConfigIssue {
+  name: VarName;
+  message: string;
 }
 
-/** "true" or "false" (any case); anything else is the fallback. */
-function bool(value: string | undefined, fallback: boolean): boolean {
-  const v = value?.trim().toLowerCase();
-  return v === "true" ? true : v === "false" ? false : fallback;
+/** The vars do not make a config: every issue, each naming its var and the expected form. */
+export class ConfigError extends Error {
+  readonly issues: readonly ConfigIssue[];
+
+  constructor(issues: readonly ConfigIssue[]) {
+    super(issues.map((i) => i.message).join("; "));
+    this.name = "ConfigError";
+    this.issues = issues;
+  }
 }
 
-let cached: { env: ConfigVars; config: Config } | undefined;
+export type ConfigResult = { ok: true; config: Config; logLevel: LogLevel } | { ok: false; error: ConfigError };
 
-/** Reads the config from env vars; cached per env object (one per isolate). */
-export function getConfig(env: ConfigVars): Config {
-  if (cached && cached.env === env) return cached.config;
-  const maxPayloadBytes = int(env.MAX_PAYLOAD_BYTES, DEFAULT_LIMITS.maxPayloadBytes, 1);
-  const maxTopicBytes = int(env.MAX_TOPIC_BYTES, DEFAULT_LIMITS.maxTopicBytes, 1);
+/** What a var of this spec must look like, for error messages and docs. */
+export function expectedForm(spec: VarSpec): string {
+  switch (spec.kind) {
+    case "int":
+      return `a whole number >= ${spec.min}`;
+    case "choice":
+      return `one of ${spec.values.join(", ")}`;
+    case "account":
+      return "empty (off) or an account id of 1 to 64 characters of A-Z a-z 0-9 _ . -";
+  }
+}
+
+/** Reads vars by their schema entry and collects every problem instead of stopping at the first. */
+class VarReader {
+  readonly issues: ConfigIssue[] = [];
+
+  constructor(private readonly vars: ConfigVars) {}
+
+  /** The var's value as wrangler passed it (a string, or a JSON value from wrangler.toml); undefined when unset or blank. */
+  private raw(name: VarName): unknown {
+    const value: unknown = this.vars[name];
+    return typeof value === "string" && value.trim() === "" ? undefined : value;
+  }
+
+  private invalid(name: VarName, raw: unknown): void {
+    this.issues.push({ name, message: `${name} must be ${expectedForm(CONFIG_SCHEMA[name])}, got ${JSON.stringify(raw)}` });
+  }
+
+  int(name: NamesOf<"int">): number {
+    const spec = CONFIG_SCHEMA[name];
+    const raw = this.raw(name);
+    if (raw === undefined) return spec.default;
+    const text = typeof raw === "string" ? raw.trim() : typeof raw === "number" ? String(raw) : "";
+    const n = /^[0-9]+$/.test(text) ? Number(text) : Number.NaN;
+    if (Number.isSafeInteger(n) && n >= spec.min) return n;
+    this.invalid(name, raw);
+    return spec.default;
+  }
+
+  choice<K extends NamesOf<"choice">>(name: K): Schema[K]["values"][number] {
+    const spec: Schema[K] = CONFIG_SCHEMA[name];
+    const raw = this.raw(name);
+    if (raw === undefined) return spec.default;
+    const text = typeof raw === "string" ? raw.trim() : undefined;
+    const found = spec.values.find((v) => v === text);
+    if (found !== undefined) return found;
+    this.invalid(name, raw);
+    return spec.default;
+  }
+
+  account(name: NamesOf<"account">): string | undefined {
+    const raw = this.raw(name);
+    if (raw === undefined) return undefined;
+    const text = typeof raw === "string" ? raw.trim() : "";
+    if (isValidAccountId(text)) return text;
+    this.invalid(name, raw);
+    return undefined;
+  }
+
+  /** Two vars that each parse but contradict each other. */
+  conflict(name: VarName, message: string): void {
+    this.issues.push({ name, message });
+  }
+}
+
+/** Parses the vars with the schema; pure (no cache, no logging). */
+export function parseConfig(vars: ConfigVars): ConfigResult {
+  const r = new VarReader(vars);
+  const maxPayloadBytes = r.int("MAX_PAYLOAD_BYTES");
+  const maxTopicBytes = r.int("MAX_TOPIC_BYTES");
   const limits: Limits = {
     maxPayloadBytes,
     maxTopicBytes,
     // Fixed header (5) + topic length prefix (2) + topic + packet id (2) + MQTT 5 properties headroom.
     maxPacketBytes: maxPayloadBytes + maxTopicBytes + 5 + 2 + 2 + 8 * 1024,
-    maxClientIdBytes: int(env.MAX_CLIENT_ID_BYTES, DEFAULT_LIMITS.maxClientIdBytes, 1),
-    maxTopicLevels: int(env.MAX_TOPIC_LEVELS, DEFAULT_LIMITS.maxTopicLevels, 1),
-    maxSubscriptions: int(env.MAX_SUBSCRIPTIONS, DEFAULT_LIMITS.maxSubscriptions, 1),
-    maxFiltersPerSubscribe: int(env.MAX_FILTERS_PER_SUBSCRIBE, DEFAULT_LIMITS.maxFiltersPerSubscribe, 1),
-    publishRatePerSecond: int(env.PUBLISH_RATE_PER_SECOND, DEFAULT_LIMITS.publishRatePerSecond, 1),
-    publishBurst: int(env.PUBLISH_BURST, DEFAULT_LIMITS.publishBurst, 1),
-    packetRatePerSecond: int(env.PACKET_RATE_PER_SECOND, DEFAULT_LIMITS.packetRatePerSecond, 1),
-    packetBurst: int(env.PACKET_BURST, DEFAULT_LIMITS.packetBurst, 1),
-    maxPacketsPerFrame: int(env.MAX_PACKETS_PER_FRAME, DEFAULT_LIMITS.maxPacketsPerFrame, 1),
-    connectRatePerClient: int(env.CONNECT_RATE_PER_CLIENT, DEFAULT_LIMITS.connectRatePerClient, 1),
-    connectBurstPerClient: int(env.CONNECT_BURST_PER_CLIENT, DEFAULT_LIMITS.connectBurstPerClient, 1),
-    connectRatePerAccount: int(env.CONNECT_RATE_PER_ACCOUNT, DEFAULT_LIMITS.connectRatePerAccount, 1),
-    connectBurstPerAccount: int(env.CONNECT_BURST_PER_ACCOUNT, DEFAULT_LIMITS.connectBurstPerAccount, 1),
-    httpPublishRatePerSecond: int(env.HTTP_PUBLISH_RATE_PER_SECOND, DEFAULT_LIMITS.httpPublishRatePerSecond, 1),
-    httpPublishBurst: int(env.HTTP_PUBLISH_BURST, DEFAULT_LIMITS.httpPublishBurst, 1),
-    keepAliveMinSeconds: int(env.KEEPALIVE_MIN_SECONDS, DEFAULT_LIMITS.keepAliveMinSeconds),
-    keepAliveMaxSeconds: int(env.KEEPALIVE_MAX_SECONDS, DEFAULT_LIMITS.keepAliveMaxSeconds, 1),
-    maxQueuedMessages: int(env.MAX_QUEUED_MESSAGES, DEFAULT_LIMITS.maxQueuedMessages, 1),
-    maxQueuedBytes: int(env.MAX_QUEUED_BYTES, DEFAULT_LIMITS.maxQueuedBytes, 1),
-    maxMonitorRetained: int(env.MAX_MONITOR_RETAINED, DEFAULT_LIMITS.maxMonitorRetained, 1),
-    monitorRetainSeconds: int(env.MONITOR_RETAIN_SECONDS, DEFAULT_LIMITS.monitorRetainSeconds, 1),
-    maxInflight: int(env.MAX_INFLIGHT, DEFAULT_LIMITS.maxInflight, 1),
-    sessionExpirySeconds: int(env.SESSION_EXPIRY_SECONDS, DEFAULT_LIMITS.sessionExpirySeconds, 1),
-    allowControlCharacters: bool(env.ALLOW_CONTROL_CHARACTERS, DEFAULT_LIMITS.allowControlCharacters),
+    maxClientIdBytes: r.int("MAX_CLIENT_ID_BYTES"),
+    maxTopicLevels: r.int("MAX_TOPIC_LEVELS"),
+    maxSubscriptions: r.int("MAX_SUBSCRIPTIONS"),
+    maxFiltersPerSubscribe: r.int("MAX_FILTERS_PER_SUBSCRIBE"),
+    publishRatePerSecond: r.int("PUBLISH_RATE_PER_SECOND"),
+    publishBurst: r.int("PUBLISH_BURST"),
+    packetRatePerSecond: r.int("PACKET_RATE_PER_SECOND"),
+    packetBurst: r.int("PACKET_BURST"),
+    maxPacketsPerFrame: r.int("MAX_PACKETS_PER_FRAME"),
+    connectRatePerClient: r.int("CONNECT_RATE_PER_CLIENT"),
+    connectBurstPerClient: r.int("CONNECT_BURST_PER_CLIENT"),
+    connectRatePerAccount: r.int("CONNECT_RATE_PER_ACCOUNT"),
+    connectBurstPerAccount: r.int("CONNECT_BURST_PER_ACCOUNT"),
+    httpPublishRatePerSecond: r.int("HTTP_PUBLISH_RATE_PER_SECOND"),
+    httpPublishBurst: r.int("HTTP_PUBLISH_BURST"),
+    keepAliveMinSeconds: r.int("KEEPALIVE_MIN_SECONDS"),
+    keepAliveMaxSeconds: r.int("KEEPALIVE_MAX_SECONDS"),
+    maxQueuedMessages: r.int("MAX_QUEUED_MESSAGES"),
+    maxQueuedBytes: r.int("MAX_QUEUED_BYTES"),
+    maxMonitorRetained: r.int("MAX_MONITOR_RETAINED"),
+    monitorRetainSeconds: r.int("MONITOR_RETAIN_SECONDS"),
+    maxInflight: r.int("MAX_INFLIGHT"),
+    sessionExpirySeconds: r.int("SESSION_EXPIRY_SECONDS"),
+    allowControlCharacters: r.choice("ALLOW_CONTROL_CHARACTERS") === "true",
   };
-  const anon = env.ANONYMOUS_ACCOUNT?.trim();
+  if (limits.keepAliveMinSeconds > limits.keepAliveMaxSeconds) {
+    r.conflict(
+      "KEEPALIVE_MIN_SECONDS",
+      `KEEPALIVE_MIN_SECONDS must be <= KEEPALIVE_MAX_SECONDS, got ${limits.keepAliveMinSeconds} > ${limits.keepAliveMaxSeconds}`,
+    );
+  }
   const config: Config = {
     limits,
-    maxMultiConnections: int(env.MAX_MULTI_CONNECTIONS, 100, 1),
-    anonymousAccount: anon ? anon : undefined,
+    maxMultiConnections: r.int("MAX_MULTI_CONNECTIONS"),
+    anonymousAccount: r.account("ANONYMOUS_ACCOUNT"),
   };
-  cached = { env, config };
-  return config;
+  const logLevel = r.choice("LOG_LEVEL");
+  // metrics.ts reads BENCH_COUNTERS itself; parsed here so a typo is reported like any other var.
+  r.choice("BENCH_COUNTERS");
+  if (r.issues.length > 0) return { ok: false, error: new ConfigError(r.issues) };
+  return { ok: true, config, logLevel };
+}
+
+function defaults(): Config {
+  const parsed = parseConfig({});
+  if (!parsed.ok) throw parsed.error; // the schema's own defaults always parse (unit-tested)
+  return parsed.config;
+}
+
+/** The config with every var unset. */
+export const DEFAULT_CONFIG: Config = defaults();
+export const DEFAULT_LIMITS: Limits = DEFAULT_CONFIG.limits;
+
+let cached: { env: ConfigVars; result: ConfigResult } | undefined;
+
+/**
+ * Parses the vars once per env object (one per isolate), applies LOG_LEVEL, and logs
+ * `config.invalid` when they do not parse. Never throws: Durable Object constructors call
+ * it, and a constructor that throws fails every request and alarm of the object.
+ */
+export function loadConfig(env: ConfigVars): ConfigResult {
+  if (cached && cached.env === env) return cached.result;
+  const result = parseConfig(env);
+  if (result.ok) setLogLevel(result.logLevel);
+  else log("error", "config.invalid", { vars: result.error.issues.map((i) => i.name), message: result.error.message });
+  cached = { env, result };
+  return result;
+}
+
+/** The config from the env vars; throws ConfigError when they do not parse. */
+export function getConfig(env: ConfigVars): Config {
+  const result = loadConfig(env);
+  if (!result.ok) throw result.error;
+  return result.config;
 }

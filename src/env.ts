@@ -10,6 +10,8 @@ export interface Env {
   ROUTER: DurableObjectNamespace<TopicRouter>;
   LIMITER: DurableObjectNamespace<ConnectionLimiter>;
   DB: D1Database;
+  /** The deployed Worker version (`[version_metadata]`), reported by GET /health. */
+  CF_VERSION_METADATA: WorkerVersionMetadata;
 
   /** Secrets (wrangler secret put / .dev.vars). */
   ADMIN_TOKEN?: string;
@@ -57,4 +59,6 @@ export interface Env {
   HTTP_PUBLISH_RATE_PER_SECOND?: string;
   HTTP_PUBLISH_BURST?: string;
   ALLOW_CONTROL_CHARACTERS?: string;
+  /** debug | info | warn | error (src/log.ts). */
+  LOG_LEVEL?: string;
 }

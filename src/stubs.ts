@@ -29,6 +29,11 @@ export function limiterStub(env: Env, account: string, identity: string): Durabl
   return meterStub(env, env.LIMITER.get(env.LIMITER.idFromName(sessionName(account, identity))), "limiter");
 }
 
+/** The connection-limit object GET /health asks; its name has no NUL, so no identity's object is it. */
+export function healthStub(env: Env): DurableObjectStub<ConnectionLimiter> {
+  return meterStub(env, env.LIMITER.get(env.LIMITER.idFromName("health")), "limiter");
+}
+
 /** Client ids are free text; the NUL separator cannot occur in a valid MQTT string [MQTT-1.5.3-2]. */
 export function sessionName(account: string, clientId: string): string {
   return `${account}\u0000${clientId}`;

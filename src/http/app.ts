@@ -1,8 +1,10 @@
 import { Hono } from "hono";
 import type { Env } from "../env";
+import { loadConfig } from "../config";
 import { errorMessage, log } from "../log";
 import { adminApi } from "./admin";
-import { jsonError } from "./errors";
+import { configInvalidResponse, jsonError } from "./errors";
+import { health } from "./health";
 import { mqttUpgrade } from "./mqtt-upgrade";
 import { httpPublish } from "./publish";
 import { benchApi } from "./bench";
@@ -10,9 +12,17 @@ import { benchApi } from "./bench";
 /** The Worker's HTTP surface. */
 export const app = new Hono<{ Bindings: Env }>();
 
+// Vars that do not parse: every request answers 500 `config_invalid` naming them (and
+// `config.invalid` is logged once per isolate) instead of running on guessed limits.
+app.use(async (c, next) => {
+  const loaded = loadConfig(c.env);
+  if (!loaded.ok) return configInvalidResponse(loaded.error);
+  await next();
+});
+
 app.get("/mqtt", mqttUpgrade);
 
-app.get("/health", (c) => c.json({ ok: true }));
+app.get("/health", health);
 app.route("/admin/v1", adminApi);
 app.route("/__bench", benchApi);
 

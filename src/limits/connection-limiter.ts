@@ -1,6 +1,7 @@
 import { DurableObject } from "cloudflare:workers";
 import type { Env } from "../env";
 import { connectionStub } from "../stubs";
+import { loadConfig } from "../config";
 import { errorMessage, log } from "../log";
 import { meterStorage } from "../metrics";
 import type { ClaimResult, ConnectionMode, Identity } from "../auth/identity";
@@ -92,9 +93,15 @@ export class ConnectionLimiter extends DurableObject<Env> {
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     meterStorage(ctx, env, "limiter");
+    loadConfig(env); // LOG_LEVEL for this isolate; a bad var fails the calls that read the config, not the constructor
     void ctx.blockConcurrencyWhile(async () => {
       this.state = readState(await ctx.storage.get("state"));
     });
+  }
+
+  /** For GET /health: answers once the object has started and read its storage. */
+  async ping(): Promise<true> {
+    return true;
   }
 
   /** Asks for a slot for `clientId` held by connection object `conn`. */

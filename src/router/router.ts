@@ -3,7 +3,7 @@ import type { Env } from "../env";
 import { connectionStub, sessionStub } from "../stubs";
 import { SubscriptionTrie } from "../topics/trie";
 import { parseSharedFilter } from "../topics/topic";
-import { getConfig } from "../config";
+import { getConfig, loadConfig } from "../config";
 import { SharedGroups, isSharedKey, sharedKey } from "./shared";
 import { errorMessage, log } from "../log";
 import { type Message, type QoS, type SubscriptionRequest, type RouterAttach, type RouterAttached, type RouterDetach, type DeliverResult } from "./messages";
@@ -41,6 +41,7 @@ export class TopicRouter extends DurableObject<Env> {
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     meterStorage(ctx, env, "router");
+    loadConfig(env); // LOG_LEVEL for this isolate; a bad var fails the calls that read the config, not the constructor
     this.retained = new RetainedStore(ctx.storage, () => getConfig(env).limits.maxMonitorRetained);
     void ctx.blockConcurrencyWhile(() => this.load());
   }

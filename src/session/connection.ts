@@ -1,7 +1,8 @@
 import { DurableObject } from "cloudflare:workers";
 import type { Env } from "../env";
 import { limiterStub, routerStub, sessionStub } from "../stubs";
-import { getConfig, type Config } from "../config";
+import { DEFAULT_CONFIG, loadConfig, type Config, type ConfigError } from "../config";
+import { configInvalidResponse } from "../http/errors";
 import { errorMessage, log } from "../log";
 import { concatBytes, decodePacket, readFrames } from "../protocol/codec";
 import { ConnackCode, type CloseCause } from "../protocol/codes";
@@ -40,6 +41,11 @@ import { closeConnection } from "./handlers/teardown";
  */
 export class MqttConnection extends DurableObject<Env> {
   private readonly config: Config;
+  /**
+   * Set when the vars do not parse: upgrades are refused (500 config_invalid, as the Worker
+   * answers), and `config` holds the defaults, for the alarms of connections from before.
+   */
+  private readonly configError: ConfigError | undefined;
   /** In-memory state: built empty after every wake (`wake`), reloaded lazily. */
   private state!: ConnState;
   private link!: SocketLink;
@@ -51,7 +57,9 @@ export class MqttConnection extends DurableObject<Env> {
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     meterStorage(ctx, env, "connection");
-    this.config = getConfig(env);
+    const loaded = loadConfig(env);
+    this.config = loaded.ok ? loaded.config : DEFAULT_CONFIG;
+    this.configError = loaded.ok ? undefined : loaded.error;
     this.wake();
   }
 
@@ -66,6 +74,7 @@ export class MqttConnection extends DurableObject<Env> {
   /** The WebSocket upgrade, forwarded by the Worker from `GET /mqtt`. */
   override async fetch(request: Request): Promise<Response> {
     count(this.env, "doFetch", "connection.fetch");
+    if (this.configError) return configInvalidResponse(this.configError);
     const pair = new WebSocketPair();
     const [client, server] = [pair[0], pair[1]];
     this.ctx.acceptWebSocket(server);

@@ -1,7 +1,7 @@
 import { DurableObject } from "cloudflare:workers";
 import type { Env } from "../env";
 import { connectionStub, routerStub } from "../stubs";
-import { getConfig } from "../config";
+import { getConfig, loadConfig } from "../config";
 import { errorMessage, log } from "../log";
 import { isMessage, type DeliverResult, type Message } from "../router/messages";
 import type { CloseCause } from "../protocol/codes";
@@ -92,6 +92,7 @@ export class MqttSession extends DurableObject<Env> {
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     meterStorage(ctx, env, "session");
+    loadConfig(env); // LOG_LEVEL for this isolate; a bad var fails the calls that read the config, not the constructor
     void ctx.blockConcurrencyWhile(async () => {
       const stored = await ctx.storage.get(SESSION_META_KEY);
       this.meta = isMeta(stored) ? stored : null;

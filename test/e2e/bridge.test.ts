@@ -38,13 +38,26 @@ function run(cmd: string, args: string[], ms = 15_000): Promise<Run> {
   });
 }
 
+/** The payload of the retained marker that tells a mosquitto_sub is subscribed. */
+const READY = "mosquitto-sub-ready";
+/** The marker topics, cleared after the file. */
+const readyTopics: string[] = [];
+
 /**
- * Starts mosquitto_sub with `-d` (debug lines on stdout) and resolves once its SUBACK is in,
- * so a publish that follows cannot be missed.
+ * Starts mosquitto_sub and resolves once it is subscribed, so a publish that follows cannot
+ * be missed. mosquitto_sub's stdout is a pipe here, so only what it prints before a flush is
+ * seen: it flushes after each message, not after its debug lines. So it also subscribes to a
+ * topic holding a retained marker (in the same SUBSCRIBE), which arrives once the subscription
+ * is in place; its `-C` count is raised by one for it.
  */
 async function mosquittoSub(args: string[]): Promise<{ done: Promise<Run>; kill: (sig?: NodeJS.Signals) => void }> {
-  // stdbuf: line-buffered stdout, or the debug lines sit in stdio's buffer until exit
-  const child = spawn("stdbuf", ["-oL", "mosquitto_sub", "-d", ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  const ready = `ready/${uid()}`;
+  readyTopics.push(ready);
+  const marker = await connect({ clientId: uid("mark") });
+  await marker.publishAsync(ready, READY, { qos: 1, retain: true });
+  await end(marker);
+  const withReady = args.map((a, i) => (args[i - 1] === "-C" ? String(Number(a) + 1) : a));
+  const child = spawn("mosquitto_sub", ["-d", ...withReady, "-t", ready], { stdio: ["ignore", "pipe", "pipe"] });
   let stdout = "";
   let stderr = "";
   child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
@@ -52,14 +65,14 @@ async function mosquittoSub(args: string[]): Promise<{ done: Promise<Run>; kill:
   const done = new Promise<Run>((ok) => child.once("close", (code) => ok({ code, stdout, stderr })));
   const t = setTimeout(() => child.kill("SIGKILL"), 20_000);
   void done.then(() => clearTimeout(t));
-  await waitFor(() => stdout.includes("received SUBACK") || child.exitCode !== null, "mosquitto_sub's SUBACK");
-  if (!stdout.includes("received SUBACK")) throw new Error(`mosquitto_sub failed:\n${stdout}\n${stderr}`);
+  await waitFor(() => stdout.includes(READY) || child.exitCode !== null, "mosquitto_sub's subscription (the retained marker)");
+  if (!stdout.includes(READY)) throw new Error(`mosquitto_sub failed:\n${stdout}\n${stderr}`);
   return { done, kill: (sig = "SIGTERM") => child.kill(sig) };
 }
 
-/** The message lines of `mosquitto_sub -d` output (debug lines start with "Client " or "Subscribed"). */
+/** The message lines of `mosquitto_sub -d` output (debug lines start with "Client " or "Subscribed"; the marker left out). */
 const messages = (out: string): string[] =>
-  out.split("\n").filter((l) => l !== "" && !l.startsWith("Client ") && !l.startsWith("Subscribed"));
+  out.split("\n").filter((l) => l !== "" && l !== READY && !l.startsWith("Client ") && !l.startsWith("Subscribed"));
 
 /** A self-signed certificate for localhost and 127.0.0.1. */
 function makeCert(dir: string, name: string): { cert: string; key: string } {
@@ -87,10 +100,9 @@ let secure: BridgeProcess;
 
 beforeAll(async () => {
   // Missing tools fail every test here with this message; nothing is skipped silently.
-  requireTool("mosquitto_pub", ["--help"], "mosquitto-clients");
-  requireTool("mosquitto_sub", ["--help"], "mosquitto-clients");
-  requireTool("openssl", ["version"], "openssl");
-  requireTool("stdbuf", ["--version"], "coreutils");
+  requireTool("mosquitto_pub", ["--help"]);
+  requireTool("mosquitto_sub", ["--help"]);
+  requireTool("openssl", ["version"]);
   dir = mkdtempSync(join(tmpdir(), "mqtt-bridge-e2e-"));
   certs = makeCert(dir, "first");
   const to = inject("brokerWsUrl");
@@ -102,6 +114,11 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  if (readyTopics.length > 0) {
+    const cleaner = await connect({ clientId: uid("clean") });
+    await Promise.all(readyTopics.map((t) => cleaner.publishAsync(t, "", { qos: 1, retain: true })));
+    await end(cleaner);
+  }
   await Promise.all([plain?.stop(), secure?.stop()]);
   if (dir) rmSync(dir, { recursive: true, force: true });
 });

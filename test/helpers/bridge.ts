@@ -73,16 +73,25 @@ export async function startBridge(args: string[], env: NodeJS.ProcessEnv = {}): 
   };
 }
 
+/** The package that brings each native tool the bridge tests run, per package manager. */
+const TOOL_PACKAGES: Record<string, { debian: string; fedora: string; alpine: string; brew: string }> = {
+  mosquitto_pub: { debian: "mosquitto-clients", fedora: "mosquitto", alpine: "mosquitto-clients", brew: "mosquitto" },
+  mosquitto_sub: { debian: "mosquitto-clients", fedora: "mosquitto", alpine: "mosquitto-clients", brew: "mosquitto" },
+  openssl: { debian: "openssl", fedora: "openssl", alpine: "openssl", brew: "openssl" },
+};
+
 /**
- * Fails with a clear message when a native tool the tests need is missing (no silent skip).
- * `.ci/run` installs them with apt-get.
+ * Fails with a clear message when a native tool the tests need is missing (no silent skip),
+ * naming the package to install. `.ci/run` installs them with apt-get.
  */
-export function requireTool(cmd: string, args: string[], pkg: string): void {
+export function requireTool(cmd: string, args: string[]): void {
   const r = spawnSync(cmd, args, { stdio: "ignore" });
-  if (r.error) {
-    throw new Error(
-      `${cmd} is not installed (${(r.error as NodeJS.ErrnoException).code}): these tests need Debian's ${pkg} package ` +
-        `(apt-get install ${pkg}; .ci/run installs it when missing)`,
-    );
-  }
+  if (!r.error) return;
+  const code = "code" in r.error ? String(r.error.code) : r.error.message;
+  const pkg = TOOL_PACKAGES[cmd];
+  const how = pkg
+    ? `Debian/Ubuntu: apt-get install ${pkg.debian} (.ci/run does); Fedora: dnf install ${pkg.fedora}; ` +
+      `Alpine: apk add ${pkg.alpine}; macOS: brew install ${pkg.brew}`
+    : "install it and put it on PATH";
+  throw new Error(`${cmd} is not installed (${code}): these tests run it. ${how}`);
 }

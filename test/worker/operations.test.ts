@@ -1,0 +1,93 @@
+// Operability in workerd: a bad var answers 500 config_invalid everywhere without crashing a
+// Durable Object; GET /health checks D1 and a Durable Object and reports the version.
+import { describe, expect, it } from "vitest";
+import { SELF, createExecutionContext, env, runInDurableObject, waitOnExecutionContext } from "cloudflare:test";
+import type { Env } from "../../src/env";
+import { app } from "../../src/http/app";
+import { healthAnswer } from "../../src/http/health";
+import { MqttConnection } from "../../src/session/connection";
+import { isRecord } from "../../src/guards";
+
+const E = env as unknown as Env;
+
+async function body(res: Response): Promise<Record<string, unknown>> {
+  const json: unknown = await res.json();
+  if (!isRecord(json)) throw new Error(`not a JSON object: ${JSON.stringify(json)}`);
+  return json;
+}
+
+const MESSAGE = 'MAX_PAYLOAD_BYTES must be a whole number >= 1, got "128k"';
+
+describe("a var that does not parse", () => {
+  it("every Worker route answers 500 config_invalid naming the var", async () => {
+    const bad: Env = { ...E, MAX_PAYLOAD_BYTES: "128k" };
+    const requests = [
+      new Request("http://broker/health"),
+      new Request("http://broker/mqtt", { headers: { Upgrade: "websocket", "Sec-WebSocket-Protocol": "mqtt" } }),
+      new Request("http://broker/admin/v1/accounts/acme/devices", { headers: { Authorization: "Bearer test-admin-token" } }),
+      new Request("http://broker/api/v1/messages?topic=a", { method: "POST", body: "x" }),
+    ];
+    for (const request of requests) {
+      const ctx = createExecutionContext();
+      const res = await app.fetch(request, bad, ctx);
+      await waitOnExecutionContext(ctx);
+      expect({ path: new URL(request.url).pathname, status: res.status, body: await body(res) }).toEqual({
+        path: new URL(request.url).pathname,
+        status: 500,
+        body: { error: { code: "config_invalid", message: MESSAGE } },
+      });
+    }
+  });
+
+  it("a connection object still starts, and refuses the upgrade the same way instead of accepting a socket", async () => {
+    const stub = E.CONNECTION.get(E.CONNECTION.newUniqueId());
+    const res = await runInDurableObject(stub, (_instance, state) => {
+      const conn = new MqttConnection(state, { ...E, MAX_PAYLOAD_BYTES: "128k" });
+      return conn.fetch(new Request("http://broker/mqtt", { headers: { Upgrade: "websocket" } }));
+    });
+    expect(res.webSocket).toBeNull();
+    expect({ status: res.status, body: await body(res) }).toEqual({ status: 500, body: { error: { code: "config_invalid", message: MESSAGE } } });
+    const sockets = await runInDurableObject(stub, (_instance, state) => state.getWebSockets().length);
+    expect(sockets).toBe(0);
+  });
+});
+
+describe("GET /health", () => {
+  it("answers 200 when D1 and a Durable Object answer, with the version", async () => {
+    const res = await SELF.fetch("http://broker/health");
+    const json = await body(res);
+    expect(res.status).toBe(200);
+    expect(json).toMatchObject({ ok: true, checks: { d1: { ok: true }, durableObject: { ok: true } } });
+    const version = json.version;
+    if (!isRecord(version)) throw new Error("no version");
+    expect(version.package).toBe("0.1.0");
+    expect(typeof version.id).toBe("string");
+    expect(typeof version.timestamp).toBe("string");
+  });
+
+  it("answers 503 naming each check that failed or did not answer", async () => {
+    const version = { package: "0.1.0", id: "v", tag: "", timestamp: "t" };
+    const answer = await healthAnswer(
+      {
+        d1: () => Promise.reject(new Error("D1_ERROR: no such table: devices")),
+        durableObject: () => Promise.resolve(true),
+        never: () => new Promise(() => undefined),
+      },
+      version,
+      1,
+    );
+    expect(answer).toEqual({
+      status: 503,
+      body: {
+        ok: false,
+        error: { code: "unhealthy", message: "d1: D1_ERROR: no such table: devices; never: no answer within 1 ms" },
+        version,
+        checks: {
+          d1: { ok: false, error: "D1_ERROR: no such table: devices" },
+          durableObject: { ok: true },
+          never: { ok: false, error: "no answer within 1 ms" },
+        },
+      },
+    });
+  });
+});
