@@ -30,6 +30,9 @@ export interface ConfigVars {
   MAX_MONITOR_RETAINED?: string;
   MONITOR_RETAIN_SECONDS?: string;
   ALLOW_CONTROL_CHARACTERS?: string;
+  JWT_ISSUER?: string;
+  JWT_AUDIENCE?: string;
+  JWT_MAX_TTL_SECONDS?: string;
   SESSION_EXPIRY_SECONDS?: string;
   LOG_LEVEL?: string;
   BENCH_COUNTERS?: string;
@@ -40,12 +43,16 @@ export interface ConfigVars {
  * parse, or the whole config is invalid (`ConfigError`): no value silently becomes the default.
  * - `int`: a whole number in decimal digits, at least `min` (a JSON number in wrangler.toml counts too);
  * - `choice`: one of `values`;
- * - `account`: an account id (1 to 64 of A-Z a-z 0-9 _ . -); empty turns the feature off.
+ * - `account`: an account id (1 to 64 of A-Z a-z 0-9 _ . -); empty turns the feature off;
+ * - `jwt`: read and checked by the JWT configuration (src/auth/jwt.ts), so a bad value refuses JWT
+ *   logins only (CONNACK 3 / HTTP 500 `config_invalid`), not devices; listed here so every file
+ *   that documents vars follows one table.
  */
 export type VarSpec =
   | { readonly kind: "int"; readonly default: number; readonly min: number }
   | { readonly kind: "choice"; readonly default: string; readonly values: readonly string[] }
-  | { readonly kind: "account"; readonly default: "" };
+  | { readonly kind: "account"; readonly default: "" }
+  | { readonly kind: "jwt"; readonly default: string };
 
 /**
  * Every var the broker reads, in one table: `getConfig` parses with it, `npm start` checks
@@ -81,6 +88,9 @@ export const CONFIG_SCHEMA = {
   MAX_MONITOR_RETAINED: { kind: "int", default: 10_000, min: 1 },
   MONITOR_RETAIN_SECONDS: { kind: "int", default: 86_400, min: 1 },
   ALLOW_CONTROL_CHARACTERS: { kind: "choice", default: "false", values: ["false", "true"] },
+  JWT_ISSUER: { kind: "jwt", default: "" },
+  JWT_AUDIENCE: { kind: "jwt", default: "" },
+  JWT_MAX_TTL_SECONDS: { kind: "jwt", default: "2592000" },
   LOG_LEVEL: { kind: "choice", default: "info", values: LOG_LEVELS },
   BENCH_COUNTERS: { kind: "choice", default: "0", values: ["0", "1"] },
 } as const satisfies Record<keyof ConfigVars, VarSpec>;
@@ -170,6 +180,8 @@ export function expectedForm(spec: VarSpec): string {
       return `one of ${spec.values.join(", ")}`;
     case "account":
       return "empty (off) or an account id of 1 to 64 characters of A-Z a-z 0-9 _ . -";
+    case "jwt":
+      return "what the JWT configuration accepts (src/auth/jwt.ts)";
   }
 }
 

@@ -59,11 +59,19 @@ describe("parseConfig", () => {
       maxPacketsPerFrame: 500,
       connectRatePerClient: 1,
       connectBurstPerClient: 10,
+      connectRatePerAccount: 500,
+      connectBurstPerAccount: 1000,
+      httpPublishRatePerSecond: 100,
+      httpPublishBurst: 200,
       keepAliveMinSeconds: 0,
       keepAliveMaxSeconds: 3600,
       maxQueuedMessages: 1000,
+      maxQueuedBytes: 8 * 1024 * 1024,
+      maxMonitorRetained: 10_000,
+      monitorRetainSeconds: 86_400,
       maxInflight: 100,
       sessionExpirySeconds: 7 * 24 * 3600,
+      allowControlCharacters: false,
     });
     if (parsed.ok) {
       expect(parsed.config.maxMultiConnections).toBe(100);
