@@ -11,8 +11,8 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { spawnSync } from "node:child_process";
-import { connectStorm, costIdle, costMessages, fanIn, fanOut, probeShared, qos1RoundTrip, retainedOnSubscribe, shared } from "./lib/scenarios.mjs";
-import { findMosquitto, startAedes, startBridge, startBroker, startMosquitto, stopAllNow } from "./lib/servers.mjs";
+import { bystander, connectStorm, costIdle, costMessages, fanIn, fanOut, probeShared, qos1RoundTrip, retainedOnSubscribe, shared } from "./lib/scenarios.mjs";
+import { findMosquitto, startAedes, startBridge, startBroker, startLimitedBroker, startMosquitto, stopAllNow, wranglerVars } from "./lib/servers.mjs";
 import { connectTable, costTable, doDollars, generatorTable, idleTable, performanceTable, ratios, summarize, unitsPer } from "./lib/report.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -23,7 +23,7 @@ const { values: flags } = parseArgs({
     quick: { type: "boolean", default: false },
     rounds: { type: "string" },
     peers: { type: "string", default: "broker,aedes,mosquitto" },
-    scenarios: { type: "string", default: "fan-in,fan-in-tcp,fan-out,shared,qos1,connect,retained,cost" },
+    scenarios: { type: "string", default: "fan-in,fan-in-tcp,fan-out,shared,qos1,connect,retained,bystander,cost" },
     publishers: { type: "string" },
     "duration-ms": { type: "string" },
     "max-messages": { type: "string" },
@@ -43,6 +43,13 @@ const { values: flags } = parseArgs({
     "idle-connections": { type: "string" },
     "idle-periods": { type: "string" },
     "timeout-ms": { type: "string" },
+    "bystander-ms": { type: "string" },
+    "bystander-rate": { type: "string" },
+    flooders: { type: "string" },
+    "flood-rate": { type: "string" },
+    "flood-burst": { type: "string" },
+    "frame-flooders": { type: "string" },
+    "frame-flood-packets": { type: "string" },
     out: { type: "string", default: join(HERE, "results") },
     help: { type: "boolean", default: false },
   },
@@ -54,6 +61,7 @@ if (flags.help) {
 }
 
 const q = flags.quick;
+const defaults = Object.fromEntries(Object.entries(wranglerVars()).map(([k, v]) => [k, Number(v)]));
 const num = (name, full, quick) => {
   const v = flags[name];
   if (v === undefined) return q ? quick : full;
@@ -75,6 +83,17 @@ const params = {
   connect: { connections: num("connections", 1000, 200), concurrency: num("concurrency", 50, 20), holdMs: num("hold-ms", 10_000, 1500) },
   retained: { topics: num("retained", 1000, 200), subQos: num("retained-sub-qos", 0, 0), maxCycles: num("retained-cycles", 1000, 1000) },
   cost: { messages: num("cost-messages", 500, 100), window: 100, idleConnections: num("idle-connections", 50, 20), idlePeriods: num("idle-periods", 10, 5), idleKeepalive: 3 },
+  // The flood stays just inside the default budgets of wrangler.toml, which its broker keeps.
+  bystander: {
+    durationMs: num("bystander-ms", 10_000, 3000),
+    intervalMs: 1000 / num("bystander-rate", defaults.PUBLISH_RATE_PER_SECOND / 2, defaults.PUBLISH_RATE_PER_SECOND / 2),
+    flooders: num("flooders", 100, 20),
+    floodRate: num("flood-rate", 0.9 * defaults.PUBLISH_RATE_PER_SECOND, 0.9 * defaults.PUBLISH_RATE_PER_SECOND),
+    floodBurst: num("flood-burst", defaults.PUBLISH_BURST / 2, defaults.PUBLISH_BURST / 2),
+    frameFlooders: num("frame-flooders", 4, 2),
+    frameFloodPackets: num("frame-flood-packets", 4 * defaults.MAX_PACKETS_PER_FRAME, 4 * defaults.MAX_PACKETS_PER_FRAME),
+    rampMs: 500,
+  },
 };
 const wanted = new Set(flags.peers.split(",").map((s) => s.trim()));
 const scenarios = flags.scenarios.split(",").map((s) => s.trim());
@@ -88,21 +107,30 @@ for (const sig of ["SIGINT", "SIGTERM"]) {
   });
 }
 
+/** Scenarios only the broker runs: with nothing else selected, aedes and mosquitto are not started. */
+const BROKER_ONLY = new Set(["bystander", "cost"]);
+const brokerOnly = scenarios.every((s) => BROKER_ONLY.has(s));
+
 const peers = [];
 async function main() {
   log(`starting servers (${q ? "quick" : "full"} run, ${params.rounds} rounds)`);
   if (wanted.has("broker")) {
-    const broker = await startBroker();
+    // The bystander scenario has a broker of its own, with the default rate limits; started alongside.
+    const [broker, limited] = await Promise.all([startBroker(), scenarios.includes("bystander") ? startLimitedBroker() : null]);
     peers.push(broker);
+    if (limited) {
+      broker.limited = limited;
+      log(`bystander broker (default rate limits ${Object.entries(limited.limits).map(([k, v]) => `${k}=${v}`).join(", ")}): pid ${limited.pid}`);
+    }
     // The native row: plain TCP through the project's bridge (its own process, its own PID).
     if (scenarios.includes("fan-in-tcp")) {
       broker.bridge = await startBridge(broker.wsUrl);
       broker.tcpUrl = broker.bridge.tcpUrl;
     }
   }
-  if (wanted.has("aedes")) peers.push(await startAedes());
+  if (wanted.has("aedes") && !brokerOnly) peers.push(await startAedes());
   const mosquittoBin = findMosquitto();
-  if (wanted.has("mosquitto")) {
+  if (wanted.has("mosquitto") && !brokerOnly) {
     if (mosquittoBin) peers.push(await startMosquitto(mosquittoBin));
     else log("mosquitto is not on the PATH: compared with aedes only");
   }
@@ -127,6 +155,7 @@ async function main() {
     await fanIn(peer, { ...warm, publishers: 4, window: 200 }, "warm");
     await qos1RoundTrip(peer, { ...warm, clients: 1 }, "warm");
     if (peer.tcpUrl && scenarios.includes("fan-in-tcp")) await fanIn(peer, { ...warm, publishers: 4, window: 200 }, "warm", { native: true });
+    if (peer.limited) await qos1RoundTrip(peer.limited, { ...warm, clients: 1 }, "warm");
   }
 
   const common = { payload: params.payload, timeoutMs: params.timeoutMs, durationMs: params.durationMs, maxMessages: params.maxMessages };
@@ -138,6 +167,7 @@ async function main() {
     qos1: (peer, tag) => qos1RoundTrip(peer, { ...common, ...params.qos1 }, tag),
     connect: (peer, tag) => connectStorm(peer, { ...common, ...params.connect }, tag),
     retained: (peer, tag) => retainedOnSubscribe(peer, { ...common, ...params.retained }, tag),
+    bystander: (peer, tag) => (peer.limited ? bystander(peer.limited, { ...common, ...params.bystander }, tag, peer.limited.auth("flood")) : null),
   };
   const runs = {};
   for (let round = 0; round < params.rounds; round++) {
@@ -211,6 +241,8 @@ function headline(scenario, r) {
       return `PUBACK p50 ${r.pubackP50Ms.toFixed(2)} ms, delivery p50 ${r.deliveryP50Ms.toFixed(2)} ms, ${cpu}${inc}`;
     case "connect":
       return `${r.connectsPerSec.toFixed(0)} connects/s, CONNACK p99 ${r.connackP99Ms.toFixed(1)} ms, ${(r.rssKiBPerConnection).toFixed(0)} KiB/conn${r.failures ? `, ${r.failures} failed (${r.firstError})` : ""}`;
+    case "bystander":
+      return `round trip p99 ${r.quietP99Ms.toFixed(2)} ms quiet, ${r.floodP99Ms.toFixed(2)} ms flooded (×${r.p99Ratio.toFixed(1)}; p50 ${r.quietP50Ms.toFixed(2)} → ${r.floodP50Ms.toFixed(2)} ms) over ${r.quietRoundTrips}/${r.floodRoundTrips} round trips; flood ${r.floodPublishesPerSec.toFixed(0)} publishes/s, ${r.frameFloodsPerSec.toFixed(1)} frame floods/s (${r.frameFloodsClosed}/${r.frameFloods} closed), ${r.floodersClosed} flooders closed, server ${r.serverCpuPctQuiet.toFixed(0)}% → ${r.serverCpuPctFlood.toFixed(0)}% of a core${inc}`;
     case "retained":
       return `${r.retainedPerSec.toFixed(0)} retained/s over ${r.cycles} subscribes, all ${r.expected / Math.max(1, r.cycles)} in ${r.allRetainedP50Ms.toFixed(1)} ms (p50), ${cpu}${inc}`;
     default:
@@ -281,7 +313,9 @@ function markdown(r) {
       `fan-out: 1 publisher, QoS 0 → ${p.fanOut.subscribers} subscribers, at most ${p.fanOut.window} deliveries outstanding; ` +
       `shared: 1 publisher, QoS ${p.shared.qos} → a \`$share/bench/bench/shared\` group of ${p.shared.members} members, at most ${p.shared.window} deliveries outstanding, each message checked to arrive exactly once across the group; ` +
       `QoS 1 round trip: ${p.qos1.clients} client(s) publishing QoS 1 to their own subscription, one message at a time; connect storm: ${p.connect.connections} connections, ${p.connect.concurrency} at a time, keep alive 60 s, then held idle ${p.connect.holdMs / 1000} s; ` +
-      `retained: ${p.retained.topics} retained topics, a \`bench/ret/#\` subscription (QoS ${p.retained.subQos}) repeated; payload ${p.payload} bytes.`,
+      `retained: ${p.retained.topics} retained topics, a \`bench/ret/#\` subscription (QoS ${p.retained.subQos}) repeated; ` +
+      `bystander (broker only, on a second broker with the default rate limits): one client's QoS 1 round trips (publish → PUBACK and its own delivery), ${(1000 / p.bystander.intervalMs).toFixed(0)}/s open loop, for ${p.bystander.durationMs / 1000} s quiet, then ${p.bystander.durationMs / 1000} s while another account floods: ` +
+      `${p.bystander.flooders} connections publishing QoS 0 (a burst of ${p.bystander.floodBurst}, then ${p.bystander.floodRate}/s each), one subscriber of the flood, ${p.bystander.frameFlooders} loops each connecting and sending one frame of ${p.bystander.frameFloodPackets} PINGREQs; payload ${p.payload} bytes.`,
     "",
     performanceTable(r.medians, r.peers, r.unsupported),
     ...unsupportedNotes(r.unsupported),
@@ -321,6 +355,7 @@ try {
 } finally {
   for (const peer of peers) {
     await peer.bridge?.stop().catch(() => {});
+    await peer.limited?.stop().catch(() => {});
     await peer.stop().catch(() => {});
   }
   stopAllNow();

@@ -94,7 +94,7 @@ export function publishBytes(topic, payload, qos, pid, retain = false) {
   return out;
 }
 
-const PINGREQ_BYTES = Buffer.from([0xc0, 0x00]);
+export const PINGREQ_BYTES = Buffer.from([0xc0, 0x00]);
 const DISCONNECT_BYTES = Buffer.from([0xe0, 0x00]);
 
 /** Payload of a bench message: 8 bytes of send time (performance.now(), ms) + padding. */
@@ -118,14 +118,14 @@ export class MqttClient {
   /**
    * Opens the socket and sends CONNECT; resolves with the client once CONNACK 0 arrives.
    * @param {string} url  `ws://…` (WebSocket, subprotocol mqtt) or `mqtt://host:port` (plain TCP)
-   * @param {{clientId: string, keepalive?: number, clean?: boolean, timeoutMs?: number}} opts
+   * @param {{clientId: string, keepalive?: number, clean?: boolean, timeoutMs?: number, username?: string, password?: string}} opts
    */
   static connect(url, opts) {
     const c = new MqttClient(url, opts);
     return c.ready;
   }
 
-  constructor(url, { clientId, keepalive = 60, clean = true, timeoutMs = 30_000 }) {
+  constructor(url, { clientId, keepalive = 60, clean = true, timeoutMs = 30_000, username, password }) {
     this.clientId = clientId;
     this.onMessage = null;
     this.onPuback = null;
@@ -168,7 +168,8 @@ export class MqttClient {
       const onError = (err) => {
         if (!this.closed) fail(err);
       };
-      const connect = generate({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean, clientId, keepalive });
+      const credentials = username === undefined ? {} : { username, ...(password === undefined ? {} : { password: Buffer.from(password) }) };
+      const connect = generate({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean, clientId, keepalive, ...credentials });
       if (url.startsWith("mqtt://") || url.startsWith("tcp://")) {
         const { hostname, port } = new URL(url);
         const sock = net.connect({ host: hostname, port: Number(port) || 1883, noDelay: true });

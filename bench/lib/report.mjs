@@ -7,7 +7,7 @@ export function median(values) {
   return v.length % 2 === 1 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
 }
 
-/** Rows of the main table: which result field, its label, unit, and whether higher is better. */
+/** Rows of the main table: which result field, its label, unit, and whether higher is better (null: a description of the load, no arrow). */
 export const METRICS = {
   "fan-in": [
     ["deliveriesPerSec", "deliveries/s", true],
@@ -48,6 +48,18 @@ export const METRICS = {
     ["allRetainedP50Ms", "SUBSCRIBE → all retained, p50 ms", false],
     ["serverCpuUsPerDelivery", "server CPU µs/retained msg", false],
   ],
+  bystander: [
+    ["quietP50Ms", "bystander QoS 1 round trip p50 ms, quiet", false],
+    ["floodP50Ms", "same, another account flooding", false],
+    ["p50Ratio", "p50 flooded ÷ quiet", false],
+    ["quietP99Ms", "bystander QoS 1 round trip p99 ms, quiet", false],
+    ["floodP99Ms", "same, another account flooding", false],
+    ["p99Ratio", "p99 flooded ÷ quiet", false],
+    ["floodPublishesPerSec", "the flood: publishes/s sent by the other account", null],
+    ["floodDeliveriesPerSec", "the flood: deliveries/s to its subscriber", null],
+    ["frameFloodsPerSec", "the flood: frame floods/s refused (a new connection each)", null],
+    ["serverCpuPctFlood", "server CPU % of a core while flooded", null],
+  ],
 };
 
 export const SCENARIO_TITLES = {
@@ -58,6 +70,7 @@ export const SCENARIO_TITLES = {
   qos1: "QoS 1 round trip",
   connect: "connect storm",
   retained: "retained on subscribe",
+  bystander: "bystander while another account floods",
 };
 
 function fmt(x) {
@@ -129,7 +142,7 @@ export function performanceTable(medians, peers, unsupported = {}) {
     if (!byPeer) continue;
     const na = unsupported[scenario] ?? {};
     rows.forEach(([field, label, higherBetter], i) => {
-      const cells = [i === 0 ? SCENARIO_TITLES[scenario] : "", `${label} ${higherBetter ? "↑" : "↓"}`];
+      const cells = [i === 0 ? SCENARIO_TITLES[scenario] : "", `${label}${higherBetter === null ? "" : higherBetter ? " ↑" : " ↓"}`];
       for (const p of peers) {
         const m = byPeer[p.name];
         const mark = m && m.incomplete > 0 ? ` (${m.incomplete}/${m.rounds} incomplete)` : "";

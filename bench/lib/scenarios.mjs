@@ -2,7 +2,7 @@
 // quiet, measures one bounded phase (server CPU from /proc over the phase and until the server
 // is quiet again, generator CPU, wall time), then tears down. Every loop is bounded in count
 // and in time.
-import { MqttClient, payloadStamp, stampedPayload } from "./client.mjs";
+import { MqttClient, PINGREQ_BYTES, payloadStamp, stampedPayload } from "./client.mjs";
 import { selfCpuMs, treeUsage } from "./proc.mjs";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -66,8 +66,14 @@ class Meter {
   }
 }
 
-/** Opens `n` connections, at most `concurrency` at a time; returns the clients (null for failures). */
-async function connectMany(url, ids, { concurrency = 20, keepalive = 60 } = {}) {
+/**
+ * Opens `n` connections, at most `concurrency` at a time; returns the clients (null for failures).
+ * `auth(id)`, when given, resolves to the connection's user name and password.
+ * @param {string} url
+ * @param {string[]} ids
+ * @param {{concurrency?: number, keepalive?: number, auth?: (id: string) => Promise<{username: string, password: string}>}} [opts]
+ */
+async function connectMany(url, ids, { concurrency = 20, keepalive = 60, auth } = {}) {
   const clients = new Array(ids.length).fill(null);
   let next = 0;
   let failures = 0;
@@ -76,7 +82,7 @@ async function connectMany(url, ids, { concurrency = 20, keepalive = 60 } = {}) 
     while (next < ids.length) {
       const i = next++;
       try {
-        clients[i] = await MqttClient.connect(url, { clientId: ids[i], keepalive, timeoutMs: 30_000 });
+        clients[i] = await MqttClient.connect(url, { clientId: ids[i], keepalive, timeoutMs: 30_000, ...(auth ? await auth(ids[i]) : {}) });
       } catch (err) {
         failures++;
         firstError ||= err instanceof Error ? err.message : String(err);
@@ -573,5 +579,194 @@ export async function costIdle(peer, { connections, keepalive, periods }, tag) {
     delivered: pings,
     complete: dropped === 0,
     serverCpuUsPerPing: (serverCpuMs * 1000) / Math.max(1, pings),
+  };
+}
+
+// ---------------------------------------------------------------- a bystander while another account floods
+
+/**
+ * QoS 1 round trips of `client` on `topic` (its own subscription), open loop: one publish every
+ * `intervalMs` for `ms`, whatever is still in flight (so a stall shows in the percentiles
+ * instead of hiding between samples), each matched to its PUBACK and its delivery by packet id
+ * and by a sequence number in the payload (bytes 8–11); then at most `timeoutMs` for the last
+ * ones. A round trip is publish → both PUBACK and delivery. Returns the round-trip times (ms)
+ * and how many never completed.
+ * @param {MqttClient} client
+ * @param {string} topic
+ * @param {number} size payload bytes (at least 12)
+ * @param {number} ms
+ * @param {number} timeoutMs
+ * @param {number} intervalMs
+ * @returns {Promise<{rtts: number[], sent: number, unfinished: number}>}
+ */
+async function roundTrips(client, topic, size, ms, timeoutMs, intervalMs) {
+  /** @type {Map<number, {t0: number, acked: boolean, got: boolean}>} */
+  const open = new Map();
+  /** @type {Map<number, number>} packet id → sequence number */
+  const bySeq = new Map();
+  const rtts = [];
+  const settle = (seq) => {
+    const e = open.get(seq);
+    if (!e || !e.acked || !e.got) return;
+    rtts.push(performance.now() - e.t0);
+    open.delete(seq);
+  };
+  client.onPuback = (pid) => {
+    const seq = bySeq.get(pid);
+    bySeq.delete(pid);
+    const e = seq === undefined ? undefined : open.get(seq);
+    if (e) {
+      e.acked = true;
+      settle(seq);
+    }
+  };
+  client.onMessage = (_t, body) => {
+    const seq = body.readUInt32BE(8);
+    const e = open.get(seq);
+    if (e) {
+      e.got = true;
+      settle(seq);
+    }
+  };
+  let sent = 0;
+  const stopAt = performance.now() + ms;
+  while (performance.now() < stopAt && !client.closed) {
+    const t0 = performance.now();
+    const payload = stampedPayload(Math.max(12, size));
+    payload.writeUInt32BE(sent, 8);
+    open.set(sent, { t0, acked: false, got: false });
+    bySeq.set(client.publish(topic, payload, 1), sent);
+    sent++;
+    const wait = t0 + intervalMs - performance.now();
+    if (wait > 0) await sleep(wait);
+  }
+  const deadline = performance.now() + timeoutMs;
+  while (open.size > 0 && !client.closed && performance.now() < deadline) await sleep(10);
+  return { rtts, sent, unfinished: open.size };
+}
+
+/**
+ * The broker's answer to a noisy neighbour. A bystander in one account (anonymous, `bench`)
+ * runs QoS 1 round trips to its own subscription, one every `intervalMs` (open loop; it is held
+ * to the same publish budget), for `durationMs` with the broker quiet, then
+ * again while another account (`flood`, JWT identities from `auth`) floods it: `flooders`
+ * connections publishing QoS 0 as fast as the broker's publish budget lets them (a burst of
+ * `floodBurst`, then `floodRate` per second each, under the default budget of 200 and 100/s),
+ * one subscriber of the flood account receiving every message, and `frameFlooders` loops that
+ * each connect, send one frame of `frameFloodPackets` PINGREQs (more than
+ * MAX_PACKETS_PER_FRAME: refused whole by closing the connection) and start again. Round-trip
+ * p50 and p99, quiet and flooded, and their ratios; the flood's rates; server CPU in each phase.
+ * Meant for a broker with the default rate limits (bench/run.mjs starts one for it).
+ * @param {{wsUrl: string, pid: number}} peer
+ * @param {{durationMs: number, intervalMs: number, timeoutMs: number, payload: number, flooders: number, floodRate: number, floodBurst: number, frameFlooders: number, frameFloodPackets: number, rampMs: number}} p
+ * @param {string} tag
+ * @param {(id: string) => Promise<{username: string, password: string}>} auth
+ */
+export async function bystander(peer, p, tag, auth) {
+  const topic = `bench/by/${tag}`;
+  const by = await MqttClient.connect(peer.wsUrl, { clientId: `by-${tag}` });
+  await by.subscribe(topic, 1);
+  const cpuPct = (a, b) => ((b.cpuMs - a.cpuMs) / (b.at - a.at)) * 100;
+
+  await waitQuiet(peer.pid);
+  const q0 = treeUsage(peer.pid);
+  const quiet = await roundTrips(by, topic, p.payload, p.durationMs, p.timeoutMs, p.intervalMs);
+  const q1 = treeUsage(peer.pid);
+
+  // The flood account: its subscriber, then the publishers.
+  const floodSub = await MqttClient.connect(peer.wsUrl, { clientId: `fl-sub-${tag}`, ...(await auth(`fl-sub-${tag}`)) });
+  await floodSub.subscribe("bench/flood/#", 0);
+  let floodDelivered = 0;
+  floodSub.onMessage = () => floodDelivered++;
+  const { clients, failures } = await connectMany(peer.wsUrl, Array.from({ length: p.flooders }, (_, i) => `fl-pub-${tag}-${i}`), { auth });
+  if (failures > 0) throw new Error(`bystander: ${failures} flooders could not connect`);
+  const pubs = clients.filter(Boolean);
+  const floodPayload = stampedPayload(p.payload);
+  let floodSent = 0;
+  const credit = pubs.map(() => p.floodBurst);
+  let last = performance.now();
+  const pacer = setInterval(() => {
+    const now = performance.now();
+    const dt = (now - last) / 1000;
+    last = now;
+    pubs.forEach((c, i) => {
+      if (c.closed) return;
+      credit[i] += p.floodRate * dt;
+      for (; credit[i] >= 1; credit[i]--) {
+        c.publish(`bench/flood/${i}`, floodPayload, 0);
+        floodSent++;
+      }
+    });
+  }, 20);
+  let flooding = true;
+  let frameFloods = 0;
+  let frameFloodsClosed = 0;
+  const floodFrame = Buffer.concat(Array.from({ length: p.frameFloodPackets }, () => PINGREQ_BYTES));
+  const frameLoop = async (g) => {
+    for (let k = 0; flooding; k++) {
+      const id = `ff-${tag}-${g}-${k}`;
+      let c;
+      try {
+        c = await MqttClient.connect(peer.wsUrl, { clientId: id, timeoutMs: p.timeoutMs, ...(await auth(id)) });
+      } catch {
+        await sleep(100);
+        continue;
+      }
+      c.ending = true; // the close is the expected answer, not a lost connection
+      const closed = new Promise((resolve) => c.sock.once("close", resolve));
+      c.send(floodFrame);
+      frameFloods++;
+      await Promise.race([closed, sleep(5000)]);
+      if (c.closed) frameFloodsClosed++;
+      c.kill();
+    }
+  };
+  const frameLoops = Array.from({ length: p.frameFlooders }, (_, g) => frameLoop(g));
+  await sleep(p.rampMs);
+
+  const f0 = treeUsage(peer.pid);
+  const g0 = selfCpuMs();
+  const sent0 = floodSent;
+  const delivered0 = floodDelivered;
+  const frames0 = frameFloods;
+  const flood = await roundTrips(by, topic, p.payload, p.durationMs, p.timeoutMs, p.intervalMs);
+  const f1 = treeUsage(peer.pid);
+  const generatorCpuMs = selfCpuMs() - g0;
+  const wallMs = f1.at - f0.at;
+  flooding = false;
+  clearInterval(pacer);
+  await Promise.all(frameLoops);
+  const floodersClosed = pubs.filter((c) => c.closed).length;
+  const lost = by.closed ? `the bystander was closed (${by.closeInfo})` : "";
+  await endAll([by, floodSub, ...pubs]);
+  await waitQuiet(peer.pid);
+  const q = { p50: percentile(quiet.rtts, 50), p99: percentile(quiet.rtts, 99) };
+  const f = { p50: percentile(flood.rtts, 50), p99: percentile(flood.rtts, 99) };
+  const unfinished = quiet.unfinished + flood.unfinished;
+  return {
+    wallMs,
+    serverCpuMs: f1.cpuMs - f0.cpuMs,
+    generatorCpuMs,
+    generatorCpuPct: (generatorCpuMs / wallMs) * 100,
+    expected: quiet.sent + flood.sent,
+    delivered: quiet.rtts.length + flood.rtts.length,
+    complete: unfinished === 0 && quiet.rtts.length > 0 && flood.rtts.length > 0 && !lost,
+    lost: lost || (unfinished ? `${unfinished} round trip(s) unfinished after ${p.timeoutMs} ms` : ""),
+    quietRoundTrips: quiet.rtts.length,
+    floodRoundTrips: flood.rtts.length,
+    quietP50Ms: q.p50,
+    quietP99Ms: q.p99,
+    floodP50Ms: f.p50,
+    floodP99Ms: f.p99,
+    p50Ratio: f.p50 / q.p50,
+    p99Ratio: f.p99 / q.p99,
+    floodPublishesPerSec: ((floodSent - sent0) / wallMs) * 1000,
+    floodDeliveriesPerSec: ((floodDelivered - delivered0) / wallMs) * 1000,
+    frameFloodsPerSec: ((frameFloods - frames0) / wallMs) * 1000,
+    frameFloods,
+    frameFloodsClosed,
+    floodersClosed,
+    serverCpuPctQuiet: cpuPct(q0, q1),
+    serverCpuPctFlood: cpuPct(f0, f1),
   };
 }

@@ -1,7 +1,9 @@
 // The servers under test, each started on 127.0.0.1 as its own process (group) so its CPU time
 // and memory can be read from /proc, and stopped by its own PID only.
 import { spawn, spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { SignJWT } from "jose";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -163,6 +165,40 @@ export async function startBroker({ vars = {} } = {}) {
       rmSync(persistDir, { recursive: true, force: true });
       rmSync(app, { recursive: true, force: true });
     },
+  };
+}
+
+/** The `[vars]` of wrangler.toml (the broker's defaults), as strings. */
+export function wranglerVars() {
+  const text = readFileSync(join(ROOT, "wrangler.toml"), "utf8");
+  const section = text.split(/^\[vars\]\s*$/m)[1]?.split(/^\[/m)[0] ?? "";
+  return Object.fromEntries([...section.matchAll(/^([A-Z_]+)\s*=\s*"([^"]*)"/gm)].map((m) => [m[1], m[2]]));
+}
+
+/** The rate limits a deployed broker has by default (wrangler.toml), which the main bench broker lifts. */
+const RATE_VARS = ["PUBLISH_RATE_PER_SECOND", "PUBLISH_BURST", "PACKET_RATE_PER_SECOND", "PACKET_BURST", "MAX_PACKETS_PER_FRAME"];
+
+/**
+ * A second broker for the bystander scenario: the default rate limits of wrangler.toml (not
+ * lifted) and a random JWT secret, so clients of other accounts can connect with a token.
+ * `auth(account)` returns `(clientId) => {username, password}` for a JWT identity of
+ * `account` whose user name and client id are `clientId` (single-connection mode).
+ */
+export async function startLimitedBroker() {
+  const defaults = wranglerVars();
+  const secret = randomBytes(32).toString("hex");
+  const vars = { JWT_SECRET: secret, ...Object.fromEntries(RATE_VARS.map((k) => [k, defaults[k] ?? ""])) };
+  const broker = await startBroker({ vars });
+  const key = new TextEncoder().encode(secret);
+  return {
+    ...broker,
+    label: "broker (wrangler dev, default rate limits)",
+    limits: Object.fromEntries(RATE_VARS.map((k) => [k, Number(defaults[k])])),
+    /** @param {string} account */
+    auth: (account) => async (/** @type {string} */ clientId) => ({
+      username: clientId,
+      password: await new SignJWT({ acc: account }).setProtectedHeader({ alg: "HS256", typ: "JWT" }).setSubject(clientId).setIssuedAt().setExpirationTime("1h").sign(key),
+    }),
   };
 }
 
