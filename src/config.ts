@@ -27,6 +27,7 @@ export interface ConfigVars {
   HTTP_PUBLISH_RATE_PER_SECOND?: string;
   HTTP_PUBLISH_BURST?: string;
   MAX_QUEUED_BYTES?: string;
+  MAX_OUTBOX_MESSAGES?: string;
   MAX_MONITOR_RETAINED?: string;
   MONITOR_RETAIN_SECONDS?: string;
   ALLOW_CONTROL_CHARACTERS?: string;
@@ -85,6 +86,7 @@ export const CONFIG_SCHEMA = {
   HTTP_PUBLISH_RATE_PER_SECOND: { kind: "int", default: 100, min: 1 },
   HTTP_PUBLISH_BURST: { kind: "int", default: 200, min: 1 },
   MAX_QUEUED_BYTES: { kind: "int", default: 8 * 1024 * 1024, min: 1 },
+  MAX_OUTBOX_MESSAGES: { kind: "int", default: 1000, min: 1 },
   MAX_MONITOR_RETAINED: { kind: "int", default: 10_000, min: 1 },
   MONITOR_RETAIN_SECONDS: { kind: "int", default: 86_400, min: 1 },
   ALLOW_CONTROL_CHARACTERS: { kind: "choice", default: "false", values: ["false", "true"] },
@@ -134,6 +136,8 @@ export interface Limits {
   maxQueuedMessages: number;
   /** Bytes of messages an offline session may queue (payload and topic), besides the count. */
   maxQueuedBytes: number;
+  /** QoS 1/2 messages waiting for a connection's in-flight window, at most (oldest dropped, counted). */
+  maxOutboxMessages: number;
   /** Retained `$SYS/mon` events per account, at most (oldest evicted). */
   maxMonitorRetained: number;
   /** How long the retained Disconnect event of a client id the client chose freely (multi mode, anonymous) stays, in seconds. */
@@ -267,6 +271,7 @@ export function parseConfig(vars: ConfigVars): ConfigResult {
     keepAliveMaxSeconds: r.int("KEEPALIVE_MAX_SECONDS"),
     maxQueuedMessages: r.int("MAX_QUEUED_MESSAGES"),
     maxQueuedBytes: r.int("MAX_QUEUED_BYTES"),
+    maxOutboxMessages: r.int("MAX_OUTBOX_MESSAGES"),
     maxMonitorRetained: r.int("MAX_MONITOR_RETAINED"),
     monitorRetainSeconds: r.int("MONITOR_RETAIN_SECONDS"),
     maxInflight: r.int("MAX_INFLIGHT"),

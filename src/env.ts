@@ -39,6 +39,7 @@ export interface Env {
   KEEPALIVE_MAX_SECONDS?: string;
   MAX_QUEUED_MESSAGES?: string;
   MAX_QUEUED_BYTES?: string;
+  MAX_OUTBOX_MESSAGES?: string;
   MAX_MONITOR_RETAINED?: string;
   MONITOR_RETAIN_SECONDS?: string;
   MAX_INFLIGHT?: string;

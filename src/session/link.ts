@@ -143,7 +143,7 @@ export function createConnState(storage: DurableObjectStorage, config: Config): 
     att: null,
     meta: null,
     partial: new PartialPacket(storage),
-    outbox: new Outbox(storage, config.limits.maxInflight, config.limits.maxQueuedMessages),
+    outbox: new Outbox(storage, config.limits.maxInflight, config.limits.maxOutboxMessages),
     inboundQos2: new InboundQos2(storage),
     inboundPending: 0,
     aliases: new TopicAliases(storage),

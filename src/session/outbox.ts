@@ -72,7 +72,7 @@ export class Outbox {
   constructor(
     private readonly storage: DurableObjectStorage,
     private maxInflight: number,
-    /** Messages waiting for room in the window, at most (MAX_QUEUED_MESSAGES). */
+    /** Messages waiting for room in the window, at most (MAX_OUTBOX_MESSAGES). */
     private readonly maxQueued = Number.POSITIVE_INFINITY,
   ) {}
 

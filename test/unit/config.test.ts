@@ -67,6 +67,7 @@ describe("parseConfig", () => {
       keepAliveMaxSeconds: 3600,
       maxQueuedMessages: 1000,
       maxQueuedBytes: 8 * 1024 * 1024,
+      maxOutboxMessages: 1000,
       maxMonitorRetained: 10_000,
       monitorRetainSeconds: 86_400,
       maxInflight: 100,
