@@ -53,6 +53,9 @@ export default defineConfig({
                 HTTP_PUBLISH_RATE_PER_SECOND: "1",
                 HTTP_PUBLISH_BURST: "3",
                 MAX_MULTI_CONNECTIONS: "3",
+                // The retained quota of test/worker/router.test.ts.
+                MAX_RETAINED_MESSAGES: "20",
+                MAX_RETAINED_BYTES: "2000000",
               },
             },
           }),

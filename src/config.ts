@@ -30,6 +30,8 @@ export interface ConfigVars {
   MAX_OUTBOX_MESSAGES?: string;
   MAX_MONITOR_RETAINED?: string;
   MONITOR_RETAIN_SECONDS?: string;
+  MAX_RETAINED_MESSAGES?: string;
+  MAX_RETAINED_BYTES?: string;
   ALLOW_CONTROL_CHARACTERS?: string;
   JWT_ISSUER?: string;
   JWT_AUDIENCE?: string;
@@ -89,6 +91,8 @@ export const CONFIG_SCHEMA = {
   MAX_OUTBOX_MESSAGES: { kind: "int", default: 1000, min: 1 },
   MAX_MONITOR_RETAINED: { kind: "int", default: 10_000, min: 1 },
   MONITOR_RETAIN_SECONDS: { kind: "int", default: 86_400, min: 1 },
+  MAX_RETAINED_MESSAGES: { kind: "int", default: 100_000, min: 1 },
+  MAX_RETAINED_BYTES: { kind: "int", default: 256 * 1024 * 1024, min: 1 },
   ALLOW_CONTROL_CHARACTERS: { kind: "choice", default: "false", values: ["false", "true"] },
   JWT_ISSUER: { kind: "jwt", default: "" },
   JWT_AUDIENCE: { kind: "jwt", default: "" },
@@ -142,6 +146,10 @@ export interface Limits {
   maxMonitorRetained: number;
   /** How long the retained Disconnect event of a client id the client chose freely (multi mode, anonymous) stays, in seconds. */
   monitorRetainSeconds: number;
+  /** Retained messages per account, at most (monitoring events not counted): past it a retained publish is refused (PUBACK 0x97). */
+  maxRetainedMessages: number;
+  /** Retained bytes (payload + topic) per account, at most, likewise. */
+  maxRetainedBytes: number;
   maxInflight: number;
   sessionExpirySeconds: number;
   /** Control characters (U+0001..U+001F, U+007F..U+009F) allowed in client ids, user names, topics and filters (§1.5.4 says SHOULD NOT). */
@@ -274,6 +282,8 @@ export function parseConfig(vars: ConfigVars): ConfigResult {
     maxOutboxMessages: r.int("MAX_OUTBOX_MESSAGES"),
     maxMonitorRetained: r.int("MAX_MONITOR_RETAINED"),
     monitorRetainSeconds: r.int("MONITOR_RETAIN_SECONDS"),
+    maxRetainedMessages: r.int("MAX_RETAINED_MESSAGES"),
+    maxRetainedBytes: r.int("MAX_RETAINED_BYTES"),
     maxInflight: r.int("MAX_INFLIGHT"),
     sessionExpirySeconds: r.int("SESSION_EXPIRY_SECONDS"),
     allowControlCharacters: r.choice("ALLOW_CONTROL_CHARACTERS") === "true",

@@ -78,7 +78,11 @@ export async function httpPublish(c: Context<{ Bindings: Env }>): Promise<Respon
     return jsonError(c, 400, "invalid_payload_format", "the payload is marked UTF-8 but is not valid UTF-8");
   }
   if (extras.expirySeconds !== undefined) message.expiresAt = Date.now() + extras.expirySeconds * 1000;
-  await routerStub(c.env, identity.account).publish(identity.account, [message]);
+  const [outcome] = await routerStub(c.env, identity.account).publish(identity.account, [message]);
+  if (outcome === "quota") {
+    log("warn", "http.retained_quota_exceeded", { account: identity.account, identity: identity.id, topic });
+    return jsonError(c, 413, "retained_quota_exceeded", "the account's retained quota (MAX_RETAINED_MESSAGES, MAX_RETAINED_BYTES) is full: the message was neither retained nor delivered");
+  }
   return c.json({ topic, qos, retain: message.retain, bytes: payload.byteLength }, qos > 0 ? 201 : 202);
 }
 

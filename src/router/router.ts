@@ -6,33 +6,52 @@ import { parseSharedFilter } from "../topics/topic";
 import { getConfig, loadConfig } from "../config";
 import { SharedGroups, isSharedKey, sharedKey } from "./shared";
 import { errorMessage, log } from "../log";
-import { type Message, type QoS, type SubscriptionRequest, type RouterAttach, type RouterAttached, type RouterDetach, type DeliverResult } from "./messages";
-import { groupQueueKey, subscriptionKey, targetKey, parseSubscriptionKey, KEY } from "./keys";
+import {
+  PAGE_BYTES,
+  type DeliverResult,
+  type Message,
+  type QoS,
+  type RetainedCursor,
+  type RetainedPageResult,
+  type Routed,
+  type RouterAttach,
+  type RouterAttached,
+  type RouterDetach,
+  type Subscribed,
+  type SubscriptionRequest,
+} from "./messages";
 import { meterStorage } from "../metrics";
 import { canSubscribe } from "../topics/acl";
-import { deleteKeys } from "../storage";
 import { fullBucket, take, type Bucket } from "../limits/rate";
 import { RetainedStore } from "./retained";
-import { isGroupQueued, isTarget, readSubOptions, type SubOptions, type TargetRecord } from "./records";
+import { RouterTables } from "./tables";
+import { migrate } from "./schema";
+import type { SubOptions, TargetRecord } from "./records";
 
 /**
  * Topic router of one account (named by the account id). It owns the account's
- * subscriptions, the delivery target of every session, and the retained messages,
- * all durable in its storage and mirrored in memory for matching.
+ * subscriptions, the delivery target of every session, and the retained messages, in
+ * SQLite tables (schema.ts). Memory holds what matching needs: the subscription trie, the
+ * targets and the shared groups; retained messages stay in storage and are read in pages.
  *
  * A publish batch costs one call per subscribed session, whatever the number of
  * messages in the batch (SPEC: per-call overhead dominates delivery cost).
  */
 export class TopicRouter extends DurableObject<Env> {
   private readonly trie = new SubscriptionTrie<SubOptions>();
-  /** clientId -> its filters (for cleanup and the per-session subscription count). */
-  private readonly filtersByClient = new Map<string, Set<string>>();
+  /** clientId -> its filters and their options (for cleanup, the per-session subscription count, and re-subscribes). */
+  private readonly filtersByClient = new Map<string, Map<string, SubOptions>>();
   private readonly targets = new Map<string, TargetRecord>();
-  private readonly retained: RetainedStore;
+  private retained!: RetainedStore;
+  private tables!: RouterTables;
   private readonly shared = new SharedGroups();
-  /** Group key -> QoS 1/2 messages waiting for a member to come back; storage `g:<seq>`. */
-  private readonly groupQueues = new Map<string, Array<{ seq: number; message: Message }>>();
-  private nextGroupSeq = 0;
+  /** Group key -> number of QoS 1/2 messages waiting in `group_queue` for a member to come back. */
+  private groupQueued = new Map<string, number>();
+  /** The purge alarm set by this object since it woke (memory only; the alarm sets the next one). */
+  private purgeAt: number | null = null;
+  /** Fan-in coalescing: targets with a `deliver` call in flight, and what waits to go to them in the next one. */
+  private readonly inFlight = new Set<string>();
+  private readonly waiting = new Map<string, { batch: Message[]; done: Promise<void>; resolve: () => void }>();
   /** The account's connect rate (memory only: a busy account's router stays awake). */
   private connects: Bucket | null = null;
   /** Deliveries dropped since the object woke (a clean target that failed, QoS 0 to a failed target). */
@@ -42,29 +61,34 @@ export class TopicRouter extends DurableObject<Env> {
     super(ctx, env);
     meterStorage(ctx, env, "router");
     loadConfig(env); // LOG_LEVEL for this isolate; a bad var fails the calls that read the config, not the constructor
-    this.retained = new RetainedStore(ctx.storage, () => getConfig(env).limits.maxMonitorRetained);
     void ctx.blockConcurrencyWhile(() => this.load());
   }
 
+  /** A wake reads the subscriptions and the targets, never a retained message. */
   private async load(): Promise<void> {
-    const subs = await this.ctx.storage.list({ prefix: KEY.subscription });
-    for (const [key, value] of subs) {
-      const parsed = parseSubscriptionKey(key);
-      const options = readSubOptions(value);
-      if (parsed && options) this.addSubscription(parsed.clientId, parsed.filter, options);
-    }
-    const targets = await this.ctx.storage.list({ prefix: KEY.target });
-    for (const [key, value] of targets) {
-      if (isTarget(value)) this.targets.set(key.slice(KEY.target.length), value);
-    }
-    await this.retained.load();
-    const queued = await this.ctx.storage.list({ prefix: KEY.groupQueue });
-    for (const [key, value] of queued) {
-      const seq = Number(key.slice(KEY.groupQueue.length));
-      if (!isGroupQueued(value) || !Number.isInteger(seq)) continue;
-      this.queueFor(value.key).push({ seq, message: value.message });
-      this.nextGroupSeq = Math.max(this.nextGroupSeq, seq + 1);
-    }
+    await migrate(this.ctx.storage);
+    const sql = this.ctx.storage.sql;
+    this.tables = new RouterTables(sql);
+    this.retained = new RetainedStore(sql, () => {
+      const limits = getConfig(this.env).limits;
+      return { maxMessages: limits.maxRetainedMessages, maxBytes: limits.maxRetainedBytes, maxMonitor: limits.maxMonitorRetained };
+    });
+    for (const { clientId, filter, options } of this.tables.subscriptions()) this.addSubscription(clientId, filter, options);
+    for (const [clientId, target] of this.tables.targets()) this.targets.set(clientId, target);
+    this.groupQueued = this.tables.groupCounts();
+  }
+
+  /** Background purge of expired retained messages (they are also purged as reads meet them). */
+  override async alarm(): Promise<void> {
+    this.purgeAt = null;
+    const next = this.retained.purgeExpired(Date.now());
+    if (next !== null) this.schedulePurge(next);
+  }
+
+  private schedulePurge(at: number): void {
+    if (this.purgeAt !== null && this.purgeAt <= at) return;
+    this.purgeAt = at;
+    void this.ctx.storage.setAlarm(at);
   }
 
   /**
@@ -86,7 +110,7 @@ export class TopicRouter extends DurableObject<Env> {
     else if (acl) {
       // Rights can shrink between connections (a new token, a changed ACL): resumed
       // subscriptions the identity no longer covers are dropped.
-      for (const filter of [...(this.filtersByClient.get(clientId) ?? [])]) {
+      for (const filter of [...(this.filtersByClient.get(clientId)?.keys() ?? [])]) {
         if (!canSubscribe(acl, filter)) {
           this.removeSubscription(clientId, filter);
           log("info", "router.subscription_revoked", { clientId, filter });
@@ -97,13 +121,21 @@ export class TopicRouter extends DurableObject<Env> {
     if (announce.length > 0) await this.publish(account, announce);
     // A member coming back takes what its shared groups queued while no member was online.
     for (const key of this.shared.keysOf(clientId)) {
-      const queue = this.groupQueues.get(key);
-      const qos = this.shared.get(key)?.members.get(clientId);
-      if (!queue || queue.length === 0 || qos === undefined) continue;
-      this.groupQueues.delete(key);
-      // Forgotten only once handed on (delivered, or queued for the member's session).
-      await this.deliverTo(account, clientId, queue.map((q) => ({ ...q.message, qos: minQoS(q.message.qos, qos), share: key })));
-      await deleteKeys(this.ctx.storage, queue.map((q) => groupQueueKey(q.seq)));
+      // In pages; each forgotten only once handed on (delivered, or queued for the member's session).
+      while ((this.groupQueued.get(key) ?? 0) > 0) {
+        const qos = this.shared.get(key)?.members.get(clientId);
+        if (qos === undefined) break;
+        const { messages, last } = this.tables.groupPage(key, PAGE_BYTES);
+        if (messages.length === 0) {
+          this.groupQueued.delete(key);
+          break;
+        }
+        await this.deliverTo(account, clientId, messages.map((m) => ({ ...m, qos: minQoS(m.qos, qos), share: key })));
+        this.tables.deleteGroupThrough(key, last);
+        const left = (this.groupQueued.get(key) ?? 0) - messages.length;
+        if (left > 0) this.groupQueued.set(key, left);
+        else this.groupQueued.delete(key);
+      }
     }
     return { ok: true };
   }
@@ -138,18 +170,14 @@ export class TopicRouter extends DurableObject<Env> {
   }
 
   /**
-   * Registers subscriptions and returns the retained messages they match, each with
-   * the retain flag set [MQTT-3.3.1-8] and QoS downgraded to the granted one, following
-   * the MQTT 5 retain handling option (0 always, 1 only for a new subscription, 2 never).
+   * Registers subscriptions and returns the first page of the retained messages they match,
+   * each with the retain flag set [MQTT-3.3.1-8] and QoS downgraded to the granted one,
+   * following the MQTT 5 retain handling option (0 always, 1 only for a new subscription, 2
+   * never); `more` leads to the next page (`retainedPage`).
    */
-  async subscribe(
-    clientId: string,
-    subs: SubscriptionRequest[],
-    maxSubscriptions: number,
-  ): Promise<{ granted: boolean[]; retained: Message[] }> {
+  async subscribe(clientId: string, subs: SubscriptionRequest[], maxSubscriptions: number, opts: { pageMessages?: number } = {}): Promise<Subscribed> {
     const granted: boolean[] = [];
-    const retained: Message[] = [];
-    const now = Date.now();
+    const wanted: RetainedCursor["subs"] = [];
     for (const { filter, ...options } of subs) {
       const existing = this.filtersByClient.get(clientId);
       const isNew = !existing?.has(filter);
@@ -157,16 +185,50 @@ export class TopicRouter extends DurableObject<Env> {
         granted.push(false);
         continue;
       }
-      this.addSubscription(clientId, filter, options);
-      void this.ctx.storage.put(subscriptionKey(clientId, filter), options);
+      // An identical re-subscribe costs no row written.
+      if (isNew || !sameOptions(existing?.get(filter), options)) {
+        this.addSubscription(clientId, filter, options);
+        this.tables.putSubscription(clientId, filter, options);
+      }
       granted.push(true);
       // Shared subscriptions get no retained messages on subscribe (MQTT 5 §4.8.2).
       if (parseSharedFilter(filter)) continue;
       if (options.rh === 2 || (options.rh === 1 && !isNew)) continue;
       // [MQTT-3.8.4-3]: a repeated subscription replaces the old one and resends retained messages.
-      retained.push(...this.retained.matching(filter, options.qos, options.id, now));
+      const sub: RetainedCursor["subs"][number] = { filter, qos: options.qos };
+      if (options.id !== undefined) sub.id = options.id;
+      wanted.push(sub);
     }
-    return { granted, retained };
+    const limit = Math.max(1, opts.pageMessages ?? 1000);
+    const first = wanted.length > 0 ? await this.retainedPage({ subs: wanted, after: null, limit }) : { messages: [], more: null };
+    return { granted, retained: first.messages, more: first.more };
+  }
+
+  /**
+   * The next page of a retained delivery on subscribe: at most about PAGE_BYTES and `limit`
+   * messages, filter after filter, in topic order within each.
+   */
+  async retainedPage(cursor: RetainedCursor): Promise<RetainedPageResult> {
+    const now = Date.now();
+    const limit = Math.max(1, cursor.limit);
+    const messages: Message[] = [];
+    let bytes = 0;
+    let subs = cursor.subs;
+    let after = cursor.after;
+    while (subs.length > 0) {
+      const [sub, ...rest] = subs;
+      if (!sub) break;
+      const page = this.retained.page(sub.filter, after === null ? null : { after }, { qos: sub.qos, subId: sub.id, maxBytes: PAGE_BYTES - bytes, maxMessages: limit - messages.length, now });
+      for (const m of page.messages) {
+        messages.push(m);
+        bytes += m.payload.byteLength + m.topic.length;
+      }
+      if (page.next) return { messages, more: { subs, after: page.next.after, limit } };
+      subs = rest;
+      after = null;
+      if (bytes >= PAGE_BYTES || messages.length >= limit) break;
+    }
+    return { messages, more: subs.length > 0 ? { subs, after: null, limit } : null };
   }
 
   /** Removes subscriptions; for each filter, whether it existed (MQTT 5 UNSUBACK 0x00 / 0x11). */
@@ -181,19 +243,29 @@ export class TopicRouter extends DurableObject<Env> {
   /**
    * Routes a batch of messages from one publisher, in order. Resolves once every QoS 1
    * copy is durable at its subscriber (online connection or offline session), so the
-   * publisher's PUBACKs can follow; with, for each message, whether any subscription matched
-   * it (MQTT 5 PUBACK 0x10 No matching subscribers when none did; a no-local one counts).
+   * publisher's PUBACKs can follow; with, for each message, what became of it: whether any
+   * subscription matched it (MQTT 5 PUBACK 0x10 No matching subscribers when none did; a
+   * no-local one counts), or `quota` for a retained message past the account's retained quota
+   * (neither stored nor delivered).
    */
-  async publish(account: string, messages: Message[]): Promise<boolean[]> {
+  async publish(account: string, messages: Message[]): Promise<Routed[]> {
     const perClient = new Map<string, Message[]>();
-    const matched: boolean[] = [];
+    const outcomes: Routed[] = [];
+    const now = Date.now();
     for (const message of messages) {
-      if (message.retain) this.retained.store(message);
+      if (message.retain) {
+        if (this.retained.store(message, now) === "quota") {
+          log("warn", "router.retained_quota_exceeded", { account, topic: message.topic, from: message.from, ...this.retained.usage });
+          outcomes.push("quota");
+          continue;
+        }
+        if (message.expiresAt !== undefined && message.payload.byteLength > 0) this.schedulePurge(message.expiresAt);
+      }
       // One copy per session even when several of its filters match, at the highest granted
       // QoS, carrying every matching subscription identifier (MQTT 5 §3.3.4).
       const best = new Map<string, { qos: QoS; rap: boolean; ids: number[] }>();
       const subscriptions = this.trie.match(message.topic);
-      matched.push(subscriptions.length > 0);
+      outcomes.push(subscriptions.length > 0 ? "matched" : "unmatched");
       for (const { key, value } of subscriptions) {
         if (isSharedKey(key)) {
           this.routeShared(key, message, perClient);
@@ -217,7 +289,7 @@ export class TopicRouter extends DurableObject<Env> {
       }
     }
     await this.deliverAll(account, perClient);
-    return matched;
+    return outcomes;
   }
 
   /** A shared group's state, for the admin API. */
@@ -228,7 +300,7 @@ export class TopicRouter extends DurableObject<Env> {
       out.push({
         filter: g.filter,
         members: [...g.members].map(([clientId, qos]) => ({ clientId, qos, online: this.isOnline(clientId) })),
-        queued: this.groupQueues.get(key)?.length ?? 0,
+        queued: this.groupQueued.get(key) ?? 0,
       });
     }
     return out;
@@ -257,22 +329,14 @@ export class TopicRouter extends DurableObject<Env> {
     if (message.qos === 0 || !group) return;
     const anyPersistent = [...group.members.keys()].some((id) => this.targets.get(id)?.persistent && id !== exclude);
     if (!anyPersistent) return;
-    const queue = this.queueFor(key);
-    const seq = this.nextGroupSeq++;
-    const stored = deliveryOf(message, message.qos, false);
-    queue.push({ seq, message: stored });
-    void this.ctx.storage.put(groupQueueKey(seq), { key, message: stored });
+    this.tables.pushGroupMessage(key, deliveryOf(message, message.qos, false));
+    const queued = (this.groupQueued.get(key) ?? 0) + 1;
     const max = getConfig(this.env).limits.maxQueuedMessages;
-    while (queue.length > max) {
-      const dropped = queue.shift();
-      if (dropped) void this.ctx.storage.delete(groupQueueKey(dropped.seq));
+    if (queued > max) {
+      this.tables.dropGroupHead(key, queued - max);
+      this.dropped += queued - max;
     }
-  }
-
-  private queueFor(key: string): Array<{ seq: number; message: Message }> {
-    let queue = this.groupQueues.get(key);
-    if (!queue) this.groupQueues.set(key, (queue = []));
-    return queue;
+    this.groupQueued.set(key, Math.min(queued, max));
   }
 
   /**
@@ -290,8 +354,38 @@ export class TopicRouter extends DurableObject<Env> {
     return { subscriptions: this.trie.size, sessions: this.targets.size, retained: this.retained.size, dropped: this.dropped };
   }
 
+  /**
+   * Fan-in coalescing: while a `deliver` call to a target is in flight, later messages for it
+   * (from other publishers' batches) wait and travel together in the next call, in arrival
+   * order. No timer: the in-flight call is the batching window, as on the publish side.
+   */
+  private deliverTo(account: string, clientId: string, batch: Message[]): Promise<void> {
+    if (!this.inFlight.has(clientId)) return this.sendTo(account, clientId, batch);
+    let next = this.waiting.get(clientId);
+    if (!next) {
+      let resolve!: () => void;
+      const done = new Promise<void>((r) => (resolve = r));
+      next = { batch: [], done, resolve };
+      this.waiting.set(clientId, next);
+    }
+    next.batch.push(...batch);
+    return next.done;
+  }
+
+  private async sendTo(account: string, clientId: string, batch: Message[]): Promise<void> {
+    this.inFlight.add(clientId);
+    await this.deliverNow(account, clientId, batch);
+    const next = this.waiting.get(clientId);
+    if (!next) {
+      this.inFlight.delete(clientId);
+      return;
+    }
+    this.waiting.delete(clientId);
+    void this.sendTo(account, clientId, next.batch).then(next.resolve);
+  }
+
   /** Never rejects: a failure stays with its target (queued for a persistent session, else dropped and counted). */
-  private async deliverTo(account: string, clientId: string, batch: Message[]): Promise<void> {
+  private async deliverNow(account: string, clientId: string, batch: Message[]): Promise<void> {
     const target = this.targets.get(clientId);
     if (!target) return;
     if (target.conn) {
@@ -331,7 +425,7 @@ export class TopicRouter extends DurableObject<Env> {
 
   private setTarget(clientId: string, target: TargetRecord): void {
     this.targets.set(clientId, target);
-    void this.ctx.storage.put(targetKey(clientId), target);
+    this.tables.putTarget(clientId, target);
   }
 
   private addSubscription(clientId: string, filter: string, options: SubOptions): void {
@@ -341,9 +435,9 @@ export class TopicRouter extends DurableObject<Env> {
         this.trie.add(shared.filter, sharedKey(shared.group, shared.filter), { qos: 0 });
       }
     } else this.trie.add(filter, clientId, options);
-    let set = this.filtersByClient.get(clientId);
-    if (!set) this.filtersByClient.set(clientId, (set = new Set()));
-    set.add(filter);
+    let filters = this.filtersByClient.get(clientId);
+    if (!filters) this.filtersByClient.set(clientId, (filters = new Map()));
+    filters.set(filter, options);
   }
 
   private removeSubscription(clientId: string, filter: string): void {
@@ -353,29 +447,27 @@ export class TopicRouter extends DurableObject<Env> {
         const key = sharedKey(shared.group, shared.filter);
         this.trie.remove(shared.filter, key);
         // No member left: its queued messages have nowhere to go.
-        const queue = this.groupQueues.get(key);
-        if (queue) void deleteKeys(this.ctx.storage, queue.map((q) => groupQueueKey(q.seq)));
-        this.groupQueues.delete(key);
+        if (this.groupQueued.delete(key)) this.tables.deleteGroup(key);
       }
     } else this.trie.remove(filter, clientId);
-    const set = this.filtersByClient.get(clientId);
-    if (set) {
-      set.delete(filter);
-      if (set.size === 0) this.filtersByClient.delete(clientId);
+    const filters = this.filtersByClient.get(clientId);
+    if (filters) {
+      filters.delete(filter);
+      if (filters.size === 0) this.filtersByClient.delete(clientId);
     }
-    void this.ctx.storage.delete(subscriptionKey(clientId, filter));
+    this.tables.deleteSubscription(clientId, filter);
   }
 
   private removeAllSubscriptions(clientId: string): void {
-    const set = this.filtersByClient.get(clientId);
-    if (!set) return;
-    for (const filter of [...set]) this.removeSubscription(clientId, filter);
+    const filters = this.filtersByClient.get(clientId);
+    if (!filters) return;
+    for (const filter of [...filters.keys()]) this.removeSubscription(clientId, filter);
   }
 
   private forgetNow(clientId: string): void {
     this.removeAllSubscriptions(clientId);
     this.targets.delete(clientId);
-    void this.ctx.storage.delete(targetKey(clientId));
+    this.tables.deleteTarget(clientId);
     log("debug", "router.forget", { clientId });
   }
 }
@@ -390,6 +482,10 @@ function deliveryOf(message: Message, qos: QoS, retain: boolean): Message {
   if (message.props) copy.props = message.props;
   if (message.expiresAt !== undefined) copy.expiresAt = message.expiresAt;
   return copy;
+}
+
+function sameOptions(a: SubOptions | undefined, b: SubOptions): boolean {
+  return a !== undefined && a.qos === b.qos && a.nl === b.nl && a.rap === b.rap && a.rh === b.rh && a.id === b.id;
 }
 
 function minQoS(a: QoS, b: QoS): QoS {

@@ -315,7 +315,8 @@ function stubServices(env: Env, config: Config): Services {
       const stub = routerStub(env, account);
       return {
         publish: (messages) => stub.publish(account, messages),
-        subscribe: (clientId, requests, max) => stub.subscribe(clientId, requests, max),
+        subscribe: (clientId, requests, max, opts) => stub.subscribe(clientId, requests, max, opts),
+        retainedPage: (cursor) => stub.retainedPage(cursor),
         unsubscribe: (clientId, filters) => stub.unsubscribe(clientId, filters),
         attach: (clientId, conn, opts) => stub.attach(account, clientId, conn, opts),
         detach: (clientId, conn, opts) => stub.detach(account, clientId, conn, opts),

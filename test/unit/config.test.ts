@@ -70,6 +70,8 @@ describe("parseConfig", () => {
       maxOutboxMessages: 1000,
       maxMonitorRetained: 10_000,
       monitorRetainSeconds: 86_400,
+      maxRetainedMessages: 100_000,
+      maxRetainedBytes: 256 * 1024 * 1024,
       maxInflight: 100,
       sessionExpirySeconds: 7 * 24 * 3600,
       allowControlCharacters: false,
