@@ -94,6 +94,20 @@ export default defineConfig({
           fileParallelism: false,
         },
       },
+      // The protocol suites again on a broker whose accounts route over 4 router shards, keyed on
+      // topic level 1 (the tests' topics vary there), so filters and topics spread over shards.
+      {
+        test: {
+          name: "e2e-shards",
+          environment: "node",
+          include: [...PROTOCOL_SUITES, "test/e2e/mqtt5.test.ts"],
+          env: { ROUTER_SHARDS: "4", ROUTER_SHARD_LEVEL: "1" },
+          globalSetup: ["test/helpers/global-setup.ts"],
+          testTimeout: 30_000,
+          hookTimeout: 60_000,
+          fileParallelism: false,
+        },
+      },
       // The protocol suites again with MQTT.js speaking MQTT 3 (test/helpers/mqtt.ts reads MQTT_VERSION).
       {
         test: {

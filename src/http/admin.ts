@@ -5,7 +5,9 @@
 
 import { Hono, type Context } from "hono";
 import type { Env } from "../env";
-import { routerStub, sessionStub } from "../stubs";
+import { sessionStub } from "../stubs";
+import { accountRouter, shardingOf } from "../router/shards";
+import { getConfig } from "../config";
 import { isValidAccountId, timingSafeEqualString } from "../auth/passwords";
 import { createDevice, deleteDevice, getDevice, listDevices, setDeviceDisabled, type Device } from "../auth/registry";
 import { mintToken } from "../auth/tokens";
@@ -158,7 +160,7 @@ adminApi.delete("/accounts/:accountId/clients/:clientId", async (c) => {
 adminApi.get("/accounts/:accountId/shared/:group", async (c) => {
   const accountId = c.req.param("accountId");
   const group = c.req.param("group");
-  const filters = await routerStub(c.env, accountId).sharedGroup(group);
+  const filters = await accountRouter(c.env, accountId, shardingOf(getConfig(c.env).limits)).sharedGroup(group);
   if (filters.length === 0) return jsonError(c, 404, "shared_group_not_found", "no shared subscription with this group name");
   return c.json({ accountId, group, subscriptions: filters });
 });

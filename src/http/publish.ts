@@ -1,6 +1,7 @@
 import type { Context } from "hono";
 import type { Env } from "../env";
-import { limiterStub, routerStub } from "../stubs";
+import { limiterStub } from "../stubs";
+import { accountRouter, shardingOf } from "../router/shards";
 import { getConfig } from "../config";
 import { authenticateDevicePassword, authenticateToken, type AuthResult, type Identity } from "../auth/identity";
 import type { PublishAllowance } from "../limits/connection-limiter";
@@ -78,7 +79,7 @@ export async function httpPublish(c: Context<{ Bindings: Env }>): Promise<Respon
     return jsonError(c, 400, "invalid_payload_format", "the payload is marked UTF-8 but is not valid UTF-8");
   }
   if (extras.expirySeconds !== undefined) message.expiresAt = Date.now() + extras.expirySeconds * 1000;
-  const [outcome] = await routerStub(c.env, identity.account).publish(identity.account, [message]);
+  const [outcome] = await accountRouter(c.env, identity.account, shardingOf(limits)).publish([message]);
   if (outcome === "quota") {
     log("warn", "http.retained_quota_exceeded", { account: identity.account, identity: identity.id, topic });
     return jsonError(c, 413, "retained_quota_exceeded", "the account's retained quota (MAX_RETAINED_MESSAGES, MAX_RETAINED_BYTES) is full: the message was neither retained nor delivered");

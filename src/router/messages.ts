@@ -83,6 +83,8 @@ export interface RetainedCursor {
   after: string | null;
   /** Messages per page at most (the subscriber's outbox room), besides PAGE_BYTES. */
   limit: number;
+  /** With ROUTER_SHARDS > 1: which of the first filter's shards is being read (src/router/shards.ts). */
+  shard?: number;
 }
 
 /** A page of retained messages for a new subscription, and the cursor to the next (null: done). */
@@ -108,6 +110,8 @@ export interface RouterAttach {
   announce?: Message[];
   /** The connecting identity's ACL: a resumed session keeps only the subscriptions it still covers. */
   acl?: Acl;
+  /** false: the account's connect rate is counted by another shard (shard 0), not here. */
+  rated?: boolean;
 }
 
 /** The router's answer to `attach`: `rate` when the account connects too often (CONNACK 3 / 0x9F). */

@@ -25,7 +25,7 @@ import { canSubscribe } from "../topics/acl";
 import { fullBucket, take, type Bucket } from "../limits/rate";
 import { RetainedStore } from "./retained";
 import { RouterTables } from "./tables";
-import { migrate } from "./schema";
+import { checkShardCount, migrate } from "./schema";
 import type { SubOptions, TargetRecord } from "./records";
 
 /**
@@ -54,6 +54,8 @@ export class TopicRouter extends DurableObject<Env> {
   private readonly waiting = new Map<string, { batch: Message[]; done: Promise<void>; resolve: () => void }>();
   /** The account's connect rate (memory only: a busy account's router stays awake). */
   private connects: Bucket | null = null;
+  /** Set when ROUTER_SHARDS changed under this router's state: every routing call is refused with it. */
+  private refusal: string | null = null;
   /** Deliveries dropped since the object woke (a clean target that failed, QoS 0 to a failed target). */
   private dropped = 0;
 
@@ -68,6 +70,8 @@ export class TopicRouter extends DurableObject<Env> {
   private async load(): Promise<void> {
     await migrate(this.ctx.storage);
     const sql = this.ctx.storage.sql;
+    this.refusal = checkShardCount(sql, getConfig(this.env).limits.routerShards);
+    if (this.refusal) log("error", "router.shard_count_changed", { reason: this.refusal });
     this.tables = new RouterTables(sql);
     this.retained = new RetainedStore(sql, () => {
       const limits = getConfig(this.env).limits;
@@ -85,6 +89,10 @@ export class TopicRouter extends DurableObject<Env> {
     if (next !== null) this.schedulePurge(next);
   }
 
+  private refuseIfResharded(): void {
+    if (this.refusal) throw new Error(this.refusal);
+  }
+
   private schedulePurge(at: number): void {
     if (this.purgeAt !== null && this.purgeAt <= at) return;
     this.purgeAt = at;
@@ -97,12 +105,13 @@ export class TopicRouter extends DurableObject<Env> {
    * in the same call.
    */
   async attach(account: string, clientId: string, conn: string, opts: RouterAttach): Promise<RouterAttached> {
-    const { cleanStart, persistent, announce = [], acl } = opts;
+    this.refuseIfResharded();
+    const { cleanStart, persistent, announce = [], acl, rated = true } = opts;
     // Every connect of the account passes here: its connect rate costs no request of its own.
     const limits = getConfig(this.env).limits;
     const now = Date.now();
     this.connects ??= fullBucket(limits.connectBurstPerAccount, now);
-    if (!take(this.connects, limits.connectRatePerAccount, limits.connectBurstPerAccount, now)) {
+    if (rated && !take(this.connects, limits.connectRatePerAccount, limits.connectBurstPerAccount, now)) {
       log("warn", "router.connect_rate_exceeded", { account, clientId, rate: limits.connectRatePerAccount });
       return { ok: false, reason: "rate" };
     }
@@ -147,6 +156,7 @@ export class TopicRouter extends DurableObject<Env> {
    * will and the monitoring Disconnect event) is published first, in the same call.
    */
   async detach(account: string, clientId: string, conn: string, opts: RouterDetach): Promise<void> {
+    this.refuseIfResharded();
     const { persistent, announce = [], orphans = [] } = opts;
     if (announce.length > 0) await this.publish(account, announce);
     const current = this.targets.get(clientId);
@@ -164,6 +174,7 @@ export class TopicRouter extends DurableObject<Env> {
 
   /** A persistent session expired: drop its subscriptions and target. */
   async forget(clientId: string): Promise<void> {
+    this.refuseIfResharded();
     const current = this.targets.get(clientId);
     if (current?.conn) return; // online again: not expired
     this.forgetNow(clientId);
@@ -175,7 +186,8 @@ export class TopicRouter extends DurableObject<Env> {
    * following the MQTT 5 retain handling option (0 always, 1 only for a new subscription, 2
    * never); `more` leads to the next page (`retainedPage`).
    */
-  async subscribe(clientId: string, subs: SubscriptionRequest[], maxSubscriptions: number, opts: { pageMessages?: number } = {}): Promise<Subscribed> {
+  async subscribe(clientId: string, subs: SubscriptionRequest[], maxSubscriptions: number, opts: { pageMessages?: number; deferRetained?: boolean } = {}): Promise<Subscribed> {
+    this.refuseIfResharded();
     const granted: boolean[] = [];
     const wanted: RetainedCursor["subs"] = [];
     for (const { filter, ...options } of subs) {
@@ -200,6 +212,8 @@ export class TopicRouter extends DurableObject<Env> {
       wanted.push(sub);
     }
     const limit = Math.max(1, opts.pageMessages ?? 1000);
+    // Deferred (a sharded subscribe): only the cursor; the caller reads the pages across shards.
+    if (opts.deferRetained) return { granted, retained: [], more: wanted.length > 0 ? { subs: wanted, after: null, limit } : null };
     const first = wanted.length > 0 ? await this.retainedPage({ subs: wanted, after: null, limit }) : { messages: [], more: null };
     return { granted, retained: first.messages, more: first.more };
   }
@@ -209,6 +223,7 @@ export class TopicRouter extends DurableObject<Env> {
    * messages, filter after filter, in topic order within each.
    */
   async retainedPage(cursor: RetainedCursor): Promise<RetainedPageResult> {
+    this.refuseIfResharded();
     const now = Date.now();
     const limit = Math.max(1, cursor.limit);
     const messages: Message[] = [];
@@ -233,6 +248,7 @@ export class TopicRouter extends DurableObject<Env> {
 
   /** Removes subscriptions; for each filter, whether it existed (MQTT 5 UNSUBACK 0x00 / 0x11). */
   async unsubscribe(clientId: string, filters: string[]): Promise<boolean[]> {
+    this.refuseIfResharded();
     return filters.map((filter) => {
       const existed = this.filtersByClient.get(clientId)?.has(filter) === true;
       if (existed) this.removeSubscription(clientId, filter);
@@ -249,6 +265,7 @@ export class TopicRouter extends DurableObject<Env> {
    * (neither stored nor delivered).
    */
   async publish(account: string, messages: Message[]): Promise<Routed[]> {
+    this.refuseIfResharded();
     const perClient = new Map<string, Message[]>();
     const outcomes: Routed[] = [];
     const now = Date.now();

@@ -193,3 +193,19 @@ export function insertGroupMessage(sql: SqlStorage, seq: number, share: string, 
     seq, share, m.topic, m.payload, m.qos, m.props ? encodeProps(m.props) : null, m.expiresAt ?? null,
   );
 }
+
+/**
+ * The shard count this object was written under. ROUTER_SHARDS decides which shard owns a
+ * topic or a filter, so a router that holds state refuses to serve under another count
+ * (it would route wrongly); an empty one takes the new count. Null when it may serve.
+ */
+export function checkShardCount(sql: SqlStorage, shards: number): string | null {
+  const stored = sql.exec<{ value: number }>("SELECT value FROM router_meta WHERE key = 'shards'").toArray()[0]?.value;
+  if (stored === shards) return null;
+  const holds = (table: string): boolean => sql.exec(`SELECT 1 FROM ${table} LIMIT 1`).toArray().length > 0;
+  if (stored !== undefined && (holds("subscriptions") || holds("targets") || holds("retained") || holds("group_queue"))) {
+    return `ROUTER_SHARDS changed from ${stored} to ${shards}: this router holds state written under ${stored} shards and refuses to route (README "Sharding")`;
+  }
+  sql.exec("INSERT OR REPLACE INTO router_meta (key, value) VALUES ('shards', ?)", shards);
+  return null;
+}

@@ -72,6 +72,8 @@ describe("parseConfig", () => {
       monitorRetainSeconds: 86_400,
       maxRetainedMessages: 100_000,
       maxRetainedBytes: 256 * 1024 * 1024,
+      routerShards: 1,
+      routerShardLevel: 5,
       maxInflight: 100,
       sessionExpirySeconds: 7 * 24 * 3600,
       allowControlCharacters: false,
