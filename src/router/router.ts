@@ -70,7 +70,9 @@ export class TopicRouter extends DurableObject<Env> {
   private async load(): Promise<void> {
     await migrate(this.ctx.storage);
     const sql = this.ctx.storage.sql;
-    this.refusal = checkShardCount(sql, getConfig(this.env).limits.routerShards);
+    // With vars that do not parse, the calls that read the config fail instead (as before).
+    const loaded = loadConfig(this.env);
+    if (loaded.ok) this.refusal = checkShardCount(sql, loaded.config.limits.routerShards);
     if (this.refusal) log("error", "router.shard_count_changed", { reason: this.refusal });
     this.tables = new RouterTables(sql);
     this.retained = new RetainedStore(sql, () => {
