@@ -110,7 +110,7 @@ const params = {
     fanInMs: q ? 2000 : 5000,
     timeoutMs: 600_000,
     shardCounts: (flags["scale-shards"] ?? "1,4,16").split(",").map(Number),
-    load: { devices: num("scale-devices", 200, 64), ratePerDevice: num("scale-device-rate", 10, 10), ms: q ? 4000 : 10_000, payload: 64 },
+    load: { devices: num("scale-devices", 100, 64), ratePerDevice: num("scale-device-rate", 10, 10), ms: q ? 4000 : 10_000, payload: 64 },
   },
 };
 const wanted = new Set(flags.peers.split(",").map((s) => s.trim()));

@@ -136,10 +136,13 @@ export class RetainedStore {
         return { messages, next: null };
       }
       for (;;) {
+        // One lower bound, so the index seeks straight to it (two would scan from the smaller).
         const rows =
           range.hi === undefined
             ? this.sql.exec<Row>("SELECT * FROM retained WHERE topic > ? ORDER BY topic LIMIT ?", after, CHUNK).toArray()
-            : this.sql.exec<Row>("SELECT * FROM retained WHERE topic >= ? AND topic < ? AND topic > ? ORDER BY topic LIMIT ?", range.lo, range.hi, after, CHUNK).toArray();
+            : after >= range.lo
+              ? this.sql.exec<Row>("SELECT * FROM retained WHERE topic > ? AND topic < ? ORDER BY topic LIMIT ?", after, range.hi, CHUNK).toArray()
+              : this.sql.exec<Row>("SELECT * FROM retained WHERE topic >= ? AND topic < ? ORDER BY topic LIMIT ?", range.lo, range.hi, CHUNK).toArray();
         for (const row of rows) {
           after = row.topic;
           scanned++;
