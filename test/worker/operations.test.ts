@@ -91,3 +91,17 @@ describe("GET /health", () => {
     });
   });
 });
+
+describe("an upgrade the connection object cannot take", () => {
+  it("answers 503 server_unavailable with Retry-After, never 500 (the object's fetch failing as under a storm's SQLITE_NOMEM)", async () => {
+    // The one dependency replaced: a CONNECTION namespace whose objects fail to take the socket.
+    const failing = { ...E.CONNECTION, newUniqueId: () => E.CONNECTION.newUniqueId(), get: () => ({ fetch: () => Promise.reject(new Error("SQLITE_NOMEM")) }) };
+    const overloaded = { ...E, CONNECTION: failing } as unknown as Env;
+    const ctx = createExecutionContext();
+    const res = await app.fetch(new Request("http://broker/mqtt", { headers: { Upgrade: "websocket", "Sec-WebSocket-Protocol": "mqtt" } }), overloaded, ctx);
+    await waitOnExecutionContext(ctx);
+    expect(res.status).toBe(503);
+    expect(res.headers.get("retry-after")).toBe("2");
+    expect(await body(res)).toMatchObject({ error: { code: "server_unavailable" } });
+  });
+});
