@@ -7,6 +7,7 @@ import { app } from "../../src/http/app";
 import { healthAnswer } from "../../src/http/health";
 import { MqttConnection } from "../../src/session/connection";
 import { isRecord } from "../../src/guards";
+import { mintToken } from "../../src/auth/tokens";
 
 const E = env as unknown as Env;
 
@@ -102,6 +103,20 @@ describe("an upgrade the connection object cannot take", () => {
     await waitOnExecutionContext(ctx);
     expect(res.status).toBe(503);
     expect(res.headers.get("retry-after")).toBe("2");
+    expect(await body(res)).toMatchObject({ error: { code: "server_unavailable" } });
+  });
+});
+
+describe("an HTTP publish the router cannot take", () => {
+  it("answers 503 server_unavailable with Retry-After, never 500", async () => {
+    const failingRouter = { ...E.ROUTER, idFromName: (n: string) => E.ROUTER.idFromName(n), get: () => ({ publish: () => Promise.reject(new Error("overloaded")) }) };
+    const broken = { ...E, ROUTER: failingRouter } as unknown as Env;
+    const { token } = await mintToken(E.JWT_SECRET ?? "", { subject: "ops", accountId: "ops", ttlSeconds: 60 });
+    const ctx = createExecutionContext();
+    const res = await app.fetch(new Request("http://broker/api/v1/messages?topic=ops/x&qos=1", { method: "POST", body: "x", headers: { authorization: `Bearer ${token}` } }), broken, ctx);
+    await waitOnExecutionContext(ctx);
+    expect(res.status).toBe(503);
+    expect(res.headers.get("retry-after")).not.toBeNull();
     expect(await body(res)).toMatchObject({ error: { code: "server_unavailable" } });
   });
 });
