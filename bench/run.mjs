@@ -14,6 +14,7 @@ import { spawnSync } from "node:child_process";
 import { bystander, connectStorm, costIdle, costMessages, fanIn, fanOut, probeShared, qos1RoundTrip, retainedOnSubscribe, shared } from "./lib/scenarios.mjs";
 import { findMosquitto, startAedes, startBridge, startBroker, startLimitedBroker, startMosquitto, stopAllNow, wranglerVars } from "./lib/servers.mjs";
 import { scale, scaleTable } from "./lib/scale.mjs";
+import { storm, stormTable } from "./lib/storm.mjs";
 import { connectTable, costTable, doDollars, generatorTable, idleTable, performanceTable, ratios, summarize, unitsPer } from "./lib/report.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -24,7 +25,7 @@ const { values: flags } = parseArgs({
     quick: { type: "boolean", default: false },
     rounds: { type: "string" },
     peers: { type: "string", default: "broker,aedes,mosquitto" },
-    scenarios: { type: "string", default: "fan-in,fan-in-tcp,fan-out,shared,qos1,connect,retained,bystander,cost,scale" },
+    scenarios: { type: "string", default: "fan-in,fan-in-qos1,fan-in-tcp,fan-out,fan-out-qos1,shared,qos1,connect,retained,bystander,cost,scale,storm" },
     publishers: { type: "string" },
     "duration-ms": { type: "string" },
     "max-messages": { type: "string" },
@@ -57,6 +58,7 @@ const { values: flags } = parseArgs({
     "scale-devices": { type: "string" },
     "scale-device-rate": { type: "string" },
     "scale-shards": { type: "string" },
+    "storm-connections": { type: "string" },
     out: { type: "string", default: join(HERE, "results") },
     help: { type: "boolean", default: false },
   },
@@ -101,6 +103,8 @@ const params = {
     frameFloodPackets: num("frame-flood-packets", 4 * defaults.MAX_PACKETS_PER_FRAME, 4 * defaults.MAX_PACKETS_PER_FRAME),
     rampMs: 500,
   },
+  // A fleet reconnecting after a restart (bench/lib/storm.mjs): run once, after the rounds.
+  storm: { connections: num("storm-connections", 5000, 500), concurrency: num("concurrency", 50, 50), holdMs: 3000 },
   // The router with a large account (bench/lib/scale.mjs): run once, after the rounds.
   scale: {
     retained: num("scale-retained", 100_000, 10_000),
@@ -126,7 +130,7 @@ for (const sig of ["SIGINT", "SIGTERM"]) {
 }
 
 /** Scenarios only the broker runs: with nothing else selected, aedes and mosquitto are not started. */
-const BROKER_ONLY = new Set(["bystander", "cost"]);
+const BROKER_ONLY = new Set(["bystander", "cost", "storm"]);
 const brokerOnly = scenarios.every((s) => BROKER_ONLY.has(s));
 
 const peers = [];
@@ -182,6 +186,9 @@ async function main() {
     "fan-in-tcp": (peer, tag) => (peer.tcpUrl ? fanIn(peer, { ...common, ...params.fanIn }, tag, { native: true }) : null),
     shared: (peer, tag) => (unsupported.shared?.[peer.name] ? null : shared(peer, { ...common, ...params.shared }, tag)),
     "fan-out": (peer, tag) => fanOut(peer, { ...common, ...params.fanOut }, tag),
+    // QoS 1 end to end: publishes and subscriptions at QoS 1 (the publishers' PUBACKs, the subscribers' acknowledgements).
+    "fan-in-qos1": (peer, tag) => fanIn(peer, { ...common, ...params.fanIn, window: params.fanIn.publishers * 20, qos: 1 }, `${tag}q1`),
+    "fan-out-qos1": (peer, tag) => fanOut(peer, { ...common, ...params.fanOut, qos: 1 }, `${tag}q1`),
     qos1: (peer, tag) => qos1RoundTrip(peer, { ...common, ...params.qos1 }, tag),
     connect: (peer, tag) => connectStorm(peer, { ...common, ...params.connect }, tag),
     retained: (peer, tag) => retainedOnSubscribe(peer, { ...common, ...params.retained }, tag),
@@ -208,6 +215,7 @@ async function main() {
   if (broker && scenarios.includes("cost")) cost = await costModel(broker, runs.connect?.broker ?? []);
   // Its own brokers (restarted, sharded); the main one idles meanwhile.
   const scaled = wanted.has("broker") && scenarios.includes("scale") ? await scale(params.scale, log, peers.find((p) => p.name === "aedes")) : null;
+  const stormed = wanted.has("broker") && scenarios.includes("storm") ? await storm(params.storm, log) : null;
   const load1 = loadavg();
 
   const medians = summarize(runs);
@@ -227,6 +235,7 @@ async function main() {
     ratios: ratios(medians),
     cost,
     scale: scaled,
+    storm: stormed,
     runs,
   };
   const md = markdown(result);
@@ -253,6 +262,8 @@ function headline(scenario, r) {
   switch (scenario) {
     case "fan-in":
     case "fan-out":
+    case "fan-in-qos1":
+    case "fan-out-qos1":
       return `${r.deliveriesPerSec.toFixed(0)} deliveries/s, ${cpu}${inc}`;
     case "fan-in-tcp":
       return `${r.deliveriesPerSec.toFixed(0)} deliveries/s, ${cpu}${r.bridgeCpuMs !== undefined ? `, bridge CPU ${r.bridgeCpuMs.toFixed(0)} ms` : ""}${inc}`;
@@ -345,6 +356,9 @@ function markdown(r) {
     "",
     generatorTable(r.medians, r.peers),
   ];
+  if (r.storm) {
+    parts.push("", `### Connect storm after a restart (${r.storm.params.connections} connections, ${r.storm.params.concurrency} at a time, persistent sessions)`, "", stormTable(r.storm));
+  }
   if (r.scale) {
     parts.push(
       "",

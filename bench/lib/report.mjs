@@ -23,6 +23,14 @@ export const METRICS = {
     ["deliveriesPerSec", "deliveries/s", true],
     ["serverCpuUsPerDelivery", "server CPU µs/delivery", false],
   ],
+  "fan-in-qos1": [
+    ["deliveriesPerSec", "deliveries/s", true],
+    ["serverCpuUsPerDelivery", "server CPU µs/delivery", false],
+  ],
+  "fan-out-qos1": [
+    ["deliveriesPerSec", "deliveries/s", true],
+    ["serverCpuUsPerDelivery", "server CPU µs/delivery", false],
+  ],
   shared: [
     ["deliveriesPerSec", "deliveries/s", true],
     ["serverCpuUsPerDelivery", "server CPU µs/delivery", false],
@@ -66,6 +74,8 @@ export const SCENARIO_TITLES = {
   "fan-in": "fan-in",
   "fan-in-tcp": "fan-in, native TCP clients",
   "fan-out": "fan-out",
+  "fan-in-qos1": "fan-in at QoS 1",
+  "fan-out-qos1": "fan-out at QoS 1",
   shared: "shared subscription",
   qos1: "QoS 1 round trip",
   connect: "connect storm",

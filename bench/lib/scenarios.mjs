@@ -234,7 +234,7 @@ export async function fanIn(peer, p, tag, { native = false } = {}) {
   const url = native ? peer.tcpUrl : peer.wsUrl;
   const id = native ? "fit" : "fi";
   const sub = await MqttClient.connect(url, { clientId: `${id}-sub-${tag}` });
-  await sub.subscribe("bench/in/#", 0);
+  await sub.subscribe("bench/in/#", p.qos ?? 0);
   const { clients: pubs, failures } = await connectMany(url, Array.from({ length: p.publishers }, (_, i) => `${id}-pub-${tag}-${i}`));
   if (failures > 0) throw new Error(`fan-in${native ? " (TCP)" : ""}: ${failures} publishers could not connect`);
   const r = await flow(peer, pubs, pubs.map((_, i) => `bench/in/${i}`), [sub], p, { extraPid: native ? peer.bridge?.pid : undefined });
@@ -279,11 +279,11 @@ export async function probeShared(peer) {
   return `SUBACK ${codes.map((c) => `0x${c[0].toString(16).padStart(2, "0")}`).join("/")}, then ${got} deliveries of ${n} messages to 2 \`$share/probe/…\` members${got === 0 ? " (the filter is taken literally)" : got === 2 * n ? " (every member got every message)" : ""}`;
 }
 
-/** 1 publisher, S subscribers of `bench/out`, QoS 0. */
+/** 1 publisher, S subscribers of `bench/out`, QoS 0 (or `p.qos` 1: publishes and subscriptions at QoS 1, acknowledged). */
 export async function fanOut(peer, p, tag) {
   const { clients: subs, failures } = await connectMany(peer.wsUrl, Array.from({ length: p.subscribers }, (_, i) => `fo-sub-${tag}-${i}`));
   if (failures > 0) throw new Error(`fan-out: ${failures} subscribers could not connect`);
-  await Promise.all(subs.map((s) => s.subscribe("bench/out", 0)));
+  await Promise.all(subs.map((s) => s.subscribe("bench/out", p.qos ?? 0)));
   const pub = await MqttClient.connect(peer.wsUrl, { clientId: `fo-pub-${tag}` });
   const r = await flow(peer, [pub], ["bench/out"], subs, p);
   await endAll([pub, ...subs]);
