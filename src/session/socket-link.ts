@@ -7,7 +7,7 @@ import { readAttachment, readBrowserCredentials, readConnMeta, type Attachment, 
 import { isRecord } from "../guards";
 import { isMessage } from "../router/messages";
 import { BROWSER_KEY, META_KEY, PENDING_DETACH_KEY } from "./keys";
-import { nextAlarm } from "./keepalive";
+import { alarmAfterConnack, nextAlarm } from "./keepalive";
 import type { ConnState, Link, PendingDetach, Services, SessionDetach } from "./link";
 import { closeConnection } from "./handlers/teardown";
 
@@ -114,7 +114,19 @@ export class SocketLink implements Link {
   }
 
   async scheduleAlarm(att: Attachment): Promise<void> {
-    await this.ctx.storage.setAlarm(nextAlarm(att, this.now()));
+    await this.armAlarm(att, nextAlarm(att, this.now(), this.config.limits.keepAliveCheckSeconds));
+  }
+
+  async scheduleFirstCheck(att: Attachment): Promise<void> {
+    const at = alarmAfterConnack(att, this.now(), this.config.limits.keepAliveCheckSeconds);
+    if (at !== null) await this.armAlarm(att, at);
+  }
+
+  /** Sets the alarm (one row written) and notes its time in the attachment, which costs nothing. */
+  async armAlarm(att: Attachment, at: number): Promise<void> {
+    await this.ctx.storage.setAlarm(at);
+    att.alarmAt = at;
+    this.saveAttachment(att);
   }
 
   async pendingDetach(): Promise<PendingDetach | null> {

@@ -225,6 +225,7 @@ export class FakeLink implements Link {
   }
 
   async scheduleAlarm(): Promise<void> {}
+  async scheduleFirstCheck(): Promise<void> {}
 
   async clearStorage(): Promise<void> {
     await this.storage.deleteAll();
