@@ -104,10 +104,14 @@ export class MqttConnection extends DurableObject<Env> {
       receiveMax: this.config.limits.maxInflight,
       problemInfo: true,
     };
-    this.link.saveAttachment(att);
     const cookies = request.headers.get("cookie");
     const token = readCookie(cookies, TOKEN_COOKIE);
     const csrf = readCookie(cookies, CSRF_COOKIE);
+    if (token && csrf) att.browser = true;
+    this.link.saveAttachment(att);
+    // Each upgrade gets a new object (a unique id): nothing is stored yet, so the CONNECT need not look.
+    this.state.outbox.reset();
+    this.state.inboundQos2.reset();
     if (token && csrf) await this.ctx.storage.put(BROWSER_KEY, { token, csrf });
     await this.ctx.storage.setAlarm(alarmAt);
     const headers = new Headers();

@@ -108,6 +108,8 @@ export class SocketLink implements Link {
   }
 
   async takeBrowserCredentials(): Promise<BrowserCredentials | null> {
+    // Most clients are not browsers: no storage read for them.
+    if (!this.att().browser) return null;
     const browser = readBrowserCredentials(await this.ctx.storage.get(BROWSER_KEY));
     if (browser) await this.ctx.storage.delete(BROWSER_KEY);
     return browser;

@@ -28,6 +28,8 @@ export interface Attachment {
   expiresAt: number | null;
   /** Last time a packet arrived (the keep-alive clock: packets never move the alarm). */
   lastSeen: number;
+  /** Browser credentials from the upgrade's cookies wait in storage (`BROWSER_KEY`) for the CONNECT. */
+  browser?: true;
   /** When the object's one alarm is armed for, as this object last set it (absent in attachments written before it existed). */
   alarmAt?: number;
   addr: string;
@@ -91,6 +93,7 @@ export function readAttachment(v: unknown): Attachment | null {
     traffic: { readBytes: t.readBytes, readMsg: t.readMsg, writeBytes: t.writeBytes, writeMsg: t.writeMsg },
     bucket: { tokens: b.tokens, at: b.at },
     ...(typeof v.alarmAt === "number" ? { alarmAt: v.alarmAt } : {}),
+    ...(v.browser === true ? { browser: true as const } : {}),
     ...(isRecord(v.packets) && typeof v.packets.tokens === "number" && typeof v.packets.at === "number" ? { packets: { tokens: v.packets.tokens, at: v.packets.at } } : {}),
   };
 }
