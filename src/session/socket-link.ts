@@ -38,7 +38,16 @@ export class SocketLink implements Link {
     this.state.att = att;
     this.state.outbox.setWindow(att.receiveMax);
     this.state.outbox.setEphemeral(att.clean);
+    this.trackAdmitted(att);
     return att;
+  }
+
+  /** The outbox keeps its admission mark in the attachment, which costs no row to rewrite. */
+  private trackAdmitted(att: Attachment): void {
+    this.state.outbox.trackAdmitted(att.outAdmitted ?? -1, (seq) => {
+      att.outAdmitted = seq;
+      this.saveAttachment(att);
+    });
   }
 
   att(): Attachment {
@@ -49,6 +58,7 @@ export class SocketLink implements Link {
   }
 
   saveAttachment(att: Attachment): void {
+    if (this.state.att !== att) this.trackAdmitted(att);
     this.state.att = att;
     this.socket()?.serializeAttachment(att);
   }

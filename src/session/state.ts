@@ -28,6 +28,8 @@ export interface Attachment {
   expiresAt: number | null;
   /** Last time a packet arrived (the keep-alive clock: packets never move the alarm). */
   lastSeen: number;
+  /** The outbox's admission mark (`Outbox.trackAdmitted`): stored queued records up to this seq were sent. */
+  outAdmitted?: number;
   /** Browser credentials from the upgrade's cookies wait in storage (`BROWSER_KEY`) for the CONNECT. */
   browser?: true;
   /** When the object's one alarm is armed for, as this object last set it (absent in attachments written before it existed). */
@@ -93,6 +95,7 @@ export function readAttachment(v: unknown): Attachment | null {
     traffic: { readBytes: t.readBytes, readMsg: t.readMsg, writeBytes: t.writeBytes, writeMsg: t.writeMsg },
     bucket: { tokens: b.tokens, at: b.at },
     ...(typeof v.alarmAt === "number" ? { alarmAt: v.alarmAt } : {}),
+    ...(typeof v.outAdmitted === "number" ? { outAdmitted: v.outAdmitted } : {}),
     ...(v.browser === true ? { browser: true as const } : {}),
     ...(isRecord(v.packets) && typeof v.packets.tokens === "number" && typeof v.packets.at === "number" ? { packets: { tokens: v.packets.tokens, at: v.packets.at } } : {}),
   };
