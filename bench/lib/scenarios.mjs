@@ -528,6 +528,11 @@ export async function costMessages(peer, { qos, mode, messages, window = 100, pa
   meter.mark();
   const m = await meter.stop();
   await endAll([...subs, pub]);
+  if (persistent) {
+    // End the persistent sessions (a clean connect of each client id), or their offline queues
+    // would take every later row's messages (and count their rows).
+    await endAll(await Promise.all(subs.map((_, i) => MqttClient.connect(peer.wsUrl, { clientId: `cost-sub-${tag}-${i}`, clean: true }))));
+  }
   const c = m.counters;
   if (c) c.totals.wsIn -= subscribers + 1; // the barrier PINGREQs
   return { ...m, qos, mode, subscribers, expected: messages * subscribers, delivered, published: Math.min(sent, messages), complete: delivered >= messages * subscribers, serverCpuUsPerDelivery: (m.serverCpuMs * 1000) / Math.max(1, delivered) };
