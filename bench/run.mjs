@@ -42,6 +42,8 @@ const { values: flags } = parseArgs({
     "retained-cycles": { type: "string" },
     payload: { type: "string" },
     "cost-messages": { type: "string" },
+    "cost-fan-out": { type: "string" },
+    "idle-checks": { type: "string" },
     "idle-connections": { type: "string" },
     "idle-periods": { type: "string" },
     "timeout-ms": { type: "string" },
@@ -91,7 +93,16 @@ const params = {
   qos1: { clients: num("rt-clients", 1, 1) },
   connect: { connections: num("connections", 1000, 200), concurrency: num("concurrency", 50, 20), holdMs: num("hold-ms", 10_000, 1500) },
   retained: { topics: num("retained", 1000, 200), subQos: num("retained-sub-qos", 0, 0), maxCycles: num("retained-cycles", 1000, 1000) },
-  cost: { messages: num("cost-messages", 500, 100), window: 100, idleConnections: num("idle-connections", 50, 20), idlePeriods: num("idle-periods", 10, 5), idleKeepalive: 3 },
+  cost: {
+    messages: num("cost-messages", 500, 100),
+    window: 100,
+    fanOut: num("cost-fan-out", 100, 100),
+    idleConnections: num("idle-connections", 50, 20),
+    idlePeriods: num("idle-periods", 10, 5),
+    idleKeepalive: 3,
+    // KEEPALIVE_CHECK_SECONDS as a multiple of the keep alive: 0 (exact), and 5 × (300 s at keep alive 60 s) on a broker of its own.
+    idleChecks: (flags["idle-checks"] ?? "0,5").split(",").map(Number),
+  },
   // The flood stays just inside the default budgets of wrangler.toml, which its broker keeps.
   bystander: {
     durationMs: num("bystander-ms", 10_000, 3000),
@@ -292,22 +303,40 @@ async function costModel(broker, connectRuns) {
     { qos: 1, mode: "paced" },
     { qos: 1, mode: "burst" },
     { qos: 1, mode: "paced", persistent: true },
+    // 3 × MAX_INFLIGHT in flight: messages wait for the subscriber's window (each should be written once).
+    { qos: 1, mode: "burst", persistent: true, window: 3 * (defaults.MAX_INFLIGHT || 100) },
+    { qos: 0, mode: "paced", subscribers: params.cost.fanOut },
+    { qos: 1, mode: "paced", subscribers: params.cost.fanOut },
   ];
-  for (const { qos, mode, persistent = false } of cases) {
-    const r = await costMessages(broker, { qos, mode, persistent, messages: params.cost.messages, window: params.cost.window, payload: params.payload, timeoutMs: params.timeoutMs }, `${qos}${mode}${persistent ? "p" : ""}`);
-    const units = unitsPer(r.counters, r.delivered);
-    const cpuMsPerMessage = r.serverCpuMs / r.delivered;
-    messages.push({ qos, mode, persistent, window: params.cost.window, messages: r.delivered, counters: r.counters, unitsPerMessage: units, serverCpuMsPerMessage: cpuMsPerMessage, dollarsPerMessage: doDollars(units, cpuMsPerMessage, prices) });
-    log(`cost QoS ${qos} ${mode}${persistent ? " persistent" : ""}: ${units.doRequests.toFixed(2)} DO requests, ${units.wsIn.toFixed(2)} WS messages in, ${units.rowsWritten.toFixed(2)} rows written per message`);
+  for (const { qos, mode, persistent = false, subscribers = 1, window = params.cost.window } of cases) {
+    const tag = `${qos}${mode}${persistent ? "p" : ""}${subscribers > 1 ? `x${subscribers}` : ""}`;
+    const count = subscribers > 1 ? Math.max(10, Math.round(params.cost.messages / 5)) : params.cost.messages;
+    const r = await costMessages(broker, { qos, mode, persistent, subscribers, messages: count, window, payload: params.payload, timeoutMs: params.timeoutMs }, tag);
+    // Per message published (for 1 → N, every unit of its N deliveries).
+    const units = unitsPer(r.counters, r.published);
+    const cpuMsPerMessage = r.serverCpuMs / r.published;
+    messages.push({ qos, mode, persistent, subscribers, window, messages: r.published, counters: r.counters, unitsPerMessage: units, serverCpuMsPerMessage: cpuMsPerMessage, dollarsPerMessage: doDollars(units, cpuMsPerMessage, prices) });
+    log(`cost QoS ${qos} ${mode}${persistent ? " persistent" : ""} 1 → ${subscribers}: ${units.doRequests.toFixed(2)} DO requests, ${units.wsIn.toFixed(2)} WS messages in, ${units.rowsWritten.toFixed(2)} rows written per message`);
   }
-  let idle = null;
-  const r = await costIdle(broker, { connections: params.cost.idleConnections, keepalive: params.cost.idleKeepalive, periods: params.cost.idlePeriods }, "c");
-  if (r.counters && r.pings > 0) {
-    const perPing = unitsPer(r.counters, r.pings);
-    const perDay = Object.fromEntries(Object.entries(perPing).map(([k, v]) => [k, v * 1440]));
-    const cpuMsPerDay = (r.serverCpuMs / r.pings) * 1440;
-    idle = { pings: r.pings, keepalive: r.keepalive, connections: r.connections, counters: r.counters, unitsPerPing: perPing, unitsPerDay: perDay, serverCpuMsPerPing: r.serverCpuMs / r.pings, dollarsPerDay: doDollars(perDay, cpuMsPerDay, prices) };
-    log(`cost idle: per PINGREQ ${perPing.wsIn.toFixed(2)} WS messages in, ${perPing.alarmRun.toFixed(2)} alarms, ${perPing.rowsWritten.toFixed(2)} rows written`);
+  const idle = [];
+  for (const ratio of params.cost.idleChecks) {
+    const checkSeconds = ratio * params.cost.idleKeepalive;
+    // The exact setting runs on the main broker; a coarser one needs a broker with its own KEEPALIVE_CHECK_SECONDS.
+    const target = ratio === 0 ? broker : await startBroker({ vars: { KEEPALIVE_CHECK_SECONDS: String(checkSeconds) } });
+    try {
+      // At least two grains counted, so the coarse alarm's runs are sampled over whole grains.
+      const periods = Math.max(params.cost.idlePeriods, 2 * ratio);
+      const r = await costIdle(target, { connections: params.cost.idleConnections, keepalive: params.cost.idleKeepalive, periods }, `c${ratio}`);
+      if (r.counters && r.pings > 0) {
+        const perPing = unitsPer(r.counters, r.pings);
+        const perDay = Object.fromEntries(Object.entries(perPing).map(([k, v]) => [k, v * 1440]));
+        const cpuMsPerDay = (r.serverCpuMs / r.pings) * 1440;
+        idle.push({ checkRatio: ratio, checkSeconds, pings: r.pings, keepalive: r.keepalive, connections: r.connections, counters: r.counters, unitsPerPing: perPing, unitsPerDay: perDay, serverCpuMsPerPing: r.serverCpuMs / r.pings, dollarsPerDay: doDollars(perDay, cpuMsPerDay, prices) });
+        log(`cost idle (KEEPALIVE_CHECK_SECONDS ${checkSeconds}): per PINGREQ ${perPing.wsIn.toFixed(2)} WS messages in, ${perPing.alarmRun.toFixed(2)} alarms, ${perPing.rowsWritten.toFixed(2)} rows written`);
+      }
+    } finally {
+      if (target !== broker) await target.stop();
+    }
   }
   // Connects: from the connect storm's counters (CONNECT → CONNACK, clean session), median round by CPU.
   let connect = null;

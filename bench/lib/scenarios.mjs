@@ -482,9 +482,13 @@ export async function retainedOnSubscribe(peer, p, tag) {
  * sparse sensor would) or in a burst (up to `window` in flight, which lets the broker batch).
  * Returns the billable units the broker counted, per message.
  */
-export async function costMessages(peer, { qos, mode, messages, window = 100, payload: size = 64, timeoutMs = 60_000, persistent = false }, tag) {
-  const sub = await MqttClient.connect(peer.wsUrl, { clientId: `cost-sub-${tag}`, clean: !persistent });
-  await sub.subscribe("bench/cost", qos);
+export async function costMessages(peer, { qos, mode, messages, window = 100, payload: size = 64, timeoutMs = 60_000, persistent = false, subscribers = 1 }, tag) {
+  const subs = [];
+  for (let i = 0; i < subscribers; i++) {
+    const sub = await MqttClient.connect(peer.wsUrl, { clientId: `cost-sub-${tag}-${i}`, clean: !persistent });
+    await sub.subscribe("bench/cost", qos);
+    subs.push(sub);
+  }
   const pub = await MqttClient.connect(peer.wsUrl, { clientId: `cost-pub-${tag}` });
   const meter = new Meter(peer);
   await meter.start();
@@ -493,9 +497,11 @@ export async function costMessages(peer, { qos, mode, messages, window = 100, pa
   let acked = 0;
   const done = completion(timeoutMs);
   const limit = mode === "paced" ? 1 : window;
-  const finished = () => delivered >= messages && (qos === 0 || acked >= messages);
+  // A message is through once every subscriber has it (and, at QoS 1, the publisher its PUBACK).
+  const through = () => Math.min(Math.floor(delivered / subscribers), qos === 0 ? Number.POSITIVE_INFINITY : acked);
+  const finished = () => through() >= messages;
   const pump = () => {
-    while (sent < messages && sent - Math.min(delivered, qos === 0 ? delivered : acked) < limit) {
+    while (sent < messages && sent - through() < limit) {
       pub.publish("bench/cost", stampedPayload(size), qos);
       sent++;
     }
@@ -504,10 +510,12 @@ export async function costMessages(peer, { qos, mode, messages, window = 100, pa
     if (finished()) done.finish();
     else pump();
   };
-  sub.onMessage = () => {
-    delivered++;
-    progress();
-  };
+  for (const sub of subs) {
+    sub.onMessage = () => {
+      delivered++;
+      progress();
+    };
+  }
   pub.onPuback = () => {
     acked++;
     progress();
@@ -515,14 +523,19 @@ export async function costMessages(peer, { qos, mode, messages, window = 100, pa
   pump();
   await done.promise;
   // Barrier: each connection answers a PINGREQ only after the packets before it (the
-  // subscriber's PUBACKs), so every unit of these messages is counted once both answer.
-  await Promise.all([sub.ping(), pub.ping()]);
+  // subscribers' PUBACKs), so every unit of these messages is counted once all answer.
+  await Promise.all([...subs, pub].map((c) => c.ping()));
   meter.mark();
   const m = await meter.stop();
-  await endAll([sub, pub]);
+  await endAll([...subs, pub]);
+  if (persistent) {
+    // End the persistent sessions (a clean connect of each client id), or their offline queues
+    // would take every later row's messages (and count their rows).
+    await endAll(await Promise.all(subs.map((_, i) => MqttClient.connect(peer.wsUrl, { clientId: `cost-sub-${tag}-${i}`, clean: true }))));
+  }
   const c = m.counters;
-  if (c) c.totals.wsIn -= 2; // the two barrier PINGREQs
-  return { ...m, qos, mode, expected: messages, delivered, complete: delivered >= messages, serverCpuUsPerDelivery: (m.serverCpuMs * 1000) / Math.max(1, delivered) };
+  if (c) c.totals.wsIn -= subscribers + 1; // the barrier PINGREQs
+  return { ...m, qos, mode, subscribers, expected: messages * subscribers, delivered, published: Math.min(sent, messages), complete: delivered >= messages * subscribers, serverCpuUsPerDelivery: (m.serverCpuMs * 1000) / Math.max(1, delivered) };
 }
 
 /**
