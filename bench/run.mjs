@@ -303,19 +303,19 @@ async function costModel(broker, connectRuns) {
     { qos: 1, mode: "paced" },
     { qos: 1, mode: "burst" },
     { qos: 1, mode: "paced", persistent: true },
-    // 3 × MAX_INFLIGHT in flight: messages wait for the subscriber's window (each should be written once).
-    { qos: 1, mode: "burst", persistent: true, window: 3 * (defaults.MAX_INFLIGHT || 100) },
+    // 3 × MAX_INFLIGHT messages at once, the subscriber's acks held until all are stored: two thirds wait for its window (each should be written once).
+    { qos: 1, mode: "burst", persistent: true, window: 3 * (defaults.MAX_INFLIGHT || 100), count: 3 * (defaults.MAX_INFLIGHT || 100), holdAcks: true },
     { qos: 0, mode: "paced", subscribers: params.cost.fanOut },
     { qos: 1, mode: "paced", subscribers: params.cost.fanOut },
   ];
-  for (const { qos, mode, persistent = false, subscribers = 1, window = params.cost.window } of cases) {
+  for (const { qos, mode, persistent = false, subscribers = 1, window = params.cost.window, holdAcks = false, ...rest } of cases) {
     const tag = `${qos}${mode}${persistent ? "p" : ""}${subscribers > 1 ? `x${subscribers}` : ""}`;
-    const count = subscribers > 1 ? Math.max(10, Math.round(params.cost.messages / 5)) : params.cost.messages;
-    const r = await costMessages(broker, { qos, mode, persistent, subscribers, messages: count, window, payload: params.payload, timeoutMs: params.timeoutMs }, tag);
+    const count = rest.count ?? (subscribers > 1 ? Math.max(10, Math.round(params.cost.messages / 5)) : params.cost.messages);
+    const r = await costMessages(broker, { qos, mode, persistent, subscribers, holdAcks, messages: count, window, payload: params.payload, timeoutMs: params.timeoutMs }, tag);
     // Per message published (for 1 → N, every unit of its N deliveries).
     const units = unitsPer(r.counters, r.published);
     const cpuMsPerMessage = r.serverCpuMs / r.published;
-    messages.push({ qos, mode, persistent, subscribers, window, messages: r.published, counters: r.counters, unitsPerMessage: units, serverCpuMsPerMessage: cpuMsPerMessage, dollarsPerMessage: doDollars(units, cpuMsPerMessage, prices) });
+    messages.push({ qos, mode, persistent, subscribers, window, holdAcks, messages: r.published, counters: r.counters, unitsPerMessage: units, serverCpuMsPerMessage: cpuMsPerMessage, dollarsPerMessage: doDollars(units, cpuMsPerMessage, prices) });
     log(`cost QoS ${qos} ${mode}${persistent ? " persistent" : ""} 1 → ${subscribers}: ${units.doRequests.toFixed(2)} DO requests, ${units.wsIn.toFixed(2)} WS messages in, ${units.rowsWritten.toFixed(2)} rows written per message`);
   }
   const idle = [];

@@ -221,7 +221,7 @@ export function costTable(cost, prices) {
     // AWS meters the inbound PUBLISH once and each outbound PUBLISH (and each subscriber's PUBACK at QoS 1).
     const awsPerM = aws.messagingPerMillion * (1 + n * (aws.messagesPerDelivery[c.qos === 0 ? "qos0" : "qos1"] - 1));
     lines.push(
-      `| 1 → ${n}, QoS ${c.qos}, ${c.mode === "paced" ? "one at a time" : `burst (${c.window} in flight)`}${c.persistent ? `, persistent subscriber${n > 1 ? "s" : ""} (clean session = false)` : ""} | ${fmt(u.doRequests)} | ${fmt(u.wsIn)} | ${fmt(u.billedRequests)} | ${fmt(u.rowsWritten)} | ${fmt(u.rowsRead)} | ${money(($.requests + $.rows) * 1e6)} | ${money($.duration * 1e6)} | ${money(awsPerM)} |`,
+      `| 1 → ${n}, QoS ${c.qos}, ${c.mode === "paced" ? "one at a time" : `burst (${c.window} in flight)`}${c.persistent ? `, persistent subscriber${n > 1 ? "s" : ""} (clean session = false)` : ""}${c.holdAcks ? ", acks held until all are stored (most wait for the window)" : ""} | ${fmt(u.doRequests)} | ${fmt(u.wsIn)} | ${fmt(u.billedRequests)} | ${fmt(u.rowsWritten)} | ${fmt(u.rowsRead)} | ${money(($.requests + $.rows) * 1e6)} | ${money($.duration * 1e6)} | ${money(awsPerM)} |`,
     );
   }
   return lines.join("\n");

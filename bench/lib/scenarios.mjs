@@ -482,13 +482,23 @@ export async function retainedOnSubscribe(peer, p, tag) {
  * sparse sensor would) or in a burst (up to `window` in flight, which lets the broker batch).
  * Returns the billable units the broker counted, per message.
  */
-export async function costMessages(peer, { qos, mode, messages, window = 100, payload: size = 64, timeoutMs = 60_000, persistent = false, subscribers = 1 }, tag) {
+export async function costMessages(peer, { qos, mode, messages, window = 100, payload: size = 64, timeoutMs = 60_000, persistent = false, subscribers = 1, holdAcks = false }, tag) {
   const subs = [];
   for (let i = 0; i < subscribers; i++) {
     const sub = await MqttClient.connect(peer.wsUrl, { clientId: `cost-sub-${tag}-${i}`, clean: !persistent });
     await sub.subscribe("bench/cost", qos);
     subs.push(sub);
   }
+  // `holdAcks`: the subscribers acknowledge nothing until the publisher has every PUBACK (each
+  // message durable at its subscriber), so what does not fit their in-flight window waits there.
+  const held = subs.map(() => []);
+  if (holdAcks) for (const sub of subs) sub.autoAck = false;
+  const release = () => {
+    subs.forEach((sub, i) => {
+      sub.autoAck = true;
+      for (const pid of held[i].splice(0)) sub.puback(pid);
+    });
+  };
   const pub = await MqttClient.connect(peer.wsUrl, { clientId: `cost-pub-${tag}` });
   const meter = new Meter(peer);
   await meter.start();
@@ -510,14 +520,16 @@ export async function costMessages(peer, { qos, mode, messages, window = 100, pa
     if (finished()) done.finish();
     else pump();
   };
-  for (const sub of subs) {
-    sub.onMessage = () => {
+  subs.forEach((sub, i) => {
+    sub.onMessage = (_topic, _payload, _qos, _retain, pid) => {
       delivered++;
+      if (!sub.autoAck && pid) held[i].push(pid);
       progress();
     };
-  }
+  });
   pub.onPuback = () => {
     acked++;
+    if (holdAcks && acked >= messages) release();
     progress();
   };
   pump();
