@@ -20,7 +20,8 @@
  * - `alarmSet`: a `setAlarm()` (billed as one row written, and counted in `rowsWritten` too).
  * - `rowsRead` / `rowsWritten`: key-value storage calls on SQLite-backed objects: one row per
  *   key read, written or deleted; `list()` reads one row per entry returned; `deleteAll()`
- *   writes one row per key it removes.
+ *   writes one row per key it removes. SQL statements (the router's tables) count what
+ *   SQLite reports for them, index updates included.
  * - `alarmDelete`: `deleteAlarm()` calls (not priced: the pricing page bills only `setAlarm`).
  */
 /** The one var the counters read. */
@@ -150,6 +151,35 @@ export function meterStorage(ctx: DurableObjectState, env: MetricsBindings, wher
     deleteAlarm: (opts?: DurableObjectSetAlarmOptions) => {
       add("alarmDelete", 1, where);
       return deleteAlarm(opts);
+    },
+  });
+  meterSql(s.sql, where);
+}
+
+/**
+ * SQL statements (the router's tables): rows read and written as SQLite reports them,
+ * secondary-index updates included (Cloudflare bills those as rows written too). Bench mode
+ * only: each statement's result is read whole so its counts are known before it returns.
+ */
+function meterSql(sql: SqlStorage, where: string): void {
+  const exec = sql.exec.bind(sql);
+  Object.assign(sql, {
+    exec: (query: string, ...bindings: unknown[]) => {
+      const cursor = exec(query, ...bindings);
+      const rows = cursor.toArray();
+      add("rowsRead", cursor.rowsRead, where);
+      add("rowsWritten", cursor.rowsWritten, where);
+      return {
+        toArray: () => rows,
+        one: () => {
+          if (rows.length !== 1) throw new Error(`one(): ${rows.length} rows`);
+          return rows[0];
+        },
+        [Symbol.iterator]: () => rows[Symbol.iterator](),
+        columnNames: cursor.columnNames,
+        rowsRead: cursor.rowsRead,
+        rowsWritten: cursor.rowsWritten,
+      };
     },
   });
 }

@@ -50,6 +50,8 @@ interface Row extends Record<string, SqlStorageValue> {
 
 export class RetainedStore {
   private counters: RetainedCounters;
+  /** The counters as last written (only what changed is written again). */
+  private saved: RetainedCounters;
   private lastSeq = 0;
 
   constructor(
@@ -57,6 +59,7 @@ export class RetainedStore {
     private readonly limits: () => RetainedLimits,
   ) {
     this.counters = readCounters(sql);
+    this.saved = { ...this.counters };
   }
 
   /** Retained messages stored (quota-counted and monitoring events). */
@@ -190,7 +193,8 @@ export class RetainedStore {
   }
 
   private save(): void {
-    writeCounters(this.sql, this.counters);
+    writeCounters(this.sql, this.counters, this.saved);
+    this.saved = { ...this.counters };
   }
 
   /**

@@ -5,7 +5,8 @@
  *   (the filter's literal prefix), never loaded whole.
  * - `subscriptions`, `targets`: what matching needs, read once per wake into memory.
  * - `group_queue`: shared-subscription messages waiting for a member.
- * - `router_meta`: the schema version and the retained counters (so a wake reads no retained row).
+ * - `router_meta`: the schema version, the shard count and the retained quota counters (so a
+ *   wake reads no retained message).
  *
  * Version 1 moves an object written by the key-value layout before it (`s:`, `t:`, `r:`, `g:`
  * keys) into the tables, once, on its first wake.
@@ -120,21 +121,28 @@ export interface RetainedCounters {
   monitors: number;
 }
 
+/**
+ * The quota counters from `router_meta`; the monitoring events counted from their index (at
+ * most MAX_MONITOR_RETAINED index entries read per wake), so a Connect event of a new client
+ * id writes no counter row.
+ */
 export function readCounters(sql: SqlStorage): RetainedCounters {
   const out: RetainedCounters = { count: 0, bytes: 0, monitors: 0 };
-  for (const { key, value } of sql.exec<{ key: string; value: number }>("SELECT key, value FROM router_meta WHERE key IN ('retained_count', 'retained_bytes', 'retained_monitors')")) {
+  for (const { key, value } of sql.exec<{ key: string; value: number }>("SELECT key, value FROM router_meta WHERE key IN ('retained_count', 'retained_bytes')")) {
     if (key === "retained_count") out.count = value;
-    else if (key === "retained_bytes") out.bytes = value;
-    else out.monitors = value;
+    else out.bytes = value;
   }
+  out.monitors = sql.exec<{ n: number }>("SELECT count(*) AS n FROM retained WHERE monitor = 1").one().n;
   return out;
 }
 
-export function writeCounters(sql: SqlStorage, c: RetainedCounters): void {
-  sql.exec(
-    "INSERT OR REPLACE INTO router_meta (key, value) VALUES ('retained_count', ?), ('retained_bytes', ?), ('retained_monitors', ?)",
-    c.count, c.bytes, c.monitors,
-  );
+/** Writes the quota counters that differ from `before`. */
+export function writeCounters(sql: SqlStorage, c: RetainedCounters, before?: RetainedCounters): void {
+  const fields: Array<[string, "count" | "bytes"]> = [["retained_count", "count"], ["retained_bytes", "bytes"]];
+  for (const [key, field] of fields) {
+    if (before && before[field] === c[field]) continue;
+    sql.exec("INSERT OR REPLACE INTO router_meta (key, value) VALUES (?, ?)", key, c[field]);
+  }
 }
 
 // ---------------------------------------------------------------- columns <-> values
