@@ -1,17 +1,19 @@
 /**
- * The admin HTTP API, mounted at `/admin/v1`: device provisioning, token minting for local
- * development, and disconnecting clients. Every route needs `Authorization: Bearer <ADMIN_TOKEN>`.
+ * The admin HTTP API, mounted at `/admin/v1`: device provisioning and password rotation, token
+ * minting for local development, disconnecting clients, and the read views of admin-views.ts. Every route needs `Authorization: Bearer <ADMIN_TOKEN>`.
  */
 
 import { Hono, type Context } from "hono";
 import type { Env } from "../env";
 import { routerStub, sessionStub } from "../stubs";
 import { isValidAccountId, timingSafeEqualString } from "../auth/passwords";
-import { createDevice, deleteDevice, getDevice, listDevices, setDeviceDisabled, type Device } from "../auth/registry";
+import { createDevice, deleteDevice, getDevice, listDevices, rotateDevicePassword, setDeviceDisabled, type Device } from "../auth/registry";
 import { mintToken } from "../auth/tokens";
 import { jwtConfigFromEnv } from "../auth/jwt";
 import { jsonError } from "./errors";
 import { isRecord } from "../guards";
+import { parseLimit } from "./paging";
+import { adminViews } from "./admin-views";
 
 type AdminContext = Context<{ Bindings: Env }>;
 
@@ -71,7 +73,7 @@ adminApi.post("/accounts/:accountId/devices", async (c) => {
 
 adminApi.get("/accounts/:accountId/devices", async (c) => {
   const accountId = c.req.param("accountId");
-  const limit = parseLimit(c.req.query("limit"));
+  const limit = parseLimit(c.req.query("limit"), LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT);
   if (limit === null) return jsonError(c, 400, "invalid_limit", `limit must be an integer from 1 to ${LIST_MAX_LIMIT}`);
   const after = c.req.query("after") || undefined;
   // One extra row tells whether another page exists, so the last page never points at an empty one.
@@ -111,6 +113,27 @@ adminApi.delete("/accounts/:accountId/devices/:deviceId", async (c) => {
   await session.close("notAuthorized");
   await session.unreserve();
   return c.body(null, 204);
+});
+
+/**
+ * Password rotation: a fresh password, answered once; the old one stops working at once. The
+ * device's live connection (a connection authenticated with the old password) is closed
+ * (close code 180, MQTT 5 DISCONNECT 0x87) unless `?disconnect=false`, which keeps it open so
+ * the new password can be handed to the device over it; its next CONNECT needs the new one.
+ */
+adminApi.post("/accounts/:accountId/devices/:deviceId/password", async (c) => {
+  const accountId = c.req.param("accountId");
+  const deviceId = c.req.param("deviceId");
+  const disconnect = c.req.query("disconnect");
+  if (disconnect !== undefined && disconnect !== "true" && disconnect !== "false") {
+    return jsonError(c, 400, "invalid_query", "disconnect must be true or false");
+  }
+  const pepper = c.env.DEVICE_PEPPER;
+  if (!pepper) return jsonError(c, 503, "devices_disabled", "device provisioning is disabled: DEVICE_PEPPER is not configured");
+  const rotated = await rotateDevicePassword(c.env.DB, pepper, accountId, deviceId);
+  if (rotated === null) return deviceNotFound(c);
+  const disconnected = disconnect !== "false" && (await sessionStub(c.env, accountId, deviceId).close("notAuthorized"));
+  return c.json({ accountId, deviceId, password: rotated.password, disconnected });
 });
 
 adminApi.post("/accounts/:accountId/tokens", async (c) => {
@@ -163,6 +186,8 @@ adminApi.get("/accounts/:accountId/shared/:group", async (c) => {
   return c.json({ accountId, group, subscriptions: filters });
 });
 
+adminApi.route("/", adminViews);
+
 /** The admin API's view of a device: never the password hash. */
 function deviceJson(d: Device): Device {
   return { accountId: d.accountId, deviceId: d.deviceId, disabled: d.disabled, createdAt: d.createdAt, updatedAt: d.updatedAt };
@@ -195,14 +220,6 @@ async function readJson(c: AdminContext, optional: boolean): Promise<JsonBody> {
 
 function hasOnlyKeys(v: Record<string, unknown>, allowed: readonly string[]): boolean {
   return Object.keys(v).every((k) => allowed.includes(k));
-}
-
-function parseLimit(raw: string | undefined): number | null {
-  if (raw === undefined || raw === "") return LIST_DEFAULT_LIMIT;
-  if (!/^\d+$/.test(raw)) return null;
-  const n = Number(raw);
-  if (n < 1) return null;
-  return Math.min(n, LIST_MAX_LIMIT);
 }
 
 /** A JWT subject is the MQTT user name and, in single mode, a client id and topic level. */

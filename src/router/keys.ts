@@ -4,6 +4,8 @@ export const KEY = {
   target: "t:",
   retained: "r:",
   groupQueue: "g:",
+  /** The traffic counters' snapshot (counters.ts): one key. */
+  counters: "c:counters",
 } as const;
 
 // NUL cannot appear in a client id or a filter [MQTT-1.5.3-2], so it separates them unambiguously.

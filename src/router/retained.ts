@@ -15,6 +15,14 @@ interface RetainedRecord {
   expiresAt?: number;
 }
 
+/** One retained message as the admin views page through them. */
+export interface RetainedEntry {
+  topic: string;
+  qos: QoS;
+  payload: Uint8Array;
+  expiresAt?: number;
+}
+
 function isRetained(v: unknown): v is RetainedRecord {
   return isRecord(v) && v.payload instanceof Uint8Array && isQoS(v.qos);
 }
@@ -93,5 +101,37 @@ export class RetainedStore {
       this.records.delete(oldest);
       void this.storage.delete(retainedKey(oldest));
     }
+  }
+
+  // --- admin views (GET/DELETE /admin/v1/accounts/<id>/retained, stats) ---
+
+  /**
+   * Up to `limit` unexpired retained messages matching `filter` whose topic sorts after
+   * `after`, in topic order, and whether more follow.
+   */
+  page(filter: string, after: string | undefined, limit: number, now: number): { items: RetainedEntry[]; more: boolean } {
+    const topics = [...this.records.keys()].filter((t) => (after === undefined || t > after) && topicMatches(filter, t)).sort();
+    const items: RetainedEntry[] = [];
+    for (const topic of topics) {
+      const record = this.records.get(topic);
+      if (!record || (record.expiresAt !== undefined && record.expiresAt <= now)) continue;
+      if (items.length === limit) return { items, more: true };
+      items.push({ topic, qos: record.qos, payload: record.payload, ...(record.expiresAt === undefined ? {} : { expiresAt: record.expiresAt }) });
+    }
+    return { items, more: false };
+  }
+
+  /** Removes the retained message of `topic`; false when there was none. */
+  delete(topic: string): boolean {
+    if (!this.records.has(topic)) return false;
+    this.store({ topic, payload: new Uint8Array(0), qos: 0, retain: true });
+    return true;
+  }
+
+  /** Payload plus topic bytes of every retained message (`messageBytes`). */
+  bytes(): number {
+    let total = 0;
+    for (const [topic, record] of this.records) total += record.payload.byteLength + topic.length;
+    return total;
   }
 }

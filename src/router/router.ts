@@ -14,6 +14,9 @@ import { deleteKeys } from "../storage";
 import { fullBucket, take, type Bucket } from "../limits/rate";
 import { RetainedStore } from "./retained";
 import { isGroupQueued, isTarget, readSubOptions, type SubOptions, type TargetRecord } from "./records";
+import { RouterCounters, type CounterValues } from "./counters";
+import { batchPoint, connectionPoint, type AnalyticsPoint } from "../monitoring/analytics";
+import { base64 } from "../encoding";
 
 /**
  * Topic router of one account (named by the account id). It owns the account's
@@ -37,6 +40,8 @@ export class TopicRouter extends DurableObject<Env> {
   private connects: Bucket | null = null;
   /** Deliveries dropped since the object woke (a clean target that failed, QoS 0 to a failed target). */
   private dropped = 0;
+  /** Traffic counters for the admin stats and metrics (counters.ts), persisted at most once a second. */
+  private readonly counters = new RouterCounters(Date.now());
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -58,6 +63,7 @@ export class TopicRouter extends DurableObject<Env> {
       if (isTarget(value)) this.targets.set(key.slice(KEY.target.length), value);
     }
     await this.retained.load();
+    this.counters.load(await this.ctx.storage.get(KEY.counters), Date.now());
     const queued = await this.ctx.storage.list({ prefix: KEY.groupQueue });
     for (const [key, value] of queued) {
       const seq = Number(key.slice(KEY.groupQueue.length));
@@ -94,6 +100,7 @@ export class TopicRouter extends DurableObject<Env> {
       }
     }
     this.setTarget(clientId, { conn, persistent });
+    this.countConnection("connect", account, clientId);
     if (announce.length > 0) await this.publish(account, announce);
     // A member coming back takes what its shared groups queued while no member was online.
     for (const key of this.shared.keysOf(clientId)) {
@@ -116,6 +123,7 @@ export class TopicRouter extends DurableObject<Env> {
    */
   async detach(account: string, clientId: string, conn: string, opts: RouterDetach): Promise<void> {
     const { persistent, announce = [], orphans = [] } = opts;
+    this.countConnection("disconnect", account, clientId);
     if (announce.length > 0) await this.publish(account, announce);
     const current = this.targets.get(clientId);
     if (current && current.conn === conn) {
@@ -166,6 +174,8 @@ export class TopicRouter extends DurableObject<Env> {
       // [MQTT-3.8.4-3]: a repeated subscription replaces the old one and resends retained messages.
       retained.push(...this.retained.matching(filter, options.qos, options.id, now));
     }
+    this.counters.add("retainedSent", retained.length);
+    this.counters.add("messagesOut", retained.length);
     return { granted, retained };
   }
 
@@ -187,6 +197,7 @@ export class TopicRouter extends DurableObject<Env> {
   async publish(account: string, messages: Message[]): Promise<boolean[]> {
     const perClient = new Map<string, Message[]>();
     const matched: boolean[] = [];
+    const before = this.env.ANALYTICS ? this.counters.snapshot() : null;
     for (const message of messages) {
       if (message.retain) this.retained.store(message);
       // One copy per session even when several of its filters match, at the highest granted
@@ -217,6 +228,7 @@ export class TopicRouter extends DurableObject<Env> {
       }
     }
     await this.deliverAll(account, perClient);
+    this.countBatch(account, messages, matched, before);
     return matched;
   }
 
@@ -256,7 +268,10 @@ export class TopicRouter extends DurableObject<Env> {
     const group = this.shared.get(key);
     if (message.qos === 0 || !group) return;
     const anyPersistent = [...group.members.keys()].some((id) => this.targets.get(id)?.persistent && id !== exclude);
-    if (!anyPersistent) return;
+    if (!anyPersistent) {
+      this.counters.drop("sharedNoMember", 1);
+      return;
+    }
     const queue = this.queueFor(key);
     const seq = this.nextGroupSeq++;
     const stored = deliveryOf(message, message.qos, false);
@@ -266,6 +281,7 @@ export class TopicRouter extends DurableObject<Env> {
     while (queue.length > max) {
       const dropped = queue.shift();
       if (dropped) void this.ctx.storage.delete(groupQueueKey(dropped.seq));
+      this.counters.drop("sharedQueueFull", 1);
     }
   }
 
@@ -302,7 +318,11 @@ export class TopicRouter extends DurableObject<Env> {
         log("warn", "router.deliver_failed", { clientId, messages: batch.length, error: errorMessage(err) });
         result = "failed";
       }
-      if (result === "ok") return;
+      if (result === "ok") {
+        this.counters.add("deliveredOnline", batch.length);
+        this.counters.add("messagesOut", batch.length);
+        return;
+      }
       // The connection ended without a detach reaching us yet (crash, restart): its
       // session object is the owner now. ("failed": the connection lives on; the session
       // object's queue keeps the batch for it.)
@@ -318,13 +338,20 @@ export class TopicRouter extends DurableObject<Env> {
     if (!target.persistent || durable.length === 0) {
       // QoS 0 is not queued, and a clean session has nowhere to keep anything.
       this.dropped += batch.length;
+      this.counters.drop(target.persistent ? "qos0Offline" : "cleanSessionGone", batch.length);
       log("info", "router.dropped", { clientId, messages: batch.length, total: this.dropped });
       return;
     }
+    this.counters.drop("qos0Offline", batch.length - durable.length);
     await sessionStub(this.env, account, clientId)
       .enqueue(clientId, durable)
+      .then((queueFull) => {
+        this.counters.add("deliveredQueued", durable.length);
+        this.counters.drop("queueFull", queueFull);
+      })
       .catch((err: unknown) => {
         this.dropped += durable.length;
+        this.counters.drop("enqueueFailed", durable.length);
         log("error", "router.enqueue_failed", { clientId, messages: durable.length, error: errorMessage(err) });
       });
   }
@@ -378,7 +405,121 @@ export class TopicRouter extends DurableObject<Env> {
     void this.ctx.storage.delete(targetKey(clientId));
     log("debug", "router.forget", { clientId });
   }
+
+  // --- admin views (src/http/admin.ts: clients, sessions, retained, stats, metrics) ---
+
+  /**
+   * One page of the account's retained messages matching `filter`, in topic order;
+   * `cursor` is the last topic of the previous page, and the answer's `cursor` is null on the
+   * last page. Payloads up to ADMIN_PAYLOAD_INLINE_BYTES come inline, in base64.
+   */
+  async listRetained(opts: { filter: string; cursor?: string; limit: number }): Promise<{
+    items: Array<{ topic: string; qos: QoS; bytes: number; payloadBase64?: string; expiresAt?: number }>;
+    cursor: string | null;
+  }> {
+    const { items, more } = this.retained.page(opts.filter, opts.cursor, opts.limit, Date.now());
+    return {
+      items: items.map((r) => ({
+        topic: r.topic,
+        qos: r.qos,
+        bytes: r.payload.byteLength,
+        ...(r.payload.byteLength <= ADMIN_PAYLOAD_INLINE_BYTES ? { payloadBase64: base64(r.payload) } : {}),
+        ...(r.expiresAt === undefined ? {} : { expiresAt: r.expiresAt }),
+      })),
+      cursor: more ? (items[items.length - 1]?.topic ?? null) : null,
+    };
+  }
+
+  /** Deletes one retained message (no subscriber is told); false when the topic had none. */
+  async deleteRetained(topic: string): Promise<boolean> {
+    return this.retained.delete(topic);
+  }
+
+  /**
+   * One page of the account's sessions as the router routes them, in client id order:
+   * `online` only those with a live connection, `persistent` only those that outlive it.
+   * `conn` is the connection object's id (for its `describe`).
+   */
+  async listTargets(opts: { cursor?: string; limit: number; only?: "online" | "persistent" }): Promise<{
+    items: Array<{ clientId: string; conn: string | null; persistent: boolean; subscriptions: number }>;
+    cursor: string | null;
+  }> {
+    const { cursor, limit, only } = opts;
+    const ids = [...this.targets.keys()].filter((id) => cursor === undefined || id > cursor).sort();
+    const items: Array<{ clientId: string; conn: string | null; persistent: boolean; subscriptions: number }> = [];
+    for (const clientId of ids) {
+      const t = this.targets.get(clientId);
+      if (!t || (only === "online" && !t.conn) || (only === "persistent" && !t.persistent)) continue;
+      if (items.length === limit) return { items, cursor: items[items.length - 1]?.clientId ?? null };
+      items.push({ clientId, conn: t.conn, persistent: t.persistent, subscriptions: this.filtersByClient.get(clientId)?.size ?? 0 });
+    }
+    return { items, cursor: null };
+  }
+
+  /** The account's counters and sizes (GET .../stats, GET /admin/v1/metrics): no storage read. */
+  async adminStats(): Promise<{
+    counters: CounterValues;
+    retained: { count: number; bytes: number };
+    subscriptions: number;
+    sessions: { online: number; offline: number };
+  }> {
+    let online = 0;
+    let offline = 0;
+    for (const t of this.targets.values()) {
+      if (t.conn) online++;
+      else if (t.persistent) offline++;
+    }
+    return {
+      counters: this.counters.snapshot(),
+      retained: { count: this.retained.size, bytes: this.retained.bytes() },
+      subscriptions: this.trie.size,
+      sessions: { online, offline },
+    };
+  }
+
+  private countConnection(event: "connect" | "disconnect", account: string, clientId: string): void {
+    this.counters.add(event === "connect" ? "connects" : "disconnects", 1);
+    this.writePoint(connectionPoint(event, account, clientId));
+    this.persistCounters();
+  }
+
+  /** After a publish batch: the unmatched count, one Analytics Engine point, the snapshot when due. */
+  private countBatch(account: string, messages: Message[], matched: boolean[], before: CounterValues | null): void {
+    const unmatched = matched.filter((m) => !m).length;
+    this.counters.add("batches", 1);
+    this.counters.add("messagesIn", messages.length);
+    this.counters.add("unmatched", unmatched);
+    if (before) {
+      const after = this.counters.values;
+      const drops = (v: CounterValues): number => Object.values(v.drops).reduce((a, b) => a + b, 0);
+      this.writePoint(batchPoint(account, {
+        messages: messages.length,
+        unmatched,
+        deliveredOnline: after.deliveredOnline - before.deliveredOnline,
+        deliveredQueued: after.deliveredQueued - before.deliveredQueued,
+        dropped: drops(after) - drops(before),
+        bytes: messages.reduce((n, m) => n + m.payload.byteLength, 0),
+      }));
+    }
+    this.persistCounters();
+  }
+
+  /** Monitoring never fails routing: a data point that cannot be written is logged and lost. */
+  private writePoint(point: AnalyticsPoint): void {
+    try {
+      this.env.ANALYTICS?.writeDataPoint(point);
+    } catch (err) {
+      log("warn", "router.analytics_failed", { error: errorMessage(err) });
+    }
+  }
+
+  private persistCounters(): void {
+    if (this.counters.due(Date.now())) void this.ctx.storage.put(KEY.counters, this.counters.snapshot());
+  }
 }
+
+/** Retained payloads up to this size come inline in the admin API's retained pages. */
+export const ADMIN_PAYLOAD_INLINE_BYTES = 4096;
 
 /**
  * A subscriber's copy of a published message: what travels (topic, payload, forwarded

@@ -26,12 +26,16 @@ function issues(result: ConfigResult): string[] {
   return result.ok ? [] : result.error.issues.map((i) => i.message);
 }
 
-/** The members of `interface Env` in src/env.ts, by whether they are optional (the env-types check's reader). */
+/**
+ * The members of `interface Env` in src/env.ts, by whether they are optional (the env-types
+ * check's reader). Optional strings are vars and secrets; an optional binding of another type
+ * (the Analytics Engine dataset) is neither.
+ */
 function envMembers(): { required: string[]; optional: string[] } {
   const members = [...interfaceMembers(read("src/env.ts"), "Env")];
   return {
     required: members.filter(([, m]) => !m.optional).map(([n]) => n),
-    optional: members.filter(([, m]) => m.optional).map(([n]) => n),
+    optional: members.filter(([, m]) => m.optional && m.type === "string").map(([n]) => n),
   };
 }
 
