@@ -54,6 +54,9 @@ export default defineConfig({
                 HTTP_PUBLISH_BURST: "3",
                 MAX_MULTI_CONNECTIONS: "3",
               },
+              // The optional Analytics Engine binding, so the router's data points run in the tests
+              // (Miniflare's local dataset accepts them and keeps nothing).
+              analyticsEngineDatasets: { ANALYTICS: { dataset: "mqtt_broker" } },
             },
           }),
         ],

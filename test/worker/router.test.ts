@@ -52,6 +52,8 @@ describe("TopicRouter in workerd", () => {
   it("keeps its traffic counters across a restart of the object (a snapshot at most once a second)", async () => {
     const account = `acc-${crypto.randomUUID()}`;
     const router = routerStub(E, account);
+    // The tests bind the optional Analytics Engine dataset: every batch also writes a data point to it.
+    expect(typeof E.ANALYTICS?.writeDataPoint).toBe("function");
     await router.publish(account, [msg("a/1", "x", 0), msg("a/2", "y", 0)]); // the first change is written at once
     const before = await router.adminStats();
     expect(before.counters).toMatchObject({ messagesIn: 2, unmatched: 2, batches: 1 });
