@@ -11,7 +11,8 @@
 import { base64url } from "../encoding";
 
 const PASSWORD_BYTES = 24;
-const ID_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
+/** Device and account ids: 1 to 64 characters of A-Z a-z 0-9 _ . - */
+export const ID_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
 
 const encoder = new TextEncoder();
 const hmacKeys = new Map<string, Promise<CryptoKey>>();
