@@ -91,6 +91,23 @@ describe("the web console in Chromium", () => {
     if (profile) rmSync(profile, { recursive: true, force: true });
   });
 
+  it("renders the HTTP API reference from /openapi.json, every operation with its answers", async () => {
+    const doc: unknown = await (await fetch(`${brokerUrl()}/openapi.json`)).json();
+    const paths = typeof doc === "object" && doc !== null && "paths" in doc && typeof doc.paths === "object" && doc.paths !== null ? doc.paths : {};
+    const operations = Object.values(paths).reduce((n: number, item: unknown) => n + (typeof item === "object" && item !== null ? Object.keys(item).length : 0), 0);
+    const page = await context.newPage();
+    page.on("pageerror", (e) => errors.push(`pageerror: ${e.message}`));
+    await page.goto(`${brokerUrl()}/api.html`);
+    await page.waitForSelector("body[data-ready]", { timeout: 15_000 });
+    expect(await page.getAttribute("body", "data-ready")).toBe(String(operations));
+    expect(await page.locator("section.op").count()).toBe(operations);
+    await page.locator("section.op", { hasText: "/admin/v1/accounts/{accountId}/retained" }).first().waitFor();
+    expect(await page.textContent("body")).toContain("retained_not_found");
+    await page.screenshot({ path: join(ARTIFACTS, "api-reference.png"), fullPage: false });
+    await page.close();
+    expect(errors).toEqual([]);
+  });
+
   it("connects with a minted token, subscribes, receives, publishes, and shows $SYS/mon events", async () => {
     const account = uid("web");
     const user = uid("user");
