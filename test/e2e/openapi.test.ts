@@ -1,5 +1,7 @@
 import { describe, expect, inject, it } from "vitest";
 import { Validator } from "@seriousme/openapi-schema-validator";
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
 
 const brokerUrl = (): string => inject("brokerUrl");
 
@@ -14,6 +16,15 @@ describe("the OpenAPI document of the running broker", () => {
     expect(result.errors ?? []).toEqual([]);
     expect(result.valid).toBe(true);
     expect(validator.version).toBe("3.1");
+  });
+
+  it("has every operation listed in docs/api.md", async () => {
+    const doc: unknown = await (await fetch(`${brokerUrl()}/openapi.json`)).json();
+    const paths = typeof doc === "object" && doc !== null && "paths" in doc && typeof doc.paths === "object" && doc.paths !== null ? doc.paths : {};
+    const page = readFileSync(resolve(import.meta.dirname, "../../docs/api.md"), "utf8");
+    const operations = Object.entries(paths).flatMap(([path, item]) => Object.keys(typeof item === "object" && item !== null ? item : {}).map((m) => `\`${m.toUpperCase()} ${path}\``));
+    expect(operations.length).toBeGreaterThan(15);
+    expect(operations.filter((op) => !page.includes(op))).toEqual([]);
   });
 
   it("is served with the reference page that renders it", async () => {
