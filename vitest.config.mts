@@ -53,6 +53,9 @@ export default defineConfig({
                 HTTP_PUBLISH_RATE_PER_SECOND: "1",
                 HTTP_PUBLISH_BURST: "3",
                 MAX_MULTI_CONNECTIONS: "3",
+                // The retained quota of test/worker/router.test.ts.
+                MAX_RETAINED_MESSAGES: "20",
+                MAX_RETAINED_BYTES: "2000000",
               },
               // The optional Analytics Engine binding, so the router's data points run in the tests
               // (Miniflare's local dataset accepts them and keeps nothing).
@@ -88,6 +91,20 @@ export default defineConfig({
           environment: "node",
           include: PROTOCOL_SUITES,
           env: { MQTT_VERSION: "5" },
+          globalSetup: ["test/helpers/global-setup.ts"],
+          testTimeout: 30_000,
+          hookTimeout: 60_000,
+          fileParallelism: false,
+        },
+      },
+      // The protocol suites again on a broker whose accounts route over 4 router shards, keyed on
+      // topic level 1 (the tests' topics vary there), so filters and topics spread over shards.
+      {
+        test: {
+          name: "e2e-shards",
+          environment: "node",
+          include: [...PROTOCOL_SUITES, "test/e2e/mqtt5.test.ts"],
+          env: { ROUTER_SHARDS: "4", ROUTER_SHARD_LEVEL: "1" },
           globalSetup: ["test/helpers/global-setup.ts"],
           testTimeout: 30_000,
           hookTimeout: 60_000,

@@ -13,6 +13,7 @@ import { parseArgs } from "node:util";
 import { spawnSync } from "node:child_process";
 import { bystander, connectStorm, costIdle, costMessages, fanIn, fanOut, probeShared, qos1RoundTrip, retainedOnSubscribe, shared } from "./lib/scenarios.mjs";
 import { findMosquitto, startAedes, startBridge, startBroker, startLimitedBroker, startMosquitto, stopAllNow, wranglerVars } from "./lib/servers.mjs";
+import { scale, scaleTable } from "./lib/scale.mjs";
 import { connectTable, costTable, doDollars, generatorTable, idleTable, performanceTable, ratios, summarize, unitsPer } from "./lib/report.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -23,7 +24,7 @@ const { values: flags } = parseArgs({
     quick: { type: "boolean", default: false },
     rounds: { type: "string" },
     peers: { type: "string", default: "broker,aedes,mosquitto" },
-    scenarios: { type: "string", default: "fan-in,fan-in-tcp,fan-out,shared,qos1,connect,retained,bystander,cost" },
+    scenarios: { type: "string", default: "fan-in,fan-in-tcp,fan-out,shared,qos1,connect,retained,bystander,cost,scale" },
     publishers: { type: "string" },
     "duration-ms": { type: "string" },
     "max-messages": { type: "string" },
@@ -50,6 +51,12 @@ const { values: flags } = parseArgs({
     "flood-burst": { type: "string" },
     "frame-flooders": { type: "string" },
     "frame-flood-packets": { type: "string" },
+    "scale-retained": { type: "string" },
+    "scale-subscriptions": { type: "string" },
+    "scale-fan-in-publishers": { type: "string" },
+    "scale-devices": { type: "string" },
+    "scale-device-rate": { type: "string" },
+    "scale-shards": { type: "string" },
     out: { type: "string", default: join(HERE, "results") },
     help: { type: "boolean", default: false },
   },
@@ -93,6 +100,17 @@ const params = {
     frameFlooders: num("frame-flooders", 4, 2),
     frameFloodPackets: num("frame-flood-packets", 4 * defaults.MAX_PACKETS_PER_FRAME, 4 * defaults.MAX_PACKETS_PER_FRAME),
     rampMs: 500,
+  },
+  // The router with a large account (bench/lib/scale.mjs): run once, after the rounds.
+  scale: {
+    retained: num("scale-retained", 100_000, 10_000),
+    subscriptions: num("scale-subscriptions", 10_000, 1000),
+    subscriptionsPerClient: 100,
+    fanInPublishers: num("scale-fan-in-publishers", 100, 100),
+    fanInMs: q ? 2000 : 5000,
+    timeoutMs: 600_000,
+    shardCounts: (flags["scale-shards"] ?? "1,4,16").split(",").map(Number),
+    load: { devices: num("scale-devices", 100, 64), ratePerDevice: num("scale-device-rate", 10, 10), ms: q ? 4000 : 10_000, payload: 64 },
   },
 };
 const wanted = new Set(flags.peers.split(",").map((s) => s.trim()));
@@ -188,6 +206,8 @@ async function main() {
   let cost = null;
   const broker = peers.find((p) => p.name === "broker");
   if (broker && scenarios.includes("cost")) cost = await costModel(broker, runs.connect?.broker ?? []);
+  // Its own brokers (restarted, sharded); the main one idles meanwhile.
+  const scaled = wanted.has("broker") && scenarios.includes("scale") ? await scale(params.scale, log, peers.find((p) => p.name === "aedes")) : null;
   const load1 = loadavg();
 
   const medians = summarize(runs);
@@ -206,6 +226,7 @@ async function main() {
     unsupported,
     ratios: ratios(medians),
     cost,
+    scale: scaled,
     runs,
   };
   const md = markdown(result);
@@ -324,6 +345,14 @@ function markdown(r) {
     "",
     generatorTable(r.medians, r.peers),
   ];
+  if (r.scale) {
+    parts.push(
+      "",
+      `### Scale (one large account; ${r.scale.params.load.devices} devices at ${r.scale.params.load.ratePerDevice}/s each for the shard rows)`,
+      "",
+      scaleTable(r.scale),
+    );
+  }
   if (r.cost) {
     parts.push(
       "",

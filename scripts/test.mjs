@@ -15,7 +15,7 @@ import { checkEnvTypes } from "./env-types.mjs";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const BIN = join(ROOT, "node_modules/.bin");
-const PROJECTS = ["unit", "local", "worker", "e2e", "e2e-v5", "e2e-v3"];
+const PROJECTS = ["unit", "local", "worker", "e2e", "e2e-v5", "e2e-v3", "e2e-shards"];
 const extraArgs = process.argv.slice(2);
 
 const env = {

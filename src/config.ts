@@ -30,6 +30,10 @@ export interface ConfigVars {
   MAX_OUTBOX_MESSAGES?: string;
   MAX_MONITOR_RETAINED?: string;
   MONITOR_RETAIN_SECONDS?: string;
+  MAX_RETAINED_MESSAGES?: string;
+  MAX_RETAINED_BYTES?: string;
+  ROUTER_SHARDS?: string;
+  ROUTER_SHARD_LEVEL?: string;
   ALLOW_CONTROL_CHARACTERS?: string;
   JWT_ISSUER?: string;
   JWT_AUDIENCE?: string;
@@ -50,7 +54,7 @@ export interface ConfigVars {
  *   that documents vars follows one table.
  */
 export type VarSpec =
-  | { readonly kind: "int"; readonly default: number; readonly min: number }
+  | { readonly kind: "int"; readonly default: number; readonly min: number; readonly max?: number }
   | { readonly kind: "choice"; readonly default: string; readonly values: readonly string[] }
   | { readonly kind: "account"; readonly default: "" }
   | { readonly kind: "jwt"; readonly default: string };
@@ -89,6 +93,10 @@ export const CONFIG_SCHEMA = {
   MAX_OUTBOX_MESSAGES: { kind: "int", default: 1000, min: 1 },
   MAX_MONITOR_RETAINED: { kind: "int", default: 10_000, min: 1 },
   MONITOR_RETAIN_SECONDS: { kind: "int", default: 86_400, min: 1 },
+  MAX_RETAINED_MESSAGES: { kind: "int", default: 100_000, min: 1 },
+  MAX_RETAINED_BYTES: { kind: "int", default: 256 * 1024 * 1024, min: 1 },
+  ROUTER_SHARDS: { kind: "int", default: 1, min: 1, max: 64 },
+  ROUTER_SHARD_LEVEL: { kind: "int", default: 5, min: 0, max: 31 },
   ALLOW_CONTROL_CHARACTERS: { kind: "choice", default: "false", values: ["false", "true"] },
   JWT_ISSUER: { kind: "jwt", default: "" },
   JWT_AUDIENCE: { kind: "jwt", default: "" },
@@ -142,6 +150,14 @@ export interface Limits {
   maxMonitorRetained: number;
   /** How long the retained Disconnect event of a client id the client chose freely (multi mode, anonymous) stays, in seconds. */
   monitorRetainSeconds: number;
+  /** Retained messages per account, at most (monitoring events not counted): past it a retained publish is refused (PUBACK 0x97). */
+  maxRetainedMessages: number;
+  /** Retained bytes (payload + topic) per account, at most, likewise. */
+  maxRetainedBytes: number;
+  /** Router objects per account (src/router/shards.ts). */
+  routerShards: number;
+  /** The topic level (0-based) whose value picks the shard. */
+  routerShardLevel: number;
   maxInflight: number;
   sessionExpirySeconds: number;
   /** Control characters (U+0001..U+001F, U+007F..U+009F) allowed in client ids, user names, topics and filters (§1.5.4 says SHOULD NOT). */
@@ -179,7 +195,7 @@ export type ConfigResult = { ok: true; config: Config; logLevel: LogLevel } | { 
 export function expectedForm(spec: VarSpec): string {
   switch (spec.kind) {
     case "int":
-      return `a whole number >= ${spec.min}`;
+      return spec.max === undefined ? `a whole number >= ${spec.min}` : `a whole number from ${spec.min} to ${spec.max}`;
     case "choice":
       return `one of ${spec.values.join(", ")}`;
     case "account":
@@ -211,7 +227,8 @@ class VarReader {
     if (raw === undefined) return spec.default;
     const text = typeof raw === "string" ? raw.trim() : typeof raw === "number" ? String(raw) : "";
     const n = /^[0-9]+$/.test(text) ? Number(text) : Number.NaN;
-    if (Number.isSafeInteger(n) && n >= spec.min) return n;
+    const max: number | undefined = (spec as Extract<VarSpec, { kind: "int" }>).max;
+    if (Number.isSafeInteger(n) && n >= spec.min && (max === undefined || n <= max)) return n;
     this.invalid(name, raw);
     return spec.default;
   }
@@ -274,6 +291,10 @@ export function parseConfig(vars: ConfigVars): ConfigResult {
     maxOutboxMessages: r.int("MAX_OUTBOX_MESSAGES"),
     maxMonitorRetained: r.int("MAX_MONITOR_RETAINED"),
     monitorRetainSeconds: r.int("MONITOR_RETAIN_SECONDS"),
+    maxRetainedMessages: r.int("MAX_RETAINED_MESSAGES"),
+    maxRetainedBytes: r.int("MAX_RETAINED_BYTES"),
+    routerShards: r.int("ROUTER_SHARDS"),
+    routerShardLevel: r.int("ROUTER_SHARD_LEVEL"),
     maxInflight: r.int("MAX_INFLIGHT"),
     sessionExpirySeconds: r.int("SESSION_EXPIRY_SECONDS"),
     allowControlCharacters: r.choice("ALLOW_CONTROL_CHARACTERS") === "true",

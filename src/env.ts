@@ -44,6 +44,10 @@ export interface Env {
   MAX_OUTBOX_MESSAGES?: string;
   MAX_MONITOR_RETAINED?: string;
   MONITOR_RETAIN_SECONDS?: string;
+  MAX_RETAINED_MESSAGES?: string;
+  MAX_RETAINED_BYTES?: string;
+  ROUTER_SHARDS?: string;
+  ROUTER_SHARD_LEVEL?: string;
   MAX_INFLIGHT?: string;
   SESSION_EXPIRY_SECONDS?: string;
   /** "1": count billable units for `npm run bench` (src/metrics.ts, GET /__bench/counters). */

@@ -98,14 +98,15 @@ const SNAPSHOT = ["src", "migrations", "public", "scripts", "wrangler.toml", "pa
  * restarts on every source change, which would reset the objects (and the counters) mid-run
  * whenever someone edits src/ while the bench runs.
  */
-export async function startBroker({ vars = {} } = {}) {
+export async function startBroker({ vars = {}, persistDir: reuse } = {}) {
   const port = await freePort();
   const app = tempDir("mqtt-bench-app-");
   for (const entry of SNAPSHOT) {
     if (existsSync(join(ROOT, entry))) cpSync(join(ROOT, entry), join(app, entry), { recursive: true, filter: (src) => !src.includes("/public/vendor") });
   }
   symlinkSync(join(ROOT, "node_modules"), join(app, "node_modules"));
-  const persistDir = tempDir("mqtt-bench-broker-");
+  // `persistDir`: the state of an earlier broker (the scale scenario's restart); else a fresh one.
+  const persistDir = reuse ?? tempDir("mqtt-bench-broker-");
   const env = {
     ...process.env,
     CLOUDFLARE_CF_FETCH_ENABLED: "false",
@@ -113,7 +114,7 @@ export async function startBroker({ vars = {} } = {}) {
     XDG_CONFIG_HOME: join(ROOT, ".wrangler/config"),
     NO_COLOR: "1",
   };
-  const mig = spawnSync(WRANGLER, ["d1", "migrations", "apply", "DB", "--local", "--persist-to", persistDir], {
+  const mig = reuse ? { status: 0 } : spawnSync(WRANGLER, ["d1", "migrations", "apply", "DB", "--local", "--persist-to", persistDir], {
     cwd: app,
     env: { ...env, CI: "true" },
     encoding: "utf8",
@@ -158,11 +159,13 @@ export async function startBroker({ vars = {} } = {}) {
     label: "broker (wrangler dev)",
     wsUrl: `ws://127.0.0.1:${port}/mqtt`,
     pid: child.pid,
+    persistDir,
     counters,
     output,
-    async stop() {
+    /** `keepState`: leave the persist directory for a restart on it (removed at exit anyway). */
+    async stop({ keepState = false } = {}) {
       await stopChild(child);
-      rmSync(persistDir, { recursive: true, force: true });
+      if (!keepState) rmSync(persistDir, { recursive: true, force: true });
       rmSync(app, { recursive: true, force: true });
     },
   };

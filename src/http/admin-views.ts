@@ -8,7 +8,9 @@
 import { Hono } from "hono";
 import * as v from "valibot";
 import type { Env } from "../env";
-import { connectionStub, routerStub, sessionStub } from "../stubs";
+import { connectionStub, sessionStub } from "../stubs";
+import { shardingOf } from "../router/shards";
+import { accountRetainedPage, accountStats, accountTargets, deleteAccountRetained } from "../router/account-admin";
 import { getConfig } from "../config";
 import { parseSharedFilter, validateTopicFilter, validateTopicName } from "../topics/topic";
 import { listAccounts } from "../auth/registry";
@@ -56,7 +58,7 @@ const StatsSchema = v.object({
   since: v.pipe(v.string(), v.description("when the counters began (ISO 8601)")),
   messages: v.object({ in: count, out: count, unmatched: count }),
   deliveries: v.object({ online: count, queued: count, retainedOnSubscribe: count }),
-  retained: v.object({ count, bytes: count }),
+  retained: v.pipe(v.object({ count, bytes: count, monitorEvents: count }), v.description("the retained quota's use (MAX_RETAINED_MESSAGES / MAX_RETAINED_BYTES), and the retained $SYS/mon events apart")),
   subscriptions: count,
   sessions: v.object({ online: count, offline: count }),
   connections: v.object({ connects: count, disconnects: count }),
@@ -78,7 +80,7 @@ adminViews.get(
   query(PageQuery, LIMIT_FIELD),
   async (c) => {
     const { accountId } = c.req.valid("param");
-    const targets = await routerStub(c.env, accountId).listTargets({ ...page(c.req.valid("query")), only: "online" });
+    const targets = await accountTargets(c.env, accountId, { ...page(c.req.valid("query")), only: "online" });
     const clients = await Promise.all(
       targets.items.map(async (t) => {
         if (!t.conn) return null;
@@ -105,7 +107,7 @@ adminViews.get(
   query(PageQuery, LIMIT_FIELD),
   async (c) => {
     const { accountId } = c.req.valid("param");
-    const targets = await routerStub(c.env, accountId).listTargets({ ...page(c.req.valid("query")), only: "persistent" });
+    const targets = await accountTargets(c.env, accountId, { ...page(c.req.valid("query")), only: "persistent" });
     const sessions = await Promise.all(
       targets.items.map(async (t) => {
         const stats = await sessionStub(c.env, accountId, t.clientId).stats();
@@ -135,7 +137,7 @@ adminViews.get(
     if (validateTopicFilter(filter, getConfig(c.env).limits) !== null || parseSharedFilter(filter)) {
       return jsonError(c, 400, "invalid_filter", "filter must be a valid MQTT topic filter (not a $share one)");
     }
-    const { items, cursor } = await routerStub(c.env, accountId).listRetained({ filter, ...page(q) });
+    const { items, cursor } = await accountRetainedPage(c.env, accountId, shardingOf(getConfig(c.env).limits), { filter, ...page(q) });
     const retained = items.map(({ expiresAt, ...item }) => ({ ...item, ...(expiresAt === undefined ? {} : { expiresAt: new Date(expiresAt).toISOString() }) }));
     return c.json({ accountId, filter, retained, next: cursor });
   },
@@ -159,7 +161,7 @@ adminViews.delete(
     if (validateTopicName(topic, { ...getConfig(c.env).limits, maxTopicBytes: 65535, maxTopicLevels: 65535 }) !== null) {
       return jsonError(c, 400, "invalid_topic", "topic must be a topic name without wildcards");
     }
-    if (!(await routerStub(c.env, accountId).deleteRetained(topic))) return jsonError(c, 404, "retained_not_found", "no retained message on this topic");
+    if (!(await deleteAccountRetained(c.env, accountId, shardingOf(getConfig(c.env).limits), topic))) return jsonError(c, 404, "retained_not_found", "no retained message on this topic");
     return c.body(null, 204);
   },
 );
@@ -177,7 +179,7 @@ adminViews.get(
   params(AccountParams, ACCOUNT_FIELD),
   async (c) => {
     const { accountId } = c.req.valid("param");
-    return c.json(statsJson(accountId, await routerStub(c.env, accountId).adminStats()));
+    return c.json(statsJson(accountId, await accountStats(c.env, accountId, shardingOf(getConfig(c.env).limits))));
   },
 );
 
@@ -196,7 +198,8 @@ adminViews.get(
     if (anonymous !== undefined && !accounts.includes(anonymous)) accounts.push(anonymous);
     const truncated = accounts.length > METRICS_MAX_ACCOUNTS;
     const reported = accounts.sort().slice(0, METRICS_MAX_ACCOUNTS);
-    const stats: AccountStats[] = await Promise.all(reported.map(async (accountId) => ({ accountId, ...(await routerStub(c.env, accountId).adminStats()) })));
+    const sharding = shardingOf(getConfig(c.env).limits);
+    const stats: AccountStats[] = await Promise.all(reported.map(async (accountId) => ({ accountId, ...(await accountStats(c.env, accountId, sharding)) })));
     return c.text(prometheusText(stats, { truncated }), 200, { "Content-Type": "text/plain; version=0.0.4; charset=utf-8" });
   },
 );

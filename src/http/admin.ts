@@ -8,7 +8,9 @@
 import { Hono, type Context } from "hono";
 import * as v from "valibot";
 import type { Env } from "../env";
-import { routerStub, sessionStub } from "../stubs";
+import { sessionStub } from "../stubs";
+import { accountRouter, shardingOf } from "../router/shards";
+import { getConfig } from "../config";
 import { timingSafeEqualString } from "../auth/passwords";
 import { createDevice, deleteDevice, getDevice, listDevices, rotateDevicePassword, setDeviceDisabled, type Device } from "../auth/registry";
 import { mintToken } from "../auth/tokens";
@@ -306,7 +308,7 @@ adminApi.get(
   params(GroupParams, ACCOUNT_FIELD),
   async (c) => {
     const { accountId, group } = c.req.valid("param");
-    const filters = await routerStub(c.env, accountId).sharedGroup(group);
+    const filters = await accountRouter(c.env, accountId, shardingOf(getConfig(c.env).limits)).sharedGroup(group);
     if (filters.length === 0) return jsonError(c, 404, "shared_group_not_found", "no shared subscription with this group name");
     return c.json({ accountId, group, subscriptions: filters });
   },

@@ -1,7 +1,8 @@
 import { Hono, type Context } from "hono";
 import * as v from "valibot";
 import type { Env } from "../env";
-import { limiterStub, routerStub } from "../stubs";
+import { limiterStub } from "../stubs";
+import { accountRouter, shardingOf } from "../router/shards";
 import { getConfig } from "../config";
 import { authenticateDevicePassword, authenticateToken, type AuthResult, type Identity } from "../auth/identity";
 import type { PublishAllowance } from "../limits/connection-limiter";
@@ -66,7 +67,7 @@ publishApi.post(
       400: ["missing_topic", "invalid_topic", "invalid_qos", "invalid_retain", "invalid_property", "invalid_payload_format"],
       401: ["unauthorized", "token_expired"],
       403: ["forbidden", "device_disabled"],
-      413: ["payload_too_large"],
+      413: ["payload_too_large", "retained_quota_exceeded"],
       429: ["rate_limited"],
       503: ["auth_unavailable", "unavailable"],
     },
@@ -114,7 +115,11 @@ publishApi.post(
       return jsonError(c, 400, "invalid_payload_format", "the payload is marked UTF-8 but is not valid UTF-8");
     }
     if (extras.expirySeconds !== undefined) message.expiresAt = Date.now() + extras.expirySeconds * 1000;
-    await routerStub(c.env, identity.account).publish(identity.account, [message]);
+    const [outcome] = await accountRouter(c.env, identity.account, shardingOf(limits)).publish([message]);
+    if (outcome === "quota") {
+      log("warn", "http.retained_quota_exceeded", { account: identity.account, identity: identity.id, topic });
+      return jsonError(c, 413, "retained_quota_exceeded", "the account's retained quota (MAX_RETAINED_MESSAGES, MAX_RETAINED_BYTES) is full: the message was neither retained nor delivered");
+    }
     return c.json({ topic, qos, retain: message.retain, bytes: payload.byteLength }, qos > 0 ? 201 : 202);
   },
 );

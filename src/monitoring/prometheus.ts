@@ -8,7 +8,7 @@ import { DROP_REASONS, type CounterValues } from "../router/counters";
 export interface AccountStats {
   accountId: string;
   counters: CounterValues;
-  retained: { count: number; bytes: number };
+  retained: { count: number; bytes: number; monitorEvents: number };
   subscriptions: number;
   sessions: { online: number; offline: number };
 }
@@ -38,8 +38,9 @@ const FAMILIES: Family[] = [
   { name: "mqtt_publish_batches_total", type: "counter", help: "Publish batches routed (one router call each).", samples: (s) => [[{}, s.counters.batches]] },
   { name: "mqtt_connects_total", type: "counter", help: "Connections that attached to a session.", samples: (s) => [[{}, s.counters.connects]] },
   { name: "mqtt_disconnects_total", type: "counter", help: "Connections that ended.", samples: (s) => [[{}, s.counters.disconnects]] },
-  { name: "mqtt_retained_messages", type: "gauge", help: "Retained messages stored.", samples: (s) => [[{}, s.retained.count]] },
-  { name: "mqtt_retained_bytes", type: "gauge", help: "Payload and topic bytes of the retained messages.", samples: (s) => [[{}, s.retained.bytes]] },
+  { name: "mqtt_retained_messages", type: "gauge", help: "Retained messages stored ($SYS/mon events apart: the quota's count).", samples: (s) => [[{}, s.retained.count]] },
+  { name: "mqtt_retained_bytes", type: "gauge", help: "Payload and topic bytes of those retained messages (the quota's bytes).", samples: (s) => [[{}, s.retained.bytes]] },
+  { name: "mqtt_retained_monitor_events", type: "gauge", help: "Retained $SYS/mon events (bounded by MAX_MONITOR_RETAINED).", samples: (s) => [[{}, s.retained.monitorEvents]] },
   { name: "mqtt_subscriptions", type: "gauge", help: "Subscriptions (a shared group's filter counts once).", samples: (s) => [[{}, s.subscriptions]] },
   {
     name: "mqtt_sessions",

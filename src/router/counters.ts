@@ -45,6 +45,30 @@ export interface CounterValues {
   since: number;
 }
 
+/** Rows of the router's `router_meta` table (schema.ts) hold the snapshot: `counter.<field>`, `counter.drops.<reason>`. */
+export const COUNTER_ROW_PREFIX = "counter.";
+
+/** The snapshot as `router_meta` rows: key -> integer value. */
+export function counterRows(v: CounterValues): Map<string, number> {
+  const rows = new Map<string, number>();
+  for (const field of NUMBER_FIELDS) rows.set(`${COUNTER_ROW_PREFIX}${field}`, v[field]);
+  for (const reason of DROP_REASONS) rows.set(`${COUNTER_ROW_PREFIX}drops.${reason}`, v.drops[reason]);
+  return rows;
+}
+
+/** `router_meta` rows read back into the shape `readCounters` takes. */
+export function rowsToCounters(rows: Iterable<{ key: string; value: unknown }>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const drops: Record<string, unknown> = {};
+  for (const { key, value } of rows) {
+    if (!key.startsWith(COUNTER_ROW_PREFIX)) continue;
+    const name = key.slice(COUNTER_ROW_PREFIX.length);
+    if (name.startsWith("drops.")) drops[name.slice("drops.".length)] = value;
+    else out[name] = value;
+  }
+  return { ...out, drops };
+}
+
 /** How often, at most, the snapshot is written to storage (ms). */
 export const PERSIST_INTERVAL_MS = 1000;
 

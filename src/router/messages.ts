@@ -67,6 +67,39 @@ export interface SubscriptionRequest {
   id?: number;
 }
 
+/**
+ * What the router did with one published message: `matched` (some subscription took it),
+ * `unmatched` (MQTT 5 PUBACK 0x10), `quota` (a retained message past the account's retained
+ * quota: neither stored nor delivered; MQTT 5 PUBACK 0x97).
+ */
+export type Routed = "matched" | "unmatched" | "quota";
+
+/**
+ * Where a retained delivery on subscribe goes on: the filters still to read (the first one
+ * is being read), and the topic the last page ended at. The router keeps nothing of it.
+ */
+export interface RetainedCursor {
+  subs: Array<{ filter: string; qos: QoS; id?: number }>;
+  after: string | null;
+  /** Messages per page at most (the subscriber's outbox room), besides PAGE_BYTES. */
+  limit: number;
+  /** With ROUTER_SHARDS > 1: which of the first filter's shards is being read (src/router/shards.ts). */
+  shard?: number;
+}
+
+/** A page of retained messages for a new subscription, and the cursor to the next (null: done). */
+export interface RetainedPageResult {
+  messages: Message[];
+  more: RetainedCursor | null;
+}
+
+/** The router's answer to `subscribe`: per request whether it was taken, and the first page of retained messages. */
+export interface Subscribed {
+  granted: boolean[];
+  retained: Message[];
+  more: RetainedCursor | null;
+}
+
 /** Options of the router's `attach`: how a connection takes over a session's deliveries. */
 export interface RouterAttach {
   /** The session begins with no subscriptions. */
@@ -77,6 +110,8 @@ export interface RouterAttach {
   announce?: Message[];
   /** The connecting identity's ACL: a resumed session keeps only the subscriptions it still covers. */
   acl?: Acl;
+  /** false: the account's connect rate is counted by another shard (shard 0), not here. */
+  rated?: boolean;
 }
 
 /** The router's answer to `attach`: `rate` when the account connects too often (CONNACK 3 / 0x9F). */
@@ -89,6 +124,8 @@ export interface RouterDetach {
   announce?: Message[];
   /** Shared-subscription messages the connection never finished: back to their groups. */
   orphans?: Message[];
+  /** False on shards > 0: the account's disconnects are counted by shard 0 (as `RouterAttach.rated`). */
+  rated?: boolean;
 }
 
 /** What a message weighs in queues and pages: its payload and topic (properties are small and bounded by the packet limit). */

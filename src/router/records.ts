@@ -1,6 +1,6 @@
 /** The router's stored records and their guards (storage reads come back as `unknown`). */
 import { isRecord } from "../guards";
-import { isMessage, isQoS, type Message, type SubscriptionRequest } from "./messages";
+import { isQoS, type SubscriptionRequest } from "./messages";
 
 /** Where a session's messages go: its connection object (hex id) while online, else (null) its session object's queue. */
 export interface TargetRecord {
@@ -28,10 +28,4 @@ export function isTarget(v: unknown): v is TargetRecord {
   if (!isRecord(v)) return false;
   const r = v;
   return (typeof r.conn === "string" || r.conn === null) && typeof r.persistent === "boolean";
-}
-
-export function isGroupQueued(v: unknown): v is { key: string; message: Message } {
-  if (!isRecord(v)) return false;
-  const r = v;
-  return typeof r.key === "string" && isMessage(r.message);
 }

@@ -6,71 +6,109 @@ import { parseSharedFilter } from "../topics/topic";
 import { getConfig, loadConfig } from "../config";
 import { SharedGroups, isSharedKey, sharedKey } from "./shared";
 import { errorMessage, log } from "../log";
-import { type Message, type QoS, type SubscriptionRequest, type RouterAttach, type RouterAttached, type RouterDetach, type DeliverResult } from "./messages";
-import { groupQueueKey, subscriptionKey, targetKey, parseSubscriptionKey, KEY } from "./keys";
+import {
+  PAGE_BYTES,
+  type DeliverResult,
+  type Message,
+  type QoS,
+  type RetainedCursor,
+  type RetainedPageResult,
+  type Routed,
+  type RouterAttach,
+  type RouterAttached,
+  type RouterDetach,
+  type Subscribed,
+  type SubscriptionRequest,
+} from "./messages";
 import { meterStorage } from "../metrics";
 import { canSubscribe } from "../topics/acl";
-import { deleteKeys } from "../storage";
 import { fullBucket, take, type Bucket } from "../limits/rate";
 import { RetainedStore } from "./retained";
-import { isGroupQueued, isTarget, readSubOptions, type SubOptions, type TargetRecord } from "./records";
-import { RouterCounters, type CounterValues } from "./counters";
+import { RouterTables } from "./tables";
+import { checkShardCount, migrate } from "./schema";
+import { COUNTER_ROW_PREFIX, RouterCounters, counterRows, rowsToCounters, type CounterValues } from "./counters";
 import { batchPoint, connectionPoint, type AnalyticsPoint } from "../monitoring/analytics";
 import { base64 } from "../encoding";
+import type { SubOptions, TargetRecord } from "./records";
 
 /**
  * Topic router of one account (named by the account id). It owns the account's
- * subscriptions, the delivery target of every session, and the retained messages,
- * all durable in its storage and mirrored in memory for matching.
+ * subscriptions, the delivery target of every session, and the retained messages, in
+ * SQLite tables (schema.ts). Memory holds what matching needs: the subscription trie, the
+ * targets and the shared groups; retained messages stay in storage and are read in pages.
  *
  * A publish batch costs one call per subscribed session, whatever the number of
  * messages in the batch (SPEC: per-call overhead dominates delivery cost).
  */
 export class TopicRouter extends DurableObject<Env> {
   private readonly trie = new SubscriptionTrie<SubOptions>();
-  /** clientId -> its filters (for cleanup and the per-session subscription count). */
-  private readonly filtersByClient = new Map<string, Set<string>>();
+  /** clientId -> its filters and their options (for cleanup, the per-session subscription count, and re-subscribes). */
+  private readonly filtersByClient = new Map<string, Map<string, SubOptions>>();
   private readonly targets = new Map<string, TargetRecord>();
-  private readonly retained: RetainedStore;
+  private retained!: RetainedStore;
+  private tables!: RouterTables;
   private readonly shared = new SharedGroups();
-  /** Group key -> QoS 1/2 messages waiting for a member to come back; storage `g:<seq>`. */
-  private readonly groupQueues = new Map<string, Array<{ seq: number; message: Message }>>();
-  private nextGroupSeq = 0;
+  /** Group key -> number of QoS 1/2 messages waiting in `group_queue` for a member to come back. */
+  private groupQueued = new Map<string, number>();
+  /** The purge alarm set by this object since it woke (memory only; the alarm sets the next one). */
+  private purgeAt: number | null = null;
+  /** Fan-in coalescing: targets with a `deliver` call in flight, and what waits to go to them in the next one. */
+  private readonly inFlight = new Set<string>();
+  private readonly waiting = new Map<string, { batch: Message[]; done: Promise<void>; resolve: () => void }>();
   /** The account's connect rate (memory only: a busy account's router stays awake). */
   private connects: Bucket | null = null;
+  /** Set when ROUTER_SHARDS changed under this router's state: every routing call is refused with it. */
+  private refusal: string | null = null;
   /** Deliveries dropped since the object woke (a clean target that failed, QoS 0 to a failed target). */
   private dropped = 0;
   /** Traffic counters for the admin stats and metrics (counters.ts), persisted at most once a second. */
   private readonly counters = new RouterCounters(Date.now());
+  /** The counter rows as last written: a snapshot writes only the rows that changed. */
+  private persistedRows = new Map<string, number>();
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     meterStorage(ctx, env, "router");
     loadConfig(env); // LOG_LEVEL for this isolate; a bad var fails the calls that read the config, not the constructor
-    this.retained = new RetainedStore(ctx.storage, () => getConfig(env).limits.maxMonitorRetained);
     void ctx.blockConcurrencyWhile(() => this.load());
   }
 
+  /** A wake reads the subscriptions and the targets, never a retained message. */
   private async load(): Promise<void> {
-    const subs = await this.ctx.storage.list({ prefix: KEY.subscription });
-    for (const [key, value] of subs) {
-      const parsed = parseSubscriptionKey(key);
-      const options = readSubOptions(value);
-      if (parsed && options) this.addSubscription(parsed.clientId, parsed.filter, options);
-    }
-    const targets = await this.ctx.storage.list({ prefix: KEY.target });
-    for (const [key, value] of targets) {
-      if (isTarget(value)) this.targets.set(key.slice(KEY.target.length), value);
-    }
-    await this.retained.load();
-    this.counters.load(await this.ctx.storage.get(KEY.counters), Date.now());
-    const queued = await this.ctx.storage.list({ prefix: KEY.groupQueue });
-    for (const [key, value] of queued) {
-      const seq = Number(key.slice(KEY.groupQueue.length));
-      if (!isGroupQueued(value) || !Number.isInteger(seq)) continue;
-      this.queueFor(value.key).push({ seq, message: value.message });
-      this.nextGroupSeq = Math.max(this.nextGroupSeq, seq + 1);
-    }
+    await migrate(this.ctx.storage);
+    const sql = this.ctx.storage.sql;
+    // With vars that do not parse, the calls that read the config fail instead (as before).
+    const loaded = loadConfig(this.env);
+    if (loaded.ok) this.refusal = checkShardCount(sql, loaded.config.limits.routerShards);
+    if (this.refusal) log("error", "router.shard_count_changed", { reason: this.refusal });
+    this.tables = new RouterTables(sql);
+    this.retained = new RetainedStore(sql, () => {
+      const limits = getConfig(this.env).limits;
+      return { maxMessages: limits.maxRetainedMessages, maxBytes: limits.maxRetainedBytes, maxMonitor: limits.maxMonitorRetained };
+    });
+    for (const { clientId, filter, options } of this.tables.subscriptions()) this.addSubscription(clientId, filter, options);
+    for (const [clientId, target] of this.tables.targets()) this.targets.set(clientId, target);
+    this.groupQueued = this.tables.groupCounts();
+    const rows = sql.exec<{ key: string; value: number }>("SELECT key, value FROM router_meta WHERE key >= ? AND key < ?", COUNTER_ROW_PREFIX, `${COUNTER_ROW_PREFIX}\uffff`).toArray();
+    this.counters.load(rowsToCounters(rows), Date.now());
+    this.persistedRows = new Map(rows.map((r) => [r.key, r.value]));
+  }
+
+  /** Background purge of expired retained messages (they are also purged as reads meet them). */
+  override async alarm(): Promise<void> {
+    this.purgeAt = null;
+    const next = this.retained.purgeExpired(Date.now());
+    if (next !== null) this.schedulePurge(next);
+  }
+
+  private refuseIfResharded(): void {
+    if (this.refusal) throw new Error(this.refusal);
+  }
+
+  private schedulePurge(at: number): void {
+    if (this.purgeAt !== null && this.purgeAt <= at) return;
+    this.purgeAt = at;
+    void this.ctx.storage.setAlarm(at);
   }
 
   /**
@@ -79,12 +117,13 @@ export class TopicRouter extends DurableObject<Env> {
    * in the same call.
    */
   async attach(account: string, clientId: string, conn: string, opts: RouterAttach): Promise<RouterAttached> {
-    const { cleanStart, persistent, announce = [], acl } = opts;
+    this.refuseIfResharded();
+    const { cleanStart, persistent, announce = [], acl, rated = true } = opts;
     // Every connect of the account passes here: its connect rate costs no request of its own.
     const limits = getConfig(this.env).limits;
     const now = Date.now();
     this.connects ??= fullBucket(limits.connectBurstPerAccount, now);
-    if (!take(this.connects, limits.connectRatePerAccount, limits.connectBurstPerAccount, now)) {
+    if (rated && !take(this.connects, limits.connectRatePerAccount, limits.connectBurstPerAccount, now)) {
       log("warn", "router.connect_rate_exceeded", { account, clientId, rate: limits.connectRatePerAccount });
       return { ok: false, reason: "rate" };
     }
@@ -92,7 +131,7 @@ export class TopicRouter extends DurableObject<Env> {
     else if (acl) {
       // Rights can shrink between connections (a new token, a changed ACL): resumed
       // subscriptions the identity no longer covers are dropped.
-      for (const filter of [...(this.filtersByClient.get(clientId) ?? [])]) {
+      for (const filter of [...(this.filtersByClient.get(clientId)?.keys() ?? [])]) {
         if (!canSubscribe(acl, filter)) {
           this.removeSubscription(clientId, filter);
           log("info", "router.subscription_revoked", { clientId, filter });
@@ -100,17 +139,26 @@ export class TopicRouter extends DurableObject<Env> {
       }
     }
     this.setTarget(clientId, { conn, persistent });
-    this.countConnection("connect", account, clientId);
+    // Counted where the account's connect rate is (shard 0): every shard sees each attach.
+    if (rated) this.countConnection("connect", account, clientId);
     if (announce.length > 0) await this.publish(account, announce);
     // A member coming back takes what its shared groups queued while no member was online.
     for (const key of this.shared.keysOf(clientId)) {
-      const queue = this.groupQueues.get(key);
-      const qos = this.shared.get(key)?.members.get(clientId);
-      if (!queue || queue.length === 0 || qos === undefined) continue;
-      this.groupQueues.delete(key);
-      // Forgotten only once handed on (delivered, or queued for the member's session).
-      await this.deliverTo(account, clientId, queue.map((q) => ({ ...q.message, qos: minQoS(q.message.qos, qos), share: key })));
-      await deleteKeys(this.ctx.storage, queue.map((q) => groupQueueKey(q.seq)));
+      // In pages; each forgotten only once handed on (delivered, or queued for the member's session).
+      while ((this.groupQueued.get(key) ?? 0) > 0) {
+        const qos = this.shared.get(key)?.members.get(clientId);
+        if (qos === undefined) break;
+        const { messages, last } = this.tables.groupPage(key, PAGE_BYTES);
+        if (messages.length === 0) {
+          this.groupQueued.delete(key);
+          break;
+        }
+        await this.deliverTo(account, clientId, messages.map((m) => ({ ...m, qos: minQoS(m.qos, qos), share: key })));
+        this.tables.deleteGroupThrough(key, last);
+        const left = (this.groupQueued.get(key) ?? 0) - messages.length;
+        if (left > 0) this.groupQueued.set(key, left);
+        else this.groupQueued.delete(key);
+      }
     }
     return { ok: true };
   }
@@ -122,8 +170,9 @@ export class TopicRouter extends DurableObject<Env> {
    * will and the monitoring Disconnect event) is published first, in the same call.
    */
   async detach(account: string, clientId: string, conn: string, opts: RouterDetach): Promise<void> {
-    const { persistent, announce = [], orphans = [] } = opts;
-    this.countConnection("disconnect", account, clientId);
+    this.refuseIfResharded();
+    const { persistent, announce = [], orphans = [], rated = true } = opts;
+    if (rated) this.countConnection("disconnect", account, clientId);
     if (announce.length > 0) await this.publish(account, announce);
     const current = this.targets.get(clientId);
     if (current && current.conn === conn) {
@@ -140,24 +189,22 @@ export class TopicRouter extends DurableObject<Env> {
 
   /** A persistent session expired: drop its subscriptions and target. */
   async forget(clientId: string): Promise<void> {
+    this.refuseIfResharded();
     const current = this.targets.get(clientId);
     if (current?.conn) return; // online again: not expired
     this.forgetNow(clientId);
   }
 
   /**
-   * Registers subscriptions and returns the retained messages they match, each with
-   * the retain flag set [MQTT-3.3.1-8] and QoS downgraded to the granted one, following
-   * the MQTT 5 retain handling option (0 always, 1 only for a new subscription, 2 never).
+   * Registers subscriptions and returns the first page of the retained messages they match,
+   * each with the retain flag set [MQTT-3.3.1-8] and QoS downgraded to the granted one,
+   * following the MQTT 5 retain handling option (0 always, 1 only for a new subscription, 2
+   * never); `more` leads to the next page (`retainedPage`).
    */
-  async subscribe(
-    clientId: string,
-    subs: SubscriptionRequest[],
-    maxSubscriptions: number,
-  ): Promise<{ granted: boolean[]; retained: Message[] }> {
+  async subscribe(clientId: string, subs: SubscriptionRequest[], maxSubscriptions: number, opts: { pageMessages?: number; deferRetained?: boolean } = {}): Promise<Subscribed> {
+    this.refuseIfResharded();
     const granted: boolean[] = [];
-    const retained: Message[] = [];
-    const now = Date.now();
+    const wanted: RetainedCursor["subs"] = [];
     for (const { filter, ...options } of subs) {
       const existing = this.filtersByClient.get(clientId);
       const isNew = !existing?.has(filter);
@@ -165,22 +212,62 @@ export class TopicRouter extends DurableObject<Env> {
         granted.push(false);
         continue;
       }
-      this.addSubscription(clientId, filter, options);
-      void this.ctx.storage.put(subscriptionKey(clientId, filter), options);
+      // An identical re-subscribe costs no row written.
+      if (isNew || !sameOptions(existing?.get(filter), options)) {
+        this.addSubscription(clientId, filter, options);
+        this.tables.putSubscription(clientId, filter, options);
+      }
       granted.push(true);
       // Shared subscriptions get no retained messages on subscribe (MQTT 5 §4.8.2).
       if (parseSharedFilter(filter)) continue;
       if (options.rh === 2 || (options.rh === 1 && !isNew)) continue;
       // [MQTT-3.8.4-3]: a repeated subscription replaces the old one and resends retained messages.
-      retained.push(...this.retained.matching(filter, options.qos, options.id, now));
+      const sub: RetainedCursor["subs"][number] = { filter, qos: options.qos };
+      if (options.id !== undefined) sub.id = options.id;
+      wanted.push(sub);
     }
-    this.counters.add("retainedSent", retained.length);
-    this.counters.add("messagesOut", retained.length);
-    return { granted, retained };
+    const limit = Math.max(1, opts.pageMessages ?? 1000);
+    // Deferred (a sharded subscribe): only the cursor; the caller reads the pages across shards.
+    if (opts.deferRetained) return { granted, retained: [], more: wanted.length > 0 ? { subs: wanted, after: null, limit } : null };
+    const first = wanted.length > 0 ? await this.retainedPage({ subs: wanted, after: null, limit }) : { messages: [], more: null };
+    return { granted, retained: first.messages, more: first.more };
+  }
+
+  /**
+   * The next page of a retained delivery on subscribe: at most about PAGE_BYTES and `limit`
+   * messages, filter after filter, in topic order within each.
+   */
+  async retainedPage(cursor: RetainedCursor): Promise<RetainedPageResult> {
+    this.refuseIfResharded();
+    const now = Date.now();
+    const limit = Math.max(1, cursor.limit);
+    const messages: Message[] = [];
+    let bytes = 0;
+    let subs = cursor.subs;
+    let after = cursor.after;
+    while (subs.length > 0) {
+      const [sub, ...rest] = subs;
+      if (!sub) break;
+      const page = this.retained.page(sub.filter, after === null ? null : { after }, { qos: sub.qos, subId: sub.id, maxBytes: PAGE_BYTES - bytes, maxMessages: limit - messages.length, now });
+      for (const m of page.messages) {
+        messages.push(m);
+        bytes += m.payload.byteLength + m.topic.length;
+      }
+      if (page.next) {
+        this.countRetainedSent(messages.length);
+        return { messages, more: { subs, after: page.next.after, limit } };
+      }
+      subs = rest;
+      after = null;
+      if (bytes >= PAGE_BYTES || messages.length >= limit) break;
+    }
+    this.countRetainedSent(messages.length);
+    return { messages, more: subs.length > 0 ? { subs, after: null, limit } : null };
   }
 
   /** Removes subscriptions; for each filter, whether it existed (MQTT 5 UNSUBACK 0x00 / 0x11). */
   async unsubscribe(clientId: string, filters: string[]): Promise<boolean[]> {
+    this.refuseIfResharded();
     return filters.map((filter) => {
       const existed = this.filtersByClient.get(clientId)?.has(filter) === true;
       if (existed) this.removeSubscription(clientId, filter);
@@ -191,20 +278,31 @@ export class TopicRouter extends DurableObject<Env> {
   /**
    * Routes a batch of messages from one publisher, in order. Resolves once every QoS 1
    * copy is durable at its subscriber (online connection or offline session), so the
-   * publisher's PUBACKs can follow; with, for each message, whether any subscription matched
-   * it (MQTT 5 PUBACK 0x10 No matching subscribers when none did; a no-local one counts).
+   * publisher's PUBACKs can follow; with, for each message, what became of it: whether any
+   * subscription matched it (MQTT 5 PUBACK 0x10 No matching subscribers when none did; a
+   * no-local one counts), or `quota` for a retained message past the account's retained quota
+   * (neither stored nor delivered).
    */
-  async publish(account: string, messages: Message[]): Promise<boolean[]> {
+  async publish(account: string, messages: Message[]): Promise<Routed[]> {
+    this.refuseIfResharded();
     const perClient = new Map<string, Message[]>();
-    const matched: boolean[] = [];
+    const outcomes: Routed[] = [];
+    const now = Date.now();
     const before = this.env.ANALYTICS ? this.counters.snapshot() : null;
     for (const message of messages) {
-      if (message.retain) this.retained.store(message);
+      if (message.retain) {
+        if (this.retained.store(message, now) === "quota") {
+          log("warn", "router.retained_quota_exceeded", { account, topic: message.topic, from: message.from, ...this.retained.usage });
+          outcomes.push("quota");
+          continue;
+        }
+        if (message.expiresAt !== undefined && message.payload.byteLength > 0) this.schedulePurge(message.expiresAt);
+      }
       // One copy per session even when several of its filters match, at the highest granted
       // QoS, carrying every matching subscription identifier (MQTT 5 §3.3.4).
       const best = new Map<string, { qos: QoS; rap: boolean; ids: number[] }>();
       const subscriptions = this.trie.match(message.topic);
-      matched.push(subscriptions.length > 0);
+      outcomes.push(subscriptions.length > 0 ? "matched" : "unmatched");
       for (const { key, value } of subscriptions) {
         if (isSharedKey(key)) {
           this.routeShared(key, message, perClient);
@@ -228,8 +326,8 @@ export class TopicRouter extends DurableObject<Env> {
       }
     }
     await this.deliverAll(account, perClient);
-    this.countBatch(account, messages, matched, before);
-    return matched;
+    this.countBatch(account, messages, outcomes.filter((o) => o === "unmatched").length, before);
+    return outcomes;
   }
 
   /** A shared group's state, for the admin API. */
@@ -240,7 +338,7 @@ export class TopicRouter extends DurableObject<Env> {
       out.push({
         filter: g.filter,
         members: [...g.members].map(([clientId, qos]) => ({ clientId, qos, online: this.isOnline(clientId) })),
-        queued: this.groupQueues.get(key)?.length ?? 0,
+        queued: this.groupQueued.get(key) ?? 0,
       });
     }
     return out;
@@ -272,23 +370,15 @@ export class TopicRouter extends DurableObject<Env> {
       this.counters.drop("sharedNoMember", 1);
       return;
     }
-    const queue = this.queueFor(key);
-    const seq = this.nextGroupSeq++;
-    const stored = deliveryOf(message, message.qos, false);
-    queue.push({ seq, message: stored });
-    void this.ctx.storage.put(groupQueueKey(seq), { key, message: stored });
+    this.tables.pushGroupMessage(key, deliveryOf(message, message.qos, false));
+    const queued = (this.groupQueued.get(key) ?? 0) + 1;
     const max = getConfig(this.env).limits.maxQueuedMessages;
-    while (queue.length > max) {
-      const dropped = queue.shift();
-      if (dropped) void this.ctx.storage.delete(groupQueueKey(dropped.seq));
-      this.counters.drop("sharedQueueFull", 1);
+    if (queued > max) {
+      this.tables.dropGroupHead(key, queued - max);
+      this.dropped += queued - max;
+      this.counters.drop("sharedQueueFull", queued - max);
     }
-  }
-
-  private queueFor(key: string): Array<{ seq: number; message: Message }> {
-    let queue = this.groupQueues.get(key);
-    if (!queue) this.groupQueues.set(key, (queue = []));
-    return queue;
+    this.groupQueued.set(key, Math.min(queued, max));
   }
 
   /**
@@ -306,8 +396,38 @@ export class TopicRouter extends DurableObject<Env> {
     return { subscriptions: this.trie.size, sessions: this.targets.size, retained: this.retained.size, dropped: this.dropped };
   }
 
+  /**
+   * Fan-in coalescing: while a `deliver` call to a target is in flight, later messages for it
+   * (from other publishers' batches) wait and travel together in the next call, in arrival
+   * order. No timer: the in-flight call is the batching window, as on the publish side.
+   */
+  private deliverTo(account: string, clientId: string, batch: Message[]): Promise<void> {
+    if (!this.inFlight.has(clientId)) return this.sendTo(account, clientId, batch);
+    let next = this.waiting.get(clientId);
+    if (!next) {
+      let resolve!: () => void;
+      const done = new Promise<void>((r) => (resolve = r));
+      next = { batch: [], done, resolve };
+      this.waiting.set(clientId, next);
+    }
+    next.batch.push(...batch);
+    return next.done;
+  }
+
+  private async sendTo(account: string, clientId: string, batch: Message[]): Promise<void> {
+    this.inFlight.add(clientId);
+    await this.deliverNow(account, clientId, batch);
+    const next = this.waiting.get(clientId);
+    if (!next) {
+      this.inFlight.delete(clientId);
+      return;
+    }
+    this.waiting.delete(clientId);
+    void this.sendTo(account, clientId, next.batch).then(next.resolve);
+  }
+
   /** Never rejects: a failure stays with its target (queued for a persistent session, else dropped and counted). */
-  private async deliverTo(account: string, clientId: string, batch: Message[]): Promise<void> {
+  private async deliverNow(account: string, clientId: string, batch: Message[]): Promise<void> {
     const target = this.targets.get(clientId);
     if (!target) return;
     if (target.conn) {
@@ -358,7 +478,7 @@ export class TopicRouter extends DurableObject<Env> {
 
   private setTarget(clientId: string, target: TargetRecord): void {
     this.targets.set(clientId, target);
-    void this.ctx.storage.put(targetKey(clientId), target);
+    this.tables.putTarget(clientId, target);
   }
 
   private addSubscription(clientId: string, filter: string, options: SubOptions): void {
@@ -368,9 +488,9 @@ export class TopicRouter extends DurableObject<Env> {
         this.trie.add(shared.filter, sharedKey(shared.group, shared.filter), { qos: 0 });
       }
     } else this.trie.add(filter, clientId, options);
-    let set = this.filtersByClient.get(clientId);
-    if (!set) this.filtersByClient.set(clientId, (set = new Set()));
-    set.add(filter);
+    let filters = this.filtersByClient.get(clientId);
+    if (!filters) this.filtersByClient.set(clientId, (filters = new Map()));
+    filters.set(filter, options);
   }
 
   private removeSubscription(clientId: string, filter: string): void {
@@ -380,65 +500,68 @@ export class TopicRouter extends DurableObject<Env> {
         const key = sharedKey(shared.group, shared.filter);
         this.trie.remove(shared.filter, key);
         // No member left: its queued messages have nowhere to go.
-        const queue = this.groupQueues.get(key);
-        if (queue) void deleteKeys(this.ctx.storage, queue.map((q) => groupQueueKey(q.seq)));
-        this.groupQueues.delete(key);
+        if (this.groupQueued.delete(key)) this.tables.deleteGroup(key);
       }
     } else this.trie.remove(filter, clientId);
-    const set = this.filtersByClient.get(clientId);
-    if (set) {
-      set.delete(filter);
-      if (set.size === 0) this.filtersByClient.delete(clientId);
+    const filters = this.filtersByClient.get(clientId);
+    if (filters) {
+      filters.delete(filter);
+      if (filters.size === 0) this.filtersByClient.delete(clientId);
     }
-    void this.ctx.storage.delete(subscriptionKey(clientId, filter));
+    this.tables.deleteSubscription(clientId, filter);
   }
 
   private removeAllSubscriptions(clientId: string): void {
-    const set = this.filtersByClient.get(clientId);
-    if (!set) return;
-    for (const filter of [...set]) this.removeSubscription(clientId, filter);
+    const filters = this.filtersByClient.get(clientId);
+    if (!filters) return;
+    for (const filter of [...filters.keys()]) this.removeSubscription(clientId, filter);
   }
 
   private forgetNow(clientId: string): void {
     this.removeAllSubscriptions(clientId);
     this.targets.delete(clientId);
-    void this.ctx.storage.delete(targetKey(clientId));
+    this.tables.deleteTarget(clientId);
     log("debug", "router.forget", { clientId });
   }
 
-  // --- admin views (src/http/admin.ts: clients, sessions, retained, stats, metrics) ---
+  // --- admin views (src/http/admin-views.ts: clients, sessions, retained, stats, metrics) ---
 
   /**
-   * One page of the account's retained messages matching `filter`, in topic order;
-   * `cursor` is the last topic of the previous page, and the answer's `cursor` is null on the
+   * One page of this router's retained messages matching `filter`, in topic order; `cursor`
+   * is where the previous page stopped (a topic), and the answer's `cursor` is null on the
    * last page. Payloads up to ADMIN_PAYLOAD_INLINE_BYTES come inline, in base64.
    */
   async listRetained(opts: { filter: string; cursor?: string; limit: number }): Promise<{
     items: Array<{ topic: string; qos: QoS; bytes: number; payloadBase64?: string; expiresAt?: number }>;
     cursor: string | null;
   }> {
-    const { items, more } = this.retained.page(opts.filter, opts.cursor, opts.limit, Date.now());
+    const from = opts.cursor === undefined ? null : { after: opts.cursor };
+    const page = this.retained.page(opts.filter, from, { qos: 2, maxBytes: Number.MAX_SAFE_INTEGER, maxMessages: opts.limit, now: Date.now() });
     return {
-      items: items.map((r) => ({
-        topic: r.topic,
-        qos: r.qos,
-        bytes: r.payload.byteLength,
-        ...(r.payload.byteLength <= ADMIN_PAYLOAD_INLINE_BYTES ? { payloadBase64: base64(r.payload) } : {}),
-        ...(r.expiresAt === undefined ? {} : { expiresAt: r.expiresAt }),
+      items: page.messages.map((m) => ({
+        topic: m.topic,
+        qos: m.qos,
+        bytes: m.payload.byteLength,
+        ...(m.payload.byteLength <= ADMIN_PAYLOAD_INLINE_BYTES ? { payloadBase64: base64(m.payload) } : {}),
+        ...(m.expiresAt === undefined ? {} : { expiresAt: m.expiresAt }),
       })),
-      cursor: more ? (items[items.length - 1]?.topic ?? null) : null,
+      cursor: page.next?.after ?? null,
     };
   }
 
   /** Deletes one retained message (no subscriber is told); false when the topic had none. */
   async deleteRetained(topic: string): Promise<boolean> {
-    return this.retained.delete(topic);
+    const now = Date.now();
+    const found = this.retained.page(topic, null, { qos: 2, maxBytes: Number.MAX_SAFE_INTEGER, maxMessages: 1, now });
+    if (!found.messages.some((m) => m.topic === topic)) return false;
+    this.retained.store({ topic, payload: new Uint8Array(0), qos: 0, retain: true }, now);
+    return true;
   }
 
   /**
-   * One page of the account's sessions as the router routes them, in client id order:
-   * `online` only those with a live connection, `persistent` only those that outlive it.
-   * `conn` is the connection object's id (for its `describe`).
+   * One page of the sessions this router routes to, in client id order: `online` only those
+   * with a live connection, `persistent` only those that outlive it. `conn` is the connection
+   * object's id (for its `describe`). Every shard knows every session: shard 0 answers.
    */
   async listTargets(opts: { cursor?: string; limit: number; only?: "online" | "persistent" }): Promise<{
     items: Array<{ clientId: string; conn: string | null; persistent: boolean; subscriptions: number }>;
@@ -456,22 +579,18 @@ export class TopicRouter extends DurableObject<Env> {
     return { items, cursor: null };
   }
 
-  /** The account's counters and sizes (GET .../stats, GET /admin/v1/metrics): no storage read. */
-  async adminStats(): Promise<{
-    counters: CounterValues;
-    retained: { count: number; bytes: number };
-    subscriptions: number;
-    sessions: { online: number; offline: number };
-  }> {
+  /** This router's counters and sizes (GET .../stats, GET /admin/v1/metrics): no storage read. */
+  async adminStats(): Promise<RouterAdminStats> {
     let online = 0;
     let offline = 0;
     for (const t of this.targets.values()) {
       if (t.conn) online++;
       else if (t.persistent) offline++;
     }
+    const usage = this.retained.usage;
     return {
       counters: this.counters.snapshot(),
-      retained: { count: this.retained.size, bytes: this.retained.bytes() },
+      retained: { count: usage.count, bytes: usage.bytes, monitorEvents: this.retained.size - usage.count },
       subscriptions: this.trie.size,
       sessions: { online, offline },
     };
@@ -483,9 +602,13 @@ export class TopicRouter extends DurableObject<Env> {
     this.persistCounters();
   }
 
-  /** After a publish batch: the unmatched count, one Analytics Engine point, the snapshot when due. */
-  private countBatch(account: string, messages: Message[], matched: boolean[], before: CounterValues | null): void {
-    const unmatched = matched.filter((m) => !m).length;
+  private countRetainedSent(n: number): void {
+    this.counters.add("retainedSent", n);
+    this.counters.add("messagesOut", n);
+  }
+
+  /** After a publish batch: the counts, one Analytics Engine point (`before` is set only with the binding), the snapshot when due. */
+  private countBatch(account: string, messages: Message[], unmatched: number, before: CounterValues | null): void {
     this.counters.add("batches", 1);
     this.counters.add("messagesIn", messages.length);
     this.counters.add("unmatched", unmatched);
@@ -514,8 +637,22 @@ export class TopicRouter extends DurableObject<Env> {
   }
 
   private persistCounters(): void {
-    if (this.counters.due(Date.now())) void this.ctx.storage.put(KEY.counters, this.counters.snapshot());
+    if (!this.counters.due(Date.now())) return;
+    const rows = counterRows(this.counters.values);
+    for (const [key, value] of rows) {
+      if (this.persistedRows.get(key) !== value) this.ctx.storage.sql.exec("INSERT OR REPLACE INTO router_meta (key, value) VALUES (?, ?)", key, value);
+    }
+    this.persistedRows = rows;
   }
+}
+
+/** What `adminStats` answers: one router's (one shard's) figures. */
+export interface RouterAdminStats {
+  counters: CounterValues;
+  /** The retained quota's use (monitoring events apart, as the quota counts them). */
+  retained: { count: number; bytes: number; monitorEvents: number };
+  subscriptions: number;
+  sessions: { online: number; offline: number };
 }
 
 /** Retained payloads up to this size come inline in the admin API's retained pages. */
@@ -531,6 +668,10 @@ function deliveryOf(message: Message, qos: QoS, retain: boolean): Message {
   if (message.props) copy.props = message.props;
   if (message.expiresAt !== undefined) copy.expiresAt = message.expiresAt;
   return copy;
+}
+
+function sameOptions(a: SubOptions | undefined, b: SubOptions): boolean {
+  return a !== undefined && a.qos === b.qos && a.nl === b.nl && a.rap === b.rap && a.rh === b.rh && a.id === b.id;
 }
 
 function minQoS(a: QoS, b: QoS): QoS {

@@ -1,6 +1,7 @@
 import { DurableObject } from "cloudflare:workers";
 import type { Env } from "../env";
-import { limiterStub, routerStub, sessionStub } from "../stubs";
+import { limiterStub, sessionStub } from "../stubs";
+import { accountRouter, shardingOf } from "../router/shards";
 import { DEFAULT_CONFIG, loadConfig, type Config, type ConfigError } from "../config";
 import { configInvalidResponse } from "../http/errors";
 import { errorMessage, log } from "../log";
@@ -333,16 +334,8 @@ export class MqttConnection extends DurableObject<Env> {
 /** The port's services over the real stubs; the account is bound per call site. */
 function stubServices(env: Env, config: Config): Services {
   return {
-    router: (account) => {
-      const stub = routerStub(env, account);
-      return {
-        publish: (messages) => stub.publish(account, messages),
-        subscribe: (clientId, requests, max) => stub.subscribe(clientId, requests, max),
-        unsubscribe: (clientId, filters) => stub.unsubscribe(clientId, filters),
-        attach: (clientId, conn, opts) => stub.attach(account, clientId, conn, opts),
-        detach: (clientId, conn, opts) => stub.detach(account, clientId, conn, opts),
-      };
-    },
+    // The account's router: one object, or ROUTER_SHARDS of them (the port picks the shard per message and filter).
+    router: (account) => accountRouter(env, account, shardingOf(config.limits)),
     session: (account, clientId) => {
       const stub = sessionStub(env, account, clientId);
       return {

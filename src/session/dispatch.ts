@@ -4,28 +4,19 @@
  */
 import type { Packet } from "../protocol/codec";
 import type { Link } from "./link";
-import { log } from "../log";
-import { fullBucket, take } from "../limits/rate";
+import { spendPacket } from "./budget";
 import { onConnect } from "./handlers/connect";
 import { onPublish } from "./handlers/publish";
 import { onPuback, onPubcomp, onPubrec, onPubrel, onPingreq } from "./handlers/acks";
 import { onSubscribe, onUnsubscribe } from "./handlers/subscribe";
 import { onDisconnect } from "./handlers/disconnect";
 
-/** Acknowledgements of the broker's own deliveries: their number is bounded by the in-flight window, not by the client. */
+/** Acknowledgements of the broker's own deliveries: their number is bounded by the in-flight window, not by the client (one that acknowledges nothing is charged in `acks.ts`). */
 const DELIVERY_ACKS: ReadonlySet<Packet["cmd"]> = new Set(["puback", "pubrec", "pubcomp"]);
 
 export async function dispatch(link: Link, packet: Packet): Promise<void> {
-  const att = link.att();
-  const limits = link.config.limits;
-  if (!DELIVERY_ACKS.has(packet.cmd)) {
-    att.packets ??= fullBucket(limits.packetBurst, link.now());
-    if (!take(att.packets, limits.packetRatePerSecond, limits.packetBurst, link.now())) {
-      log("warn", "mqtt.packet_rate_exceeded", { account: att.account, clientId: att.clientId, cmd: packet.cmd, rate: limits.packetRatePerSecond });
-      return link.close("rateExceeded");
-    }
-  }
-  if (att.phase === "connecting") {
+  if (!DELIVERY_ACKS.has(packet.cmd) && !spendPacket(link, packet.cmd)) return link.close("rateExceeded");
+  if (link.att().phase === "connecting") {
     // [MQTT-3.1.0-1]: the first packet must be CONNECT.
     if (packet.cmd !== "connect") return link.close("protocolError");
     return onConnect(link, packet);
@@ -56,3 +47,4 @@ export async function dispatch(link: Link, packet: Packet): Promise<void> {
       return link.close("protocolError");
   }
 }
+

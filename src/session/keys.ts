@@ -1,4 +1,4 @@
-/** Storage keys of the connection and session objects, built in one place (as router/keys.ts does for the router). */
+/** Storage keys of the connection and session objects, built in one place. */
 
 /** Connection object: identity and will from CONNECT (`state.ts` ConnMeta). */
 export const META_KEY = "meta";
@@ -10,6 +10,8 @@ export const RX_KEY = "rx";
 export const ALIASES_KEY = "aliases";
 /** Connection object: a session hand-back that failed at teardown, kept for its retry. */
 export const PENDING_DETACH_KEY = "detach";
+/** Connection object: retained deliveries on subscribe paused until the client acknowledges (`handlers/retained.ts`). */
+export const RETAINED_KEY = "retained";
 /** Connection object: outbound QoS 1/2 records, by sequence. */
 export const OUT_PREFIX = "o:";
 /** Connection object: inbound QoS 2 packet ids between PUBREC and PUBREL. */

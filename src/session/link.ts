@@ -5,7 +5,7 @@
  */
 import type { Config } from "../config";
 import type { ClaimResult, ConnectionMode } from "../auth/identity";
-import type { Handover, Message, RouterAttach, RouterAttached, RouterDetach, SubscriptionRequest } from "../router/messages";
+import type { Handover, Message, RetainedCursor, RetainedPageResult, Routed, RouterAttach, RouterAttached, RouterDetach, Subscribed, SubscriptionRequest } from "../router/messages";
 import type { IConnectPacket, Packet } from "../protocol/codec";
 import type { CloseCause } from "../protocol/codes";
 import type { ConnectDecision, BrowserCredentials } from "./authenticate";
@@ -14,6 +14,7 @@ import type { Bucket } from "../limits/rate";
 import { InboundQos2, Outbox } from "./outbox";
 import { TopicAliases } from "./aliases";
 import { PartialPacket } from "./partial";
+import { PendingRetained } from "./retained";
 
 /** Who a session belongs to. */
 export interface SessionOwner {
@@ -61,9 +62,12 @@ export interface PendingDetach {
 
 /** The account's router, as a connection sees it (the account is bound). */
 export interface RouterPort {
-  /** Routes messages in order; for each, whether any subscription matched it. */
-  publish(messages: Message[]): Promise<boolean[]>;
-  subscribe(clientId: string, requests: SubscriptionRequest[], maxSubscriptions: number): Promise<{ granted: boolean[]; retained: Message[] }>;
+  /** Routes messages in order; for each, what became of it (matched, unmatched, past the retained quota). */
+  publish(messages: Message[]): Promise<Routed[]>;
+  /** Registers subscriptions; the first page of the retained messages they match, and a cursor to the rest. */
+  subscribe(clientId: string, requests: SubscriptionRequest[], maxSubscriptions: number, opts: { pageMessages: number }): Promise<Subscribed>;
+  /** The next page of a retained delivery on subscribe. */
+  retainedPage(cursor: RetainedCursor): Promise<RetainedPageResult>;
   unsubscribe(clientId: string, filters: string[]): Promise<boolean[]>;
   attach(clientId: string, conn: string, opts: RouterAttach): Promise<RouterAttached>;
   detach(clientId: string, conn: string, opts: RouterDetach): Promise<void>;
@@ -136,6 +140,8 @@ export interface ConnState {
   willSuppressed: boolean;
   /** Messages this connection could not encode for its client (dropped, counted). */
   undeliverable: number;
+  /** Retained deliveries on subscribe with pages still to read from the router. */
+  readonly retained: PendingRetained;
 }
 
 export function createConnState(storage: DurableObjectStorage, config: Config): ConnState {
@@ -155,6 +161,7 @@ export function createConnState(storage: DurableObjectStorage, config: Config): 
     closing: null,
     willSuppressed: false,
     undeliverable: 0,
+    retained: new PendingRetained(storage),
   };
 }
 

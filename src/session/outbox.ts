@@ -81,6 +81,13 @@ export class Outbox {
     this.maxInflight = Math.max(1, n);
   }
 
+  /** Messages waiting for room in the window (0 before the outbox is loaded). */
+  waiting(): number {
+    let n = 0;
+    if (this.records) for (const r of this.records.values()) if (r.state === "queued") n++;
+    return n;
+  }
+
   setEphemeral(ephemeral: boolean): void {
     this.ephemeral = ephemeral;
   }

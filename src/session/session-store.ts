@@ -1,6 +1,7 @@
 import { DurableObject } from "cloudflare:workers";
 import type { Env } from "../env";
-import { connectionStub, routerStub } from "../stubs";
+import { connectionStub } from "../stubs";
+import { accountRouter, shardingOf, type AccountRouter } from "../router/shards";
 import { getConfig, loadConfig } from "../config";
 import { errorMessage, log } from "../log";
 import { isMessage, type DeliverResult, type Message } from "../router/messages";
@@ -146,7 +147,7 @@ export class MqttSession extends DurableObject<Env> {
     this.saveMeta(meta);
     await this.ctx.storage.deleteAlarm();
     if (endedWill) {
-      await routerStub(this.env, account).publish(account, [endedWill]).catch((err: unknown) => log("warn", "session.will_failed", { clientId, error: errorMessage(err) }));
+      await this.router(account).publish([endedWill]).catch((err: unknown) => log("warn", "session.will_failed", { clientId, error: errorMessage(err) }));
     }
 
     // A taken-over connection hands over its unfinished messages in pages: the first comes with
@@ -223,7 +224,7 @@ export class MqttSession extends DurableObject<Env> {
     if (meta?.identity?.kind === owner.kind && meta.identity.id === owner.id) return;
     if (meta?.owner) await connectionStub(this.env, meta.owner).close("notAuthorized").catch(() => false);
     if (meta) {
-      await routerStub(this.env, account).forget(clientId);
+      await this.router(account).forget(clientId);
       await this.ctx.storage.deleteAll();
     }
     this.saveMeta(reservedMeta(account, clientId, owner));
@@ -327,7 +328,7 @@ export class MqttSession extends DurableObject<Env> {
     if (!meta || meta.owner) return;
     const now = Date.now();
     if (meta.will && meta.willAt !== null && meta.willAt <= now) {
-      await routerStub(this.env, meta.account).publish(meta.account, [meta.will]);
+      await this.router(meta.account).publish([meta.will]);
       meta.will = null;
       meta.willAt = null;
       this.saveMeta(meta);
@@ -336,7 +337,7 @@ export class MqttSession extends DurableObject<Env> {
       this.scheduleAlarm(meta);
       return;
     }
-    await routerStub(this.env, meta.account).forget(meta.clientId);
+    await this.router(meta.account).forget(meta.clientId);
     this.announce(meta, "SESSION_EXPIRY_SECONDS", `session expired after ${meta.expirySeconds} s offline`);
     await this.ctx.storage.deleteAll();
     this.meta = null;
@@ -348,10 +349,15 @@ export class MqttSession extends DurableObject<Env> {
   private announce(meta: SessionMeta, limit: string, reason: string): void {
     const facts = { clientId: meta.clientId, user: "", addr: "", protocol: "", connectedAt: null };
     this.ctx.waitUntil(
-      routerStub(this.env, meta.account)
-        .publish(meta.account, [limitEvent(facts, Date.now(), limit, reason)])
+      this.router(meta.account)
+        .publish([limitEvent(facts, Date.now(), limit, reason)])
         .catch((err: unknown) => log("warn", "session.announce_failed", { clientId: meta.clientId, error: errorMessage(err) })),
     );
+  }
+
+  /** The account's router (its shards, if any). */
+  private router(account: string): AccountRouter {
+    return accountRouter(this.env, account, shardingOf(getConfig(this.env).limits));
   }
 
   /** The one alarm: the earlier of the delayed will and the session expiry. */

@@ -2,13 +2,14 @@
  * Hostile or careless clients with ordinary credentials: each attack gets its answer, and a
  * bystander in the same account and one in another account lose nothing.
  */
-import { describe, it, expect } from "vitest";
+import { describe, it, expect, inject } from "vitest";
 import type { MqttClient } from "mqtt";
 import { connect, connectCollecting, end, subscribe, uid, waitFor, type Received } from "../helpers/mqtt";
 import type { Packet } from "mqtt-packet";
 import { RawClient } from "../helpers/raw";
 import { encode } from "../helpers/bytes";
 import { createDevice, deviceTopic, mintToken } from "../helpers/admin";
+import { monitor } from "../helpers/monitor";
 
 /** A subscriber that must keep receiving whatever the attacker does. */
 async function bystander(account: string): Promise<{ client: MqttClient; got: Received[]; topic: string }> {
@@ -240,5 +241,90 @@ describe("poison properties", () => {
     await stillServed(other);
     for (const c of [live, pub, back, late]) c.close();
     await end(other.client);
+  });
+});
+
+describe("retained messages: pages and the account's quota", () => {
+  /** A JWT user of `account` (account-wide rights) on a raw client. */
+  async function rawUser(account: string, version: 4 | 5): Promise<{ raw: RawClient; id: string }> {
+    const id = uid("ret");
+    const { raw, code } = await rawConnect(version, id, id, await mintToken(account, id), true);
+    expect(code).toBe(0);
+    return { raw, id };
+  }
+
+  it("60 retained messages of 120 KiB (7 MiB, many pages) reach a wildcard subscriber complete at QoS 1 and at QoS 0, in topic order; bystanders are served", async () => {
+    const account = uid("acc");
+    const same = await bystander(account);
+    const other = await bystander(uid("acc"));
+    const subject = uid("hoarder");
+    const pub = await connect({ clientId: subject, username: subject, password: await mintToken(account, subject), protocolVersion: 4 });
+    const topics = Array.from({ length: 60 }, (_, i) => `hoard/${String(i).padStart(3, "0")}`);
+    for (const [i, topic] of topics.entries()) await pub.publishAsync(topic, Buffer.alloc(120 * 1024, 65 + (i % 26)), { qos: 1, retain: true });
+    for (const qos of [1, 0] as const) {
+      const id = uid("reader");
+      const reader = await connectCollecting({ clientId: id, username: id, password: await mintToken(account, id), protocolVersion: 4 });
+      await subscribe(reader.client, "hoard/#", qos);
+      await waitFor(() => reader.got.length >= 60, `60 retained messages at QoS ${qos} (got ${reader.got.length})`, 30_000);
+      expect(reader.got.map((m) => m.topic)).toEqual(topics);
+      expect(reader.got.every((m) => m.retain && m.payload.length === 120 * 1024)).toBe(true);
+      await end(reader.client);
+    }
+    await stillServed(same);
+    await stillServed(other);
+    await end(pub, same.client, other.client);
+  });
+
+  it("past MAX_RETAINED_BYTES (16 MiB in the test broker) a retained publish is refused: MQTT 5 PUBACK 0x97, 3.1.1 acknowledged and dropped, HTTP 413, each with a LimitExceeded event; nothing of it is delivered; deleting frees room; bystanders unaffected", async () => {
+    const account = uid("acc");
+    const mon = await monitor(account);
+    const same = await bystander(account);
+    const other = await bystander(uid("acc"));
+    const watcherId = uid("watcher");
+    const watcher = await connectCollecting({ clientId: watcherId, username: watcherId, password: await mintToken(account, watcherId), protocolVersion: 4 });
+    await subscribe(watcher.client, "full/#", 1);
+
+    const v5 = await rawUser(account, 5);
+    const payload = Buffer.alloc(120 * 1024, 0x61);
+    const codes: Array<number | undefined> = [];
+    for (let i = 1; i <= 140; i++) {
+      v5.raw.send({ cmd: "publish", topic: `full/${i}`, payload, qos: 1, retain: true, messageId: i, dup: false, properties: {} });
+      const ack = (await v5.raw.next("puback")) as { messageId?: number; reasonCode?: number };
+      codes.push(ack.reasonCode);
+    }
+    const refused = codes.filter((c) => c === 0x97).length;
+    expect(refused).toBeGreaterThan(0);
+    expect(codes.indexOf(0x97)).toBe(140 - refused); // the quota holds from one message on
+    expect(await mon.waitEvent(v5.id, "LimitExceeded")).toMatchObject({ Limit: "MAX_RETAINED_MESSAGES/MAX_RETAINED_BYTES" });
+
+    const v4 = await rawUser(account, 4);
+    v4.raw.send({ cmd: "publish", topic: "full/v4", payload, qos: 1, retain: true, messageId: 1, dup: false });
+    expect(await v4.raw.next("puback")).toMatchObject({ messageId: 1 });
+    expect(await mon.waitEvent(v4.id, "LimitExceeded")).toMatchObject({ Limit: "MAX_RETAINED_MESSAGES/MAX_RETAINED_BYTES" });
+
+    const httpToken = await mintToken(account, uid("http"));
+    const http = await fetch(`${inject("brokerUrl")}/api/v1/messages?topic=full/http&qos=1&retain=true`, { method: "POST", headers: { authorization: `Bearer ${httpToken}` }, body: payload });
+    expect(http.status).toBe(413);
+    expect(await http.json()).toMatchObject({ error: { code: "retained_quota_exceeded" } });
+
+    // The watcher got the accepted ones only; a non-retained publish still flows.
+    await waitFor(() => watcher.got.length >= 140 - refused, `the ${140 - refused} accepted messages`, 30_000);
+    v4.raw.send({ cmd: "publish", topic: "full/live", payload: Buffer.from("live"), qos: 1, retain: false, messageId: 2, dup: false });
+    await v4.raw.next("puback");
+    await waitFor(() => watcher.got.some((m) => m.topic === "full/live"), "the non-retained publish");
+    const refusedTopics = new Set([...codes.flatMap((c, i) => (c === 0x97 ? [`full/${i + 1}`] : [])), "full/v4", "full/http"]);
+    expect(watcher.got.filter((m) => refusedTopics.has(m.topic))).toEqual([]);
+
+    // An empty retained payload deletes one, and makes room for one more.
+    v5.raw.send({ cmd: "publish", topic: "full/1", payload: Buffer.alloc(0), qos: 1, retain: true, messageId: 1000, dup: false, properties: {} });
+    expect(((await v5.raw.next("puback")) as { reasonCode?: number }).reasonCode ?? 0).toBeLessThan(0x80);
+    v5.raw.send({ cmd: "publish", topic: "full/again", payload, qos: 1, retain: true, messageId: 1001, dup: false, properties: {} });
+    expect(((await v5.raw.next("puback")) as { reasonCode?: number }).reasonCode ?? 0).toBeLessThan(0x80);
+
+    await stillServed(same);
+    await stillServed(other);
+    v4.raw.close();
+    v5.raw.close();
+    await end(watcher.client, mon.client, same.client, other.client);
   });
 });

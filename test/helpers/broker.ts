@@ -18,6 +18,8 @@ export const TEST_VARS = {
   DEVICE_PEPPER: "e2e-device-pepper",
   KEEPALIVE_MIN_SECONDS: "0",
   MAX_QUEUED_MESSAGES: "50",
+  /** Retained bytes per account: the quota test (test/e2e/hostile.test.ts) fills one account's. */
+  MAX_RETAINED_BYTES: "16777216",
   /** The TCP bridge's shared secret (test/e2e/bridge.test.ts). */
   BRIDGE_TOKEN: "e2e-bridge-token-0123456789",
 };

@@ -1,13 +1,13 @@
 import { describe, expect, it } from "vitest";
 import { prometheusText, type AccountStats } from "../../src/monitoring/prometheus";
-import { RouterCounters, emptyCounters, readCounters, PERSIST_INTERVAL_MS } from "../../src/router/counters";
+import { RouterCounters, counterRows, emptyCounters, readCounters, rowsToCounters, PERSIST_INTERVAL_MS } from "../../src/router/counters";
 import { batchPoint, connectionPoint } from "../../src/monitoring/analytics";
 
 function stats(accountId: string): AccountStats {
   const counters = emptyCounters(1_700_000_000_500);
   counters.messagesIn = 7;
   counters.drops.queueFull = 2;
-  return { accountId, counters, retained: { count: 3, bytes: 120 }, subscriptions: 4, sessions: { online: 1, offline: 2 } };
+  return { accountId, counters, retained: { count: 3, bytes: 120, monitorEvents: 1 }, subscriptions: 4, sessions: { online: 1, offline: 2 } };
 }
 
 describe("prometheusText", () => {
@@ -50,6 +50,19 @@ describe("RouterCounters", () => {
     expect(readCounters(undefined, 5)).toEqual(emptyCounters(5));
     const read = readCounters({ messagesIn: 4, unmatched: "x", drops: { queueFull: 1, bogus: 9 }, since: 3 }, 5);
     expect(read).toEqual({ ...emptyCounters(3), messagesIn: 4, drops: { ...emptyCounters(3).drops, queueFull: 1 } });
+  });
+});
+
+describe("counter rows (the router_meta snapshot)", () => {
+  it("round-trip every field and drop reason as integer rows", () => {
+    const v = emptyCounters(1234);
+    v.messagesIn = 9;
+    v.drops.sharedQueueFull = 4;
+    const rows = counterRows(v);
+    expect(rows.get("counter.messagesIn")).toBe(9);
+    expect(rows.get("counter.drops.sharedQueueFull")).toBe(4);
+    const back = readCounters(rowsToCounters([...rows].map(([key, value]) => ({ key, value }))), 0);
+    expect(back).toEqual(v);
   });
 });
 

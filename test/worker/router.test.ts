@@ -18,10 +18,11 @@ describe("TopicRouter in workerd", () => {
     expect(await router.stats()).toEqual({ subscriptions: 2, sessions: 1, retained: 1, dropped: 0 });
 
     await runInDurableObject(router, async (_instance, state) => {
-      const keys = [...(await state.storage.list()).keys()].sort();
-      expect(keys.some((k) => k.startsWith("s:c1\u0000"))).toBe(true);
-      expect(keys).toContain("t:c1");
-      expect(keys).toContain("r:a/b");
+      const sql = state.storage.sql;
+      expect(sql.exec("SELECT client_id, filter FROM subscriptions ORDER BY filter").toArray()).toEqual([{ client_id: "c1", filter: "#" }, { client_id: "c1", filter: "a/+" }]);
+      expect(sql.exec("SELECT client_id, persistent FROM targets").toArray()).toEqual([{ client_id: "c1", persistent: 1 }]);
+      expect(sql.exec("SELECT topic, qos FROM retained").toArray()).toEqual([{ topic: "a/b", qos: 1 }]);
+      expect((await state.storage.list()).size).toBe(0); // nothing in the key-value layer
     });
     // Drop every object's in-memory state as an eviction would; the constructor reloads from storage.
     await abortAllDurableObjects();
@@ -58,7 +59,8 @@ describe("TopicRouter in workerd", () => {
     const before = await router.adminStats();
     expect(before.counters).toMatchObject({ messagesIn: 2, unmatched: 2, batches: 1 });
     await runInDurableObject(router, async (_instance, state) => {
-      expect(await state.storage.get("c:counters")).toMatchObject({ messagesIn: 2, batches: 1 });
+      const rows = state.storage.sql.exec("SELECT key, value FROM router_meta WHERE key IN ('counter.messagesIn', 'counter.batches') ORDER BY key").toArray();
+      expect(rows).toEqual([{ key: "counter.batches", value: 1 }, { key: "counter.messagesIn", value: 2 }]);
     });
     await abortAllDurableObjects();
     const after = await routerStub(E, account).adminStats();
@@ -116,5 +118,128 @@ describe("TopicRouter in workerd", () => {
     await router.attach(account, "c", newConn, { cleanStart: false, persistent: true });
     await router.detach(account, "c", oldConn, { persistent: false }); // late detach of the taken-over connection
     expect(await router.stats()).toMatchObject({ subscriptions: 1, sessions: 1 });
+  });
+
+  it("moves a router written in the key-value layout into its tables on the first wake, once", async () => {
+    const account = `acc-${crypto.randomUUID()}`;
+    const router = routerStub(E, account);
+    await runInDurableObject(router, async (_instance, state) => {
+      // As the layout before SQLite tables wrote them; the schema marker removed so the next wake migrates.
+      await state.storage.put({
+        "s:old\u0000k/#": { qos: 1, nl: true },
+        "t:old": { conn: null, persistent: true },
+        "r:k/1": { payload: bytes("legacy"), qos: 1, props: { contentType: "text/plain", correlationData: bytes("cd") } },
+        "r:$SYS/mon/old": { payload: bytes("{}"), qos: 0 },
+        "g:0000000000000007": { key: "\u0000grp\u0000k/#", message: { topic: "k/2", payload: bytes("queued"), qos: 1, retain: false } },
+      });
+      state.storage.sql.exec("DELETE FROM router_meta");
+    });
+    await abortAllDurableObjects();
+    const woke = routerStub(E, account);
+    expect(await woke.stats()).toMatchObject({ subscriptions: 1, sessions: 1, retained: 2 });
+    const { retained } = await woke.subscribe("reader", [{ filter: "k/#", qos: 1 }], 10);
+    expect(retained).toHaveLength(1);
+    expect(retained[0]).toMatchObject({ topic: "k/1", qos: 1, retain: true, props: { contentType: "text/plain" } });
+    expect(new TextDecoder().decode(retained[0]?.props?.correlationData)).toBe("cd");
+    await runInDurableObject(woke, async (_instance, state) => {
+      expect((await state.storage.list()).size).toBe(0);
+      expect(state.storage.sql.exec("SELECT share, topic FROM group_queue").toArray()).toEqual([{ share: "\u0000grp\u0000k/#", topic: "k/2" }]);
+    });
+  });
+
+  it("retained delivery on subscribe comes in pages bounded in bytes and messages, in topic order, across filters, from the filter's prefix only", async () => {
+    const account = `acc-${crypto.randomUUID()}`;
+    const router = routerStub(E, account);
+    const big = "x".repeat(90_000); // 6 fit in a 512 KiB page
+    const publishes: Message[] = [];
+    for (let i = 0; i < 14; i++) publishes.push(msg(`p/${String(i).padStart(2, "0")}`, big, 1, true));
+    publishes.push(msg("other/1", "small", 1, true), msg("other/2", "small", 0, true), msg("pa/1", "near the prefix", 1, true));
+    for (const m of publishes) await router.publish(account, [m]);
+    const first = await router.subscribe("pager", [{ filter: "p/#", qos: 1, id: 7 }, { filter: "other/+", qos: 0 }], 10, { pageMessages: 100 });
+    const pages = [first.retained];
+    let more = first.more;
+    while (more) {
+      const page = await router.retainedPage(more);
+      pages.push(page.messages);
+      more = page.more;
+    }
+    const topics = pages.flat().map((m) => m.topic);
+    expect(topics).toEqual([...Array.from({ length: 14 }, (_, i) => `p/${String(i).padStart(2, "0")}`), "other/1", "other/2"]);
+    for (const page of pages) expect(page.reduce((n, m) => n + m.payload.byteLength, 0)).toBeLessThanOrEqual(600_000);
+    expect(pages.length).toBeGreaterThanOrEqual(3);
+    expect(pages.flat()[0]).toMatchObject({ qos: 1, retain: true, subIds: [7] });
+    expect(pages.flat().at(-1)).toMatchObject({ topic: "other/2", qos: 0 });
+    // A message count bound too (the subscriber's outbox room).
+    const counted = await router.subscribe("counter", [{ filter: "other/#", qos: 1 }, { filter: "pa/1", qos: 1 }], 10, { pageMessages: 1 });
+    expect(counted.retained.map((m) => m.topic)).toEqual(["other/1"]);
+    const rest = await router.retainedPage(counted.more ?? { subs: [], after: null, limit: 1 });
+    expect(rest.messages.map((m) => m.topic)).toEqual(["other/2"]);
+    const last = await router.retainedPage(rest.more ?? { subs: [], after: null, limit: 1 });
+    expect(last).toMatchObject({ more: null });
+    expect(last.messages.map((m) => m.topic)).toEqual(["pa/1"]);
+  });
+
+  it("bounds retained messages per account in count and bytes (MAX_RETAINED_MESSAGES 20, MAX_RETAINED_BYTES 2000000): past it a retained publish is refused, neither stored nor delivered; deletes and replacements that do not grow are taken; another account is untouched", async () => {
+    const account = `acc-${crypto.randomUUID()}`;
+    const router = routerStub(E, account);
+    const conn = E.CONNECTION.newUniqueId().toString();
+    await router.attach(account, "live", conn, { cleanStart: true, persistent: false });
+    for (let i = 0; i < 20; i++) expect(await router.publish(account, [msg(`q/${i}`, "v", 0, true)])).toEqual(["unmatched"]);
+    expect(await router.publish(account, [msg("q/20", "v", 0, true), msg("q/plain", "not retained", 0)])).toEqual(["quota", "unmatched"]);
+    expect(await router.publish(account, [msg("q/3", "w", 0, true)])).toEqual(["unmatched"]); // same size: replaced
+    expect(await router.publish(account, [msg("q/4", "", 0, true)])).toEqual(["unmatched"]); // deleted
+    expect(await router.publish(account, [msg("q/20", "v", 0, true)])).toEqual(["unmatched"]); // room again
+    // Monitoring events do not count against the quota.
+    expect(await router.publish(account, [msg("$SYS/mon/x", "{}", 0, true)])).toEqual(["unmatched"]);
+    const { retained } = await router.subscribe("reader", [{ filter: "q/#", qos: 0 }], 10);
+    expect(retained).toHaveLength(20);
+    expect(retained.find((m) => m.topic === "q/3")?.payload).toEqual(bytes("w"));
+
+    const bytesAccount = `acc-${crypto.randomUUID()}`;
+    const other = routerStub(E, bytesAccount);
+    const large = "y".repeat(600_000);
+    expect(await other.publish(bytesAccount, [msg("b/1", large, 1, true), msg("b/2", large, 1, true), msg("b/3", large, 1, true)])).toEqual(["unmatched", "unmatched", "unmatched"]);
+    expect(await other.publish(bytesAccount, [msg("b/4", large, 1, true)])).toEqual(["quota"]);
+    expect(await other.publish(bytesAccount, [msg("b/1", "y".repeat(900_000), 1, true)])).toEqual(["quota"]); // grows past the bound
+    expect(await other.publish(bytesAccount, [msg("b/1", "small", 1, true)])).toEqual(["unmatched"]); // shrinks: taken
+    // The quota is kept across a restart of the object.
+    await abortAllDurableObjects();
+    expect(await routerStub(E, account).publish(account, [msg("q/21", "v", 0, true)])).toEqual(["quota"]);
+    expect(await routerStub(E, bytesAccount).publish(bytesAccount, [msg("b/4", large, 1, true)])).toEqual(["unmatched"]);
+  });
+
+  it("purges expired retained messages in the background (the router's alarm) and as reads meet them", async () => {
+    const account = `acc-${crypto.randomUUID()}`;
+    const router = routerStub(E, account);
+    const soon = { ...msg("e/1", "short-lived", 0, true), expiresAt: Date.now() + 300 };
+    await router.publish(account, [soon, msg("e/2", "stays", 0, true)]);
+    expect((await router.stats()).retained).toBe(2);
+    await new Promise((r) => setTimeout(r, 400));
+    await runDurableObjectAlarm(router); // may have run on its own already
+    expect((await router.stats()).retained).toBe(1);
+    const { retained } = await router.subscribe("r", [{ filter: "e/#", qos: 0 }], 10);
+    expect(retained.map((m) => m.topic)).toEqual(["e/2"]);
+  });
+
+  it("fan-in coalescing: concurrent publisher batches for one target lose nothing and keep each publisher's order", async () => {
+    const account = `acc-${crypto.randomUUID()}`;
+    const router = routerStub(E, account);
+    const session = sessionStub(E, account, "sink");
+    const conn = E.CONNECTION.newUniqueId().toString(); // no socket: "gone", so the batches end in the session's queue
+    await session.attach(account, "sink", conn, { cleanStart: false, expirySeconds: 3600, identity: { kind: "anonymous", id: "anonymous" } });
+    await router.attach(account, "sink", conn, { cleanStart: false, persistent: true });
+    await router.subscribe("sink", [{ filter: "f/#", qos: 1 }], 10);
+    const publishers = Array.from({ length: 5 }, (_, p) => Array.from({ length: 4 }, (_, i) => [msg(`f/${p}`, `${p}:${i}`, 1)]));
+    await Promise.all(publishers.map(async (batches) => { for (const b of batches) await router.publish(account, b); }));
+    expect(await session.stats()).toMatchObject({ queued: 20 });
+    await runInDurableObject(session, async (_instance, state) => {
+      const queued = [...(await state.storage.list({ prefix: "q:" })).values()] as Message[];
+      const seen = new Map<string, number[]>();
+      for (const m of queued) {
+        const [p = "", i = ""] = new TextDecoder().decode(m.payload).split(":");
+        seen.set(p, [...(seen.get(p) ?? []), Number(i)]);
+      }
+      for (let p = 0; p < 5; p++) expect(seen.get(String(p))).toEqual([0, 1, 2, 3]);
+    });
   });
 });

@@ -8,10 +8,12 @@ import type { AckResult } from "../outbox";
 import type { Link } from "../link";
 import { transmit } from "./deliver";
 import { releaseInbound } from "./publish";
+import { resumeRetained } from "./retained";
+import { spendPacket } from "../budget";
 
 /** PUBACK ends a QoS 1 delivery [MQTT-4.3.2]; the window may admit the next message. */
 export async function onPuback(link: Link, packet: IPubackPacket): Promise<void> {
-  await settle(link, await link.state.outbox.complete(packet.messageId ?? 0, "puback"));
+  await settle(link, await link.state.outbox.complete(packet.messageId ?? 0, "puback"), "puback");
 }
 
 /**
@@ -27,23 +29,28 @@ export async function onPubrec(link: Link, packet: IPubrecPacket): Promise<void>
   const result = await link.state.outbox.received(pid, failed);
   if (result.kind === "released") link.send({ cmd: "pubrel", messageId: pid });
   else if (result.kind === "unknown") {
+    if (!spendPacket(link, "pubrec")) return link.close("rateExceeded");
     if (!failed) link.send(v5 ? { cmd: "pubrel", messageId: pid, reasonCode: V5.packetIdNotFound } : { cmd: "pubrel", messageId: pid });
-  } else await settle(link, result);
+  } else await settle(link, result, "pubrec");
 }
 
 /** PUBCOMP ends a QoS 2 delivery after its PUBREL [MQTT-4.3.3]. */
 export async function onPubcomp(link: Link, packet: IPubcompPacket): Promise<void> {
-  await settle(link, await link.state.outbox.complete(packet.messageId ?? 0, "pubcomp"));
+  await settle(link, await link.state.outbox.complete(packet.messageId ?? 0, "pubcomp"), "pubcomp");
 }
 
 /**
  * Applies the outcome of an acknowledgement that may end a delivery: the next messages go out;
  * one for an id with no delivery is ignored (a late duplicate); one that is not this delivery's
  * (PUBREC for QoS 1, PUBACK for QoS 2, PUBCOMP before PUBREL) is a protocol error, as mosquitto has it.
+ * One that acknowledges nothing is charged to the packet budget (a flood of them is the client's own).
  */
-async function settle(link: Link, result: AckResult): Promise<void> {
-  if (result.kind === "done") await transmit(link, result.next);
-  else if (result.kind === "unexpected") await link.close("protocolError");
+async function settle(link: Link, result: AckResult, cmd: "puback" | "pubrec" | "pubcomp"): Promise<void> {
+  if (result.kind === "done") {
+    await transmit(link, result.next);
+    await resumeRetained(link);
+  } else if (result.kind === "unexpected") await link.close("protocolError");
+  else if (result.kind === "unknown" && !spendPacket(link, cmd)) await link.close("rateExceeded");
 }
 
 /** PUBREL releases an inbound QoS 2 message: now it is routed, then PUBCOMP (`publish.ts`). */

@@ -13,7 +13,9 @@ import type { IPublishPacket } from "../../protocol/codec";
 import { V5 } from "../../protocol/codes";
 import { toBytes } from "../../protocol/bytes";
 import { errorMessage, log } from "../../log";
-import type { Message } from "../../router/messages";
+import type { Message, Routed } from "../../router/messages";
+import { limitEvent } from "../../monitoring/events";
+import { connectionFacts } from "../state";
 import { canPublish, type Acl } from "../../topics/acl";
 import { validateTopicName } from "../../topics/topic";
 import { forwardedProps, payloadFormatValid } from "../properties";
@@ -132,7 +134,9 @@ export function decidePublish(packet: IPublishPacket, topic: string, payload: Ui
 /**
  * Sends queued publishes to the router, one call at a time, then their acknowledgements. MQTT 5:
  * a QoS 1 message no subscription matched gets PUBACK 0x10 No matching subscribers (as mosquitto
- * and EMQX answer; the router says so per message).
+ * and EMQX answer; the router says so per message), one past the account's retained quota
+ * 0x97 Quota exceeded (3.1.1: a plain PUBACK, the message dropped); a quota refusal also
+ * publishes a `LimitExceeded` monitoring event.
  */
 export async function flushPublishes(link: Link): Promise<void> {
   const state = link.state;
@@ -152,10 +156,11 @@ export async function flushPublishes(link: Link): Promise<void> {
         return message;
       });
       const messages = carried.flatMap((m) => (m ? [m] : []));
-      const matched = messages.length > 0 ? await routeCall(link, messages, released) : [];
+      const outcomes = messages.length > 0 ? await routeCall(link, messages, released) : [];
+      if (outcomes.includes("quota")) await reportQuota(link, messages.filter((_, i) => outcomes[i] === "quota").length);
       let routed = 0;
       for (const [i, { ack, reason }] of batch.entries()) {
-        const hit = carried[i] ? matched[routed++] !== false : true;
+        const outcome: Routed = carried[i] ? (outcomes[routed++] ?? "matched") : "matched";
         if (!ack) continue;
         if (ack.cmd === "pubcomp") {
           // Released durably before PUBCOMP: a PUBREL resent after a crash finds nothing to route again.
@@ -164,7 +169,7 @@ export async function flushPublishes(link: Link): Promise<void> {
           continue;
         }
         state.inboundPending--;
-        const code = reason ?? (v5 && !hit ? V5.noMatchingSubscribers : undefined);
+        const code = reason ?? (!v5 ? undefined : outcome === "quota" ? V5.quotaExceeded : outcome === "unmatched" ? V5.noMatchingSubscribers : undefined);
         link.send(v5 && code !== undefined ? { cmd: "puback", messageId: ack.packetId, reasonCode: code } : { cmd: "puback", messageId: ack.packetId });
       }
     }
@@ -183,12 +188,12 @@ export async function flushPublishes(link: Link): Promise<void> {
  * (the teardown waits for `routingCall`), so a message is routed by the call or by the teardown,
  * never by both.
  */
-function routeCall(link: Link, messages: Message[], released: number[]): Promise<boolean[]> {
+function routeCall(link: Link, messages: Message[], released: number[]): Promise<Routed[]> {
   const state = link.state;
   const call = link.services.router(link.att().account).publish(messages).then(
-    (matched) => {
+    (outcomes) => {
       state.inboundQos2.settle(released, true);
-      return matched;
+      return outcomes;
     },
     (err: unknown) => {
       state.inboundQos2.settle(released, false);
@@ -199,4 +204,13 @@ function routeCall(link: Link, messages: Message[], released: number[]): Promise
   return call.finally(() => {
     if (state.routingCall === call) state.routingCall = null;
   });
+}
+
+/** Retained publishes the router refused (the account's retained quota is full): one `LimitExceeded` event per batch. */
+async function reportQuota(link: Link, refused: number): Promise<void> {
+  const att = link.att();
+  const meta = await link.meta();
+  log("warn", "mqtt.retained_quota_exceeded", { account: att.account, clientId: att.clientId, refused });
+  const event = limitEvent(connectionFacts(meta), link.now(), "MAX_RETAINED_MESSAGES/MAX_RETAINED_BYTES", `${refused} retained publish(es) refused: the account's retained quota is full`);
+  await link.services.router(att.account).publish([event]).catch((err: unknown) => log("warn", "mqtt.limit_event_failed", { clientId: att.clientId, error: errorMessage(err) }));
 }

@@ -7,12 +7,12 @@ import type { ISubscribePacket, IUnsubscribePacket, ProtocolVersion } from "../.
 import { V5, subackFailure } from "../../protocol/codes";
 import { log } from "../../log";
 import { limitEvent } from "../../monitoring/events";
-import type { Message, QoS, SubscriptionRequest } from "../../router/messages";
+import type { Message, QoS, Subscribed, SubscriptionRequest } from "../../router/messages";
 import { canSubscribe, type Acl } from "../../topics/acl";
 import { validateTopicFilter } from "../../topics/topic";
 import { connectionFacts } from "../state";
 import type { Link } from "../link";
-import { deliverMessages } from "./deliver";
+import { deliverRetained, retainedPageMessages } from "./retained";
 
 /** What to do with one SUBSCRIBE, decided before the router is asked. */
 export type SubscribePlan =
@@ -83,14 +83,14 @@ export async function onSubscribe(link: Link, packet: ISubscribePacket): Promise
   const { codes, requests, slots } = plan;
   for (const filter of plan.denied) log("info", "mqtt.subscribe_denied", { account: att.account, clientId: att.clientId, filter });
   const router = link.services.router(att.account);
-  let retained: Message[] = [];
+  let retained: Subscribed | null = null;
   const limitEvents: Message[] = [];
   if (packet.subscriptions.length > limits.maxFiltersPerSubscribe) {
     const past = packet.subscriptions.length - limits.maxFiltersPerSubscribe;
     limitEvents.push(limitEvent(connectionFacts(meta), link.now(), "MAX_FILTERS_PER_SUBSCRIBE", `${past} filter(s) past the limit refused`));
   }
   if (requests.length > 0) {
-    const result = await router.subscribe(att.clientId, requests, limits.maxSubscriptions);
+    const result = await router.subscribe(att.clientId, requests, limits.maxSubscriptions, { pageMessages: retainedPageMessages(limits) });
     let refused = 0;
     result.granted.forEach((ok, i) => {
       const at = slots[i];
@@ -100,11 +100,11 @@ export async function onSubscribe(link: Link, packet: ISubscribePacket): Promise
       }
     });
     if (refused > 0) limitEvents.push(limitEvent(connectionFacts(meta), link.now(), "MAX_SUBSCRIPTIONS", `${refused} subscription(s) past the limit refused`));
-    retained = result.retained;
+    retained = result;
   }
   link.send({ cmd: "suback", messageId: packet.messageId, granted: codes });
   if (limitEvents.length > 0) await router.publish(limitEvents);
-  if (retained.length > 0) await deliverMessages(link, retained);
+  if (retained) await deliverRetained(link, retained.retained, retained.more);
 }
 
 /** UNSUBSCRIBE: MQTT 5 says per filter whether a subscription existed [MQTT-3.11.3]. */

@@ -23,6 +23,11 @@ export interface TeardownInput {
   resumed: boolean;
   /** Inbound QoS 2 messages received (PUBREC sent) whose PUBREL never came: the broker owns them, so they are routed now. */
   unreleased: Message[];
+  /**
+   * Publishes received but still waiting for the router call in flight when the connection
+   * ended: routed now, not lost (QoS 1 ones were not acknowledged, so a resend may repeat them: at least once).
+   */
+  queued?: Message[];
   /** An admin close that asked for no will. */
   willSuppressed: boolean;
   /** The connection got its CONNACK 0 (default). A refused one publishes nothing: no will, no Disconnect event. */
@@ -67,7 +72,7 @@ export function planTeardown(input: TeardownInput): TeardownPlan {
   const { meta, cause, handBack, unfinished } = input;
   const info = CLOSE_CAUSES[cause];
   const persistent = meta.expirySeconds > 0;
-  const announce: Message[] = [...input.unreleased];
+  const announce: Message[] = [...input.unreleased, ...(input.queued ?? [])];
   let delayedWill: SessionDetach["delayedWill"];
   if (info.publishWill && meta.will && !input.willSuppressed && input.connected !== false && !input.resumed) {
     const delay = Math.min(meta.willDelaySeconds, meta.expirySeconds);
@@ -131,6 +136,9 @@ async function runTeardown(link: Link, cause: CloseCause, handBack: boolean, res
   }
   // A router call in flight decides which released QoS 2 messages are routed already.
   await state.routingCall?.catch(() => undefined);
+  // What waited behind that call is routed with the announcements (a released QoS 2 entry carries
+  // no message: `unrouted` has it). The batcher stops on `closing`, so nothing goes twice.
+  const queued = state.publishQueue.splice(0).flatMap((p) => (p.message ? [p.message] : []));
   const meta = await link.readMeta();
   let handover: Handover = { messages: [], inboundQos2: [] };
   if (meta) {
@@ -138,6 +146,7 @@ async function runTeardown(link: Link, cause: CloseCause, handBack: boolean, res
     const plan = planTeardown({
       meta, cause, handBack, resumed,
       unreleased: await state.inboundQos2.unrouted(),
+      queued,
       willSuppressed: state.willSuppressed,
       connected: wasConnected,
       traffic: att?.traffic ?? NO_TRAFFIC,

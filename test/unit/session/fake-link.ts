@@ -6,7 +6,7 @@
 import { DEFAULT_LIMITS, type Config } from "../../../src/config";
 import { decodePacket, readFrames, type Packet, type ProtocolVersion } from "../../../src/protocol/codec";
 import type { CloseCause } from "../../../src/protocol/codes";
-import type { Message, RouterAttach, RouterAttached, RouterDetach, SubscriptionRequest } from "../../../src/router/messages";
+import type { Message, RetainedCursor, RetainedPageResult, Routed, RouterAttach, RouterAttached, RouterDetach, Subscribed, SubscriptionRequest } from "../../../src/router/messages";
 import { createConnState, type ConnState, type Link, type PendingDetach, type Services } from "../../../src/session/link";
 import type { Attachment, ConnMeta } from "../../../src/session/state";
 import type { ConnectDecision } from "../../../src/session/authenticate";
@@ -73,27 +73,40 @@ export function deferred<T>(): Deferred<T> {
   return { promise, resolve, reject };
 }
 
-/** The router as the handlers see it: records every call; `publish` waits for `onPublish` and answers from `matched`. */
+/** The router as the handlers see it: records every call; `publish` waits for `onPublish` and answers from `outcomes`. */
 export class FakeRouter {
   readonly published: Message[][] = [];
   readonly subscribed: SubscriptionRequest[][] = [];
   readonly attached: RouterAttach[] = [];
   readonly detached: RouterDetach[] = [];
   onPublish: (messages: Message[]) => Promise<void> = async () => undefined;
-  /** Whether a subscription matched each published message (default: all did). */
-  matched: (messages: Message[]) => boolean[] = (messages) => messages.map(() => true);
+  /** What became of each published message (default: a subscription matched it). */
+  outcomes: (messages: Message[]) => Routed[] = (messages) => messages.map(() => "matched");
   granted: (requests: SubscriptionRequest[]) => boolean[] = (requests) => requests.map(() => true);
-  retained: Message[] = [];
+  /** Retained messages on subscribe, page by page: the first comes with SUBACK, the rest from `retainedPage`. */
+  retained: Message[][] = [];
+  /** `retainedPage` calls made. */
+  pagesRead = 0;
 
-  async publish(messages: Message[]): Promise<boolean[]> {
+  async publish(messages: Message[]): Promise<Routed[]> {
     this.published.push(messages);
     await this.onPublish(messages);
-    return this.matched(messages);
+    return this.outcomes(messages);
   }
 
-  async subscribe(_clientId: string, requests: SubscriptionRequest[]): Promise<{ granted: boolean[]; retained: Message[] }> {
+  async subscribe(_clientId: string, requests: SubscriptionRequest[]): Promise<Subscribed> {
     this.subscribed.push(requests);
-    return { granted: this.granted(requests), retained: this.retained };
+    return { granted: this.granted(requests), retained: this.retained[0] ?? [], more: this.cursorAfter(0) };
+  }
+
+  async retainedPage(cursor: RetainedCursor): Promise<RetainedPageResult> {
+    this.pagesRead++;
+    const index = Number(cursor.after);
+    return { messages: this.retained[index] ?? [], more: this.cursorAfter(index) };
+  }
+
+  private cursorAfter(index: number): RetainedCursor | null {
+    return index + 1 < this.retained.length ? { subs: [{ filter: "#", qos: 1 }], after: String(index + 1), limit: 1 } : null;
   }
 
   async unsubscribe(_clientId: string, filters: string[]): Promise<boolean[]> {

@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import type { IPublishPacket } from "../../../src/protocol/codec";
 import { V5 } from "../../../src/protocol/codes";
 import { decidePublish, onPublish } from "../../../src/session/handlers/publish";
-import { onPubrel } from "../../../src/session/handlers/acks";
+import { onPuback, onPubrel } from "../../../src/session/handlers/acks";
 import { closeConnection } from "../../../src/session/handlers/teardown";
 import { TOPIC_ALIAS_MAXIMUM } from "../../../src/session/properties";
 import { FakeLink, connectedAttachment, connMeta, deferred, settle, testConfig } from "./fake-link";
@@ -97,16 +97,33 @@ describe("PUBLISH handler", () => {
 
   it("MQTT 5: PUBACK 0x10 when no subscription matched, 0x00 (short) when one did; 3.1.1 has no reason code", async () => {
     const link = new FakeLink(testConfig(), connectedAttachment(5), connMeta({ protocolVersion: 5 }));
-    link.router.matched = (messages) => messages.map((m) => m.topic === "seen");
+    link.router.outcomes = (messages) => messages.map((m) => (m.topic === "seen" ? "matched" : "unmatched"));
     await onPublish(link, publish(1, 1, "nobody"));
     await onPublish(link, publish(2, 1, "seen"));
     await settle();
     expect(link.sent).toEqual([{ cmd: "puback", messageId: 1, reasonCode: V5.noMatchingSubscribers }, { cmd: "puback", messageId: 2 }]);
     const v4 = new FakeLink();
-    v4.router.matched = (messages) => messages.map(() => false);
+    v4.router.outcomes = (messages) => messages.map(() => "unmatched");
     await onPublish(v4, publish(1, 1));
     await settle();
     expect(v4.sent).toEqual([{ cmd: "puback", messageId: 1 }]);
+  });
+
+  it("a retained publish past the account's retained quota: MQTT 5 PUBACK 0x97, 3.1.1 a plain PUBACK; both report a LimitExceeded event", async () => {
+    const link = new FakeLink(testConfig(), connectedAttachment(5), connMeta({ protocolVersion: 5 }));
+    link.router.outcomes = (messages) => messages.map((m) => (m.topic === "full" ? "quota" : "matched"));
+    await onPublish(link, publish(1, 1, "full"));
+    await settle();
+    expect(link.sent).toEqual([{ cmd: "puback", messageId: 1, reasonCode: V5.quotaExceeded }]);
+    const event = link.router.published.at(-1)?.[0];
+    expect(event?.topic).toMatch(/^\$SYS\/mon\//);
+    expect(JSON.parse(new TextDecoder().decode(event?.payload))).toMatchObject({ Action: "LimitExceeded" });
+    const v4 = new FakeLink();
+    v4.router.outcomes = (messages) => messages.map(() => "quota");
+    await onPublish(v4, publish(1, 1, "full"));
+    await settle();
+    expect(v4.sent).toEqual([{ cmd: "puback", messageId: 1 }]);
+    expect(v4.router.published).toHaveLength(2);
   });
 
   it("a teardown routes the stored QoS 2 messages whose PUBREL never came, not one already in the router call", async () => {
@@ -122,6 +139,30 @@ describe("PUBLISH handler", () => {
     await closing;
     expect(link.router.published.flat().map((m) => m.topic)).toEqual(["in/flight"]);
     expect(link.router.detached[0]?.announce?.[0]?.topic).toBe("never/released");
+  });
+
+  it("publishes waiting behind the router call in flight when the connection is lost are routed by the teardown, before the Disconnect event, once", async () => {
+    const link = new FakeLink();
+    const call = deferred<void>();
+    link.router.onPublish = () => call.promise;
+    await onPublish(link, publish(undefined, 0, "first"));
+    await onPublish(link, publish(undefined, 0, "second"));
+    await onPublish(link, publish(7, 1, "third"));
+    await settle();
+    const closing = closeConnection(link, "networkLost");
+    call.resolve();
+    await closing;
+    expect(link.router.published.flat().map((m) => m.topic)).toEqual(["first"]);
+    const announced = link.router.detached[0]?.announce?.map((m) => m.topic) ?? [];
+    expect(announced.slice(0, 2)).toEqual(["second", "third"]);
+    expect(announced.at(-1)).toMatch(/^\$SYS\/mon\//);
+    expect(link.sent).toEqual([]); // the QoS 1 one was routed, never acknowledged: at least once
+  });
+
+  it("acknowledgements for packet ids the broker never used are charged to the packet budget", async () => {
+    const link = new FakeLink(testConfig({ packetBurst: 3, packetRatePerSecond: 1 }));
+    for (let id = 1; id <= 5 && link.closes.length === 0; id++) await onPuback(link, { cmd: "puback", messageId: id });
+    expect(link.closes).toEqual(["rateExceeded"]);
   });
 
   it("MQTT 5 topic aliases: an alias never set is a protocol error (0x82); 0 or over the maximum is Topic Alias invalid (0x94)", async () => {

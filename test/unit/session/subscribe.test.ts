@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import type { ISubscribePacket } from "../../../src/protocol/codec";
 import { V5 } from "../../../src/protocol/codes";
 import { onSubscribe, planSubscribe } from "../../../src/session/handlers/subscribe";
+import { onPuback } from "../../../src/session/handlers/acks";
 import { FakeLink, connectedAttachment, connMeta, testConfig } from "./fake-link";
 
 const acl = { pub: [], sub: ["a/#", "b/+"] };
@@ -36,11 +37,36 @@ describe("SUBSCRIBE handler", () => {
     const meta = connMeta({ identity: { kind: "user", account: "acc", id: "u", acl, expiresAt: null } });
     const link = new FakeLink(testConfig(), connectedAttachment(4), meta);
     link.router.granted = (requests) => requests.map((_, i) => i === 0);
-    link.router.retained = [{ topic: "a/x", payload: new Uint8Array([1]), qos: 0, retain: true }];
+    link.router.retained = [[{ topic: "a/x", payload: new Uint8Array([1]), qos: 0, retain: true }]];
     await onSubscribe(link, sub(["a/x", "b/y"], 0));
     expect(link.sent[0]).toEqual({ cmd: "suback", messageId: 3, granted: [0, 0x80] });
     expect(link.sent[1]).toMatchObject({ cmd: "publish", topic: "a/x", retain: true });
     // The refusal is reported as a LimitExceeded event.
     expect(link.router.published).toHaveLength(1);
+  });
+
+  it("retained messages come in pages: QoS 0 pages are read at once; QoS 1 reading pauses while the next page would not fit in MAX_OUTBOX_MESSAGES, and acknowledgements resume it; nothing is dropped", async () => {
+    const meta = connMeta({ identity: { kind: "user", account: "acc", id: "u", acl, expiresAt: null } });
+    const qos0 = new FakeLink(testConfig(), connectedAttachment(4), meta);
+    const page = (n: number, qos: 0 | 1, from = 0) => Array.from({ length: n }, (_, i) => ({ topic: `a/${from + i}`, payload: new Uint8Array([i]), qos, retain: true }));
+    qos0.router.retained = [page(3, 0), page(3, 0, 3), page(3, 0, 6)];
+    await onSubscribe(qos0, sub(["a/#"], 0));
+    expect(qos0.sent.filter((p) => p.cmd === "publish")).toHaveLength(9);
+    expect(qos0.router.pagesRead).toBe(2);
+
+    const config = testConfig({ maxInflight: 2, maxOutboxMessages: 4 }); // pauses at 2 waiting
+    const qos1 = new FakeLink(config, connectedAttachment(4), meta);
+    qos1.state.outbox.setWindow(2);
+    qos1.router.retained = [page(2, 1), page(2, 1, 2), page(2, 1, 4), page(2, 1, 6), page(2, 1, 8), page(2, 1, 10)];
+    await onSubscribe(qos1, sub(["a/#"], 1));
+    const sentIds = () => qos1.sent.flatMap((p) => (p.cmd === "publish" && p.messageId ? [p.messageId] : []));
+    // 2 in the window, then pages 2 and 3 wait (4 = MAX_OUTBOX_MESSAGES); page 4 would not fit beside them.
+    expect(sentIds()).toHaveLength(2);
+    expect(qos1.router.pagesRead).toBe(2);
+    expect(qos1.state.outbox.waiting()).toBe(4);
+    for (let round = 0; round < 10; round++) for (const id of sentIds()) await onPuback(qos1, { cmd: "puback", messageId: id });
+    const topics = qos1.sent.flatMap((p) => (p.cmd === "publish" ? [p.topic] : []));
+    expect(new Set(topics).size).toBe(12);
+    expect(qos1.state.outbox.dropped).toBe(0);
   });
 });
