@@ -103,7 +103,7 @@ export default defineConfig({
         test: {
           name: "e2e-shards",
           environment: "node",
-          include: [...PROTOCOL_SUITES, "test/e2e/mqtt5.test.ts"],
+          include: [...PROTOCOL_SUITES, "test/e2e/mqtt5.test.ts", "test/e2e/admin-views.test.ts"],
           env: { ROUTER_SHARDS: "4", ROUTER_SHARD_LEVEL: "1" },
           globalSetup: ["test/helpers/global-setup.ts"],
           testTimeout: 30_000,
