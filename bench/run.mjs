@@ -14,6 +14,7 @@ import { spawnSync } from "node:child_process";
 import { bystander, connectStorm, costIdle, costMessages, fanIn, fanOut, probeShared, qos1RoundTrip, retainedOnSubscribe, shared } from "./lib/scenarios.mjs";
 import { findMosquitto, startAedes, startBridge, startBroker, startLimitedBroker, startMosquitto, stopAllNow, wranglerVars } from "./lib/servers.mjs";
 import { scale, scaleTable } from "./lib/scale.mjs";
+import { storm, stormTable } from "./lib/storm.mjs";
 import { connectTable, costTable, doDollars, generatorTable, idleTable, performanceTable, ratios, summarize, unitsPer } from "./lib/report.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -24,7 +25,7 @@ const { values: flags } = parseArgs({
     quick: { type: "boolean", default: false },
     rounds: { type: "string" },
     peers: { type: "string", default: "broker,aedes,mosquitto" },
-    scenarios: { type: "string", default: "fan-in,fan-in-tcp,fan-out,shared,qos1,connect,retained,bystander,cost,scale" },
+    scenarios: { type: "string", default: "fan-in,fan-in-qos1,fan-in-tcp,fan-out,fan-out-qos1,shared,qos1,connect,retained,bystander,cost,scale,storm" },
     publishers: { type: "string" },
     "duration-ms": { type: "string" },
     "max-messages": { type: "string" },
@@ -41,6 +42,8 @@ const { values: flags } = parseArgs({
     "retained-cycles": { type: "string" },
     payload: { type: "string" },
     "cost-messages": { type: "string" },
+    "cost-fan-out": { type: "string" },
+    "idle-checks": { type: "string" },
     "idle-connections": { type: "string" },
     "idle-periods": { type: "string" },
     "timeout-ms": { type: "string" },
@@ -57,6 +60,7 @@ const { values: flags } = parseArgs({
     "scale-devices": { type: "string" },
     "scale-device-rate": { type: "string" },
     "scale-shards": { type: "string" },
+    "storm-connections": { type: "string" },
     out: { type: "string", default: join(HERE, "results") },
     help: { type: "boolean", default: false },
   },
@@ -89,7 +93,16 @@ const params = {
   qos1: { clients: num("rt-clients", 1, 1) },
   connect: { connections: num("connections", 1000, 200), concurrency: num("concurrency", 50, 20), holdMs: num("hold-ms", 10_000, 1500) },
   retained: { topics: num("retained", 1000, 200), subQos: num("retained-sub-qos", 0, 0), maxCycles: num("retained-cycles", 1000, 1000) },
-  cost: { messages: num("cost-messages", 500, 100), window: 100, idleConnections: num("idle-connections", 50, 20), idlePeriods: num("idle-periods", 10, 5), idleKeepalive: 3 },
+  cost: {
+    messages: num("cost-messages", 500, 100),
+    window: 100,
+    fanOut: num("cost-fan-out", 100, 100),
+    idleConnections: num("idle-connections", 50, 20),
+    idlePeriods: num("idle-periods", 10, 5),
+    idleKeepalive: 3,
+    // KEEPALIVE_CHECK_SECONDS as a multiple of the keep alive: 0 (exact), and 5 × (300 s at keep alive 60 s) on a broker of its own.
+    idleChecks: (flags["idle-checks"] ?? "0,5").split(",").map(Number),
+  },
   // The flood stays just inside the default budgets of wrangler.toml, which its broker keeps.
   bystander: {
     durationMs: num("bystander-ms", 10_000, 3000),
@@ -101,6 +114,8 @@ const params = {
     frameFloodPackets: num("frame-flood-packets", 4 * defaults.MAX_PACKETS_PER_FRAME, 4 * defaults.MAX_PACKETS_PER_FRAME),
     rampMs: 500,
   },
+  // A fleet reconnecting after a restart (bench/lib/storm.mjs): run once, after the rounds.
+  storm: { connections: num("storm-connections", 5000, 500), concurrency: num("concurrency", 50, 50), holdMs: 3000 },
   // The router with a large account (bench/lib/scale.mjs): run once, after the rounds.
   scale: {
     retained: num("scale-retained", 100_000, 10_000),
@@ -126,7 +141,7 @@ for (const sig of ["SIGINT", "SIGTERM"]) {
 }
 
 /** Scenarios only the broker runs: with nothing else selected, aedes and mosquitto are not started. */
-const BROKER_ONLY = new Set(["bystander", "cost"]);
+const BROKER_ONLY = new Set(["bystander", "cost", "storm"]);
 const brokerOnly = scenarios.every((s) => BROKER_ONLY.has(s));
 
 const peers = [];
@@ -182,6 +197,9 @@ async function main() {
     "fan-in-tcp": (peer, tag) => (peer.tcpUrl ? fanIn(peer, { ...common, ...params.fanIn }, tag, { native: true }) : null),
     shared: (peer, tag) => (unsupported.shared?.[peer.name] ? null : shared(peer, { ...common, ...params.shared }, tag)),
     "fan-out": (peer, tag) => fanOut(peer, { ...common, ...params.fanOut }, tag),
+    // QoS 1 end to end: publishes and subscriptions at QoS 1 (the publishers' PUBACKs, the subscribers' acknowledgements).
+    "fan-in-qos1": (peer, tag) => fanIn(peer, { ...common, ...params.fanIn, window: params.fanIn.publishers * 20, qos: 1 }, `${tag}q1`),
+    "fan-out-qos1": (peer, tag) => fanOut(peer, { ...common, ...params.fanOut, qos: 1 }, `${tag}q1`),
     qos1: (peer, tag) => qos1RoundTrip(peer, { ...common, ...params.qos1 }, tag),
     connect: (peer, tag) => connectStorm(peer, { ...common, ...params.connect }, tag),
     retained: (peer, tag) => retainedOnSubscribe(peer, { ...common, ...params.retained }, tag),
@@ -208,6 +226,7 @@ async function main() {
   if (broker && scenarios.includes("cost")) cost = await costModel(broker, runs.connect?.broker ?? []);
   // Its own brokers (restarted, sharded); the main one idles meanwhile.
   const scaled = wanted.has("broker") && scenarios.includes("scale") ? await scale(params.scale, log, peers.find((p) => p.name === "aedes")) : null;
+  const stormed = wanted.has("broker") && scenarios.includes("storm") ? await storm(params.storm, log) : null;
   const load1 = loadavg();
 
   const medians = summarize(runs);
@@ -227,6 +246,7 @@ async function main() {
     ratios: ratios(medians),
     cost,
     scale: scaled,
+    storm: stormed,
     runs,
   };
   const md = markdown(result);
@@ -253,6 +273,8 @@ function headline(scenario, r) {
   switch (scenario) {
     case "fan-in":
     case "fan-out":
+    case "fan-in-qos1":
+    case "fan-out-qos1":
       return `${r.deliveriesPerSec.toFixed(0)} deliveries/s, ${cpu}${inc}`;
     case "fan-in-tcp":
       return `${r.deliveriesPerSec.toFixed(0)} deliveries/s, ${cpu}${r.bridgeCpuMs !== undefined ? `, bridge CPU ${r.bridgeCpuMs.toFixed(0)} ms` : ""}${inc}`;
@@ -281,22 +303,40 @@ async function costModel(broker, connectRuns) {
     { qos: 1, mode: "paced" },
     { qos: 1, mode: "burst" },
     { qos: 1, mode: "paced", persistent: true },
+    // 3 × MAX_INFLIGHT messages at once, the subscriber's acks held until all are stored: two thirds wait for its window (each should be written once).
+    { qos: 1, mode: "burst", persistent: true, window: 3 * (defaults.MAX_INFLIGHT || 100), count: 3 * (defaults.MAX_INFLIGHT || 100), holdAcks: true },
+    { qos: 0, mode: "paced", subscribers: params.cost.fanOut },
+    { qos: 1, mode: "paced", subscribers: params.cost.fanOut },
   ];
-  for (const { qos, mode, persistent = false } of cases) {
-    const r = await costMessages(broker, { qos, mode, persistent, messages: params.cost.messages, window: params.cost.window, payload: params.payload, timeoutMs: params.timeoutMs }, `${qos}${mode}${persistent ? "p" : ""}`);
-    const units = unitsPer(r.counters, r.delivered);
-    const cpuMsPerMessage = r.serverCpuMs / r.delivered;
-    messages.push({ qos, mode, persistent, window: params.cost.window, messages: r.delivered, counters: r.counters, unitsPerMessage: units, serverCpuMsPerMessage: cpuMsPerMessage, dollarsPerMessage: doDollars(units, cpuMsPerMessage, prices) });
-    log(`cost QoS ${qos} ${mode}${persistent ? " persistent" : ""}: ${units.doRequests.toFixed(2)} DO requests, ${units.wsIn.toFixed(2)} WS messages in, ${units.rowsWritten.toFixed(2)} rows written per message`);
+  for (const { qos, mode, persistent = false, subscribers = 1, window = params.cost.window, holdAcks = false, ...rest } of cases) {
+    const tag = `${qos}${mode}${persistent ? "p" : ""}${subscribers > 1 ? `x${subscribers}` : ""}`;
+    const count = rest.count ?? (subscribers > 1 ? Math.max(10, Math.round(params.cost.messages / 5)) : params.cost.messages);
+    const r = await costMessages(broker, { qos, mode, persistent, subscribers, holdAcks, messages: count, window, payload: params.payload, timeoutMs: params.timeoutMs }, tag);
+    // Per message published (for 1 → N, every unit of its N deliveries).
+    const units = unitsPer(r.counters, r.published);
+    const cpuMsPerMessage = r.serverCpuMs / r.published;
+    messages.push({ qos, mode, persistent, subscribers, window, holdAcks, messages: r.published, counters: r.counters, unitsPerMessage: units, serverCpuMsPerMessage: cpuMsPerMessage, dollarsPerMessage: doDollars(units, cpuMsPerMessage, prices) });
+    log(`cost QoS ${qos} ${mode}${persistent ? " persistent" : ""} 1 → ${subscribers}: ${units.doRequests.toFixed(2)} DO requests, ${units.wsIn.toFixed(2)} WS messages in, ${units.rowsWritten.toFixed(2)} rows written per message`);
   }
-  let idle = null;
-  const r = await costIdle(broker, { connections: params.cost.idleConnections, keepalive: params.cost.idleKeepalive, periods: params.cost.idlePeriods }, "c");
-  if (r.counters && r.pings > 0) {
-    const perPing = unitsPer(r.counters, r.pings);
-    const perDay = Object.fromEntries(Object.entries(perPing).map(([k, v]) => [k, v * 1440]));
-    const cpuMsPerDay = (r.serverCpuMs / r.pings) * 1440;
-    idle = { pings: r.pings, keepalive: r.keepalive, connections: r.connections, counters: r.counters, unitsPerPing: perPing, unitsPerDay: perDay, serverCpuMsPerPing: r.serverCpuMs / r.pings, dollarsPerDay: doDollars(perDay, cpuMsPerDay, prices) };
-    log(`cost idle: per PINGREQ ${perPing.wsIn.toFixed(2)} WS messages in, ${perPing.alarmRun.toFixed(2)} alarms, ${perPing.rowsWritten.toFixed(2)} rows written`);
+  const idle = [];
+  for (const ratio of params.cost.idleChecks) {
+    const checkSeconds = ratio * params.cost.idleKeepalive;
+    // The exact setting runs on the main broker; a coarser one needs a broker with its own KEEPALIVE_CHECK_SECONDS.
+    const target = ratio === 0 ? broker : await startBroker({ vars: { KEEPALIVE_CHECK_SECONDS: String(checkSeconds) } });
+    try {
+      // At least two grains counted, so the coarse alarm's runs are sampled over whole grains.
+      const periods = Math.max(params.cost.idlePeriods, 2 * ratio);
+      const r = await costIdle(target, { connections: params.cost.idleConnections, keepalive: params.cost.idleKeepalive, periods }, `c${ratio}`);
+      if (r.counters && r.pings > 0) {
+        const perPing = unitsPer(r.counters, r.pings);
+        const perDay = Object.fromEntries(Object.entries(perPing).map(([k, v]) => [k, v * 1440]));
+        const cpuMsPerDay = (r.serverCpuMs / r.pings) * 1440;
+        idle.push({ checkRatio: ratio, checkSeconds, pings: r.pings, keepalive: r.keepalive, connections: r.connections, counters: r.counters, unitsPerPing: perPing, unitsPerDay: perDay, serverCpuMsPerPing: r.serverCpuMs / r.pings, dollarsPerDay: doDollars(perDay, cpuMsPerDay, prices) });
+        log(`cost idle (KEEPALIVE_CHECK_SECONDS ${checkSeconds}): per PINGREQ ${perPing.wsIn.toFixed(2)} WS messages in, ${perPing.alarmRun.toFixed(2)} alarms, ${perPing.rowsWritten.toFixed(2)} rows written`);
+      }
+    } finally {
+      if (target !== broker) await target.stop();
+    }
   }
   // Connects: from the connect storm's counters (CONNECT → CONNACK, clean session), median round by CPU.
   let connect = null;
@@ -345,6 +385,9 @@ function markdown(r) {
     "",
     generatorTable(r.medians, r.peers),
   ];
+  if (r.storm) {
+    parts.push("", `### Connect storm after a restart (${r.storm.params.connections} connections, ${r.storm.params.concurrency} at a time, persistent sessions)`, "", stormTable(r.storm));
+  }
   if (r.scale) {
     parts.push(
       "",

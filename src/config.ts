@@ -6,6 +6,8 @@ export interface ConfigVars {
   ANONYMOUS_ACCOUNT?: string;
   KEEPALIVE_MAX_SECONDS?: string;
   KEEPALIVE_MIN_SECONDS?: string;
+  KEEPALIVE_CHECK_SECONDS?: string;
+  CONNECT_TIMEOUT_SECONDS?: string;
   MAX_CLIENT_ID_BYTES?: string;
   MAX_FILTERS_PER_SUBSCRIBE?: string;
   MAX_INFLIGHT?: string;
@@ -73,6 +75,8 @@ export const CONFIG_SCHEMA = {
   MAX_SUBSCRIPTIONS: { kind: "int", default: 100, min: 1 },
   KEEPALIVE_MIN_SECONDS: { kind: "int", default: 0, min: 0 },
   KEEPALIVE_MAX_SECONDS: { kind: "int", default: 3600, min: 1 },
+  KEEPALIVE_CHECK_SECONDS: { kind: "int", default: 0, min: 0 },
+  CONNECT_TIMEOUT_SECONDS: { kind: "int", default: 30, min: 1 },
   MAX_QUEUED_MESSAGES: { kind: "int", default: 1000, min: 1 },
   MAX_INFLIGHT: { kind: "int", default: 100, min: 1 },
   SESSION_EXPIRY_SECONDS: { kind: "int", default: 7 * 24 * 3600, min: 1 },
@@ -141,6 +145,14 @@ export interface Limits {
   httpPublishBurst: number;
   keepAliveMinSeconds: number;
   keepAliveMaxSeconds: number;
+  /**
+   * Keep-alive enforcement granularity: the connection's alarm runs at most this often (0 =
+   * exactly at each deadline, 1.5 × keep alive + 1 s after the last packet). A silent client is
+   * then closed up to this much later than its deadline.
+   */
+  keepAliveCheckSeconds: number;
+  /** A socket that sends no CONNECT within this time is closed. */
+  connectTimeoutSeconds: number;
   maxQueuedMessages: number;
   /** Bytes of messages an offline session may queue (payload and topic), besides the count. */
   maxQueuedBytes: number;
@@ -286,6 +298,8 @@ export function parseConfig(vars: ConfigVars): ConfigResult {
     httpPublishBurst: r.int("HTTP_PUBLISH_BURST"),
     keepAliveMinSeconds: r.int("KEEPALIVE_MIN_SECONDS"),
     keepAliveMaxSeconds: r.int("KEEPALIVE_MAX_SECONDS"),
+    keepAliveCheckSeconds: r.int("KEEPALIVE_CHECK_SECONDS"),
+    connectTimeoutSeconds: r.int("CONNECT_TIMEOUT_SECONDS"),
     maxQueuedMessages: r.int("MAX_QUEUED_MESSAGES"),
     maxQueuedBytes: r.int("MAX_QUEUED_BYTES"),
     maxOutboxMessages: r.int("MAX_OUTBOX_MESSAGES"),

@@ -39,6 +39,8 @@ export interface Env {
   MAX_SUBSCRIPTIONS?: string;
   KEEPALIVE_MIN_SECONDS?: string;
   KEEPALIVE_MAX_SECONDS?: string;
+  KEEPALIVE_CHECK_SECONDS?: string;
+  CONNECT_TIMEOUT_SECONDS?: string;
   MAX_QUEUED_MESSAGES?: string;
   MAX_QUEUED_BYTES?: string;
   MAX_OUTBOX_MESSAGES?: string;

@@ -212,7 +212,7 @@ export class MqttClient {
         }
         this.received++;
         if (qos === 1 && this.autoAck) this.puback(pid);
-        if (this.onMessage) this.onMessage(body.toString("utf8", 2, 2 + topicLen), body.subarray(o), qos, (flags & 1) === 1);
+        if (this.onMessage) this.onMessage(body.toString("utf8", 2, 2 + topicLen), body.subarray(o), qos, (flags & 1) === 1, pid);
         return;
       }
       case PUBACK:

@@ -23,6 +23,14 @@ export const METRICS = {
     ["deliveriesPerSec", "deliveries/s", true],
     ["serverCpuUsPerDelivery", "server CPU µs/delivery", false],
   ],
+  "fan-in-qos1": [
+    ["deliveriesPerSec", "deliveries/s", true],
+    ["serverCpuUsPerDelivery", "server CPU µs/delivery", false],
+  ],
+  "fan-out-qos1": [
+    ["deliveriesPerSec", "deliveries/s", true],
+    ["serverCpuUsPerDelivery", "server CPU µs/delivery", false],
+  ],
   shared: [
     ["deliveriesPerSec", "deliveries/s", true],
     ["serverCpuUsPerDelivery", "server CPU µs/delivery", false],
@@ -66,6 +74,8 @@ export const SCENARIO_TITLES = {
   "fan-in": "fan-in",
   "fan-in-tcp": "fan-in, native TCP clients",
   "fan-out": "fan-out",
+  "fan-in-qos1": "fan-in at QoS 1",
+  "fan-out-qos1": "fan-out at QoS 1",
   shared: "shared subscription",
   qos1: "QoS 1 round trip",
   connect: "connect storm",
@@ -200,16 +210,18 @@ export function doDollars(units, cpuMsPerUnit, prices) {
 
 export function costTable(cost, prices) {
   const lines = [
-    "| one message, 1 publisher → 1 subscriber | DO requests (RPC + fetch + alarm) | incoming WS messages | billed DO requests (WS 20:1) | rows written | rows read | DO $ per million messages (requests + rows) | + duration estimate | AWS IoT Core $ per million |",
+    "| one message published | DO requests (RPC + fetch + alarm) | incoming WS messages | billed DO requests (WS 20:1) | rows written | rows read | DO $ per million messages (requests + rows) | + duration estimate | AWS IoT Core $ per million |",
     "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ];
   const aws = prices.awsIotCore;
   for (const c of cost.messages) {
     const u = c.unitsPerMessage;
     const $ = c.dollarsPerMessage;
-    const awsPerM = aws.messagingPerMillion * aws.messagesPerDelivery[c.qos === 0 ? "qos0" : "qos1"];
+    const n = c.subscribers ?? 1;
+    // AWS meters the inbound PUBLISH once and each outbound PUBLISH (and each subscriber's PUBACK at QoS 1).
+    const awsPerM = aws.messagingPerMillion * (1 + n * (aws.messagesPerDelivery[c.qos === 0 ? "qos0" : "qos1"] - 1));
     lines.push(
-      `| QoS ${c.qos}, ${c.mode === "paced" ? "one at a time" : `burst (${c.window} in flight)`}${c.persistent ? ", persistent subscriber (clean session = false)" : ""} | ${fmt(u.doRequests)} | ${fmt(u.wsIn)} | ${fmt(u.billedRequests)} | ${fmt(u.rowsWritten)} | ${fmt(u.rowsRead)} | ${money(($.requests + $.rows) * 1e6)} | ${money($.duration * 1e6)} | ${money(awsPerM)} |`,
+      `| 1 → ${n}, QoS ${c.qos}, ${c.mode === "paced" ? "one at a time" : `burst (${c.window} in flight)`}${c.persistent ? `, persistent subscriber${n > 1 ? "s" : ""} (clean session = false)` : ""}${c.holdAcks ? ", acks held until all are stored (most wait for the window)" : ""} | ${fmt(u.doRequests)} | ${fmt(u.wsIn)} | ${fmt(u.billedRequests)} | ${fmt(u.rowsWritten)} | ${fmt(u.rowsRead)} | ${money(($.requests + $.rows) * 1e6)} | ${money($.duration * 1e6)} | ${money(awsPerM)} |`,
     );
   }
   return lines.join("\n");
@@ -228,13 +240,17 @@ export function connectTable(connect, prices) {
 }
 
 export function idleTable(idle, prices) {
-  if (!idle) return "";
-  const u = idle.unitsPerDay;
-  const $ = idle.dollarsPerDay;
+  const rows = Array.isArray(idle) ? idle : idle ? [idle] : [];
+  if (rows.length === 0) return "";
   const awsDay = (prices.awsIotCore.connectivityPerMillionMinutes * 1440) / 1e6;
   return [
-    "| one idle connection-day, keep alive 60 s (1,440 PINGREQs) | DO requests (alarms) | incoming WS messages | billed DO requests | rows written | DO $ per day (requests + rows) | + duration estimate | DO $ per million connection-days | AWS IoT Core $ per million connection-days |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    `| measured over ${idle.pings} PINGREQs at keep alive ${idle.keepalive} s | ${fmt(u.doRequests)} | ${fmt(u.wsIn)} | ${fmt(u.billedRequests)} | ${fmt(u.rowsWritten)} | ${money($.requests + $.rows)} | ${money($.duration)} | ${money($.total * 1e6)} | ${money(awsDay * 1e6)} |`,
+    "| one idle connection-day, keep alive 60 s (1,440 PINGREQs) | DO requests (alarms) | incoming WS messages | billed DO requests | rows written | DO $ per day (requests + rows) | + duration estimate | DO $ per million connection-days | AWS IoT Core $ per million connection-days | ÷ AWS |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ...rows.map((r) => {
+      const u = r.unitsPerDay;
+      const $ = r.dollarsPerDay;
+      const setting = r.checkRatio ? `KEEPALIVE_CHECK_SECONDS = ${r.checkRatio} × keep alive (${r.checkRatio * 60} s at 60 s; ${r.checkSeconds} s here)` : "KEEPALIVE_CHECK_SECONDS = 0 (exact)";
+      return `| ${setting}, measured over ${r.pings} PINGREQs at keep alive ${r.keepalive} s | ${fmt(u.doRequests)} | ${fmt(u.wsIn)} | ${fmt(u.billedRequests)} | ${fmt(u.rowsWritten)} | ${money($.requests + $.rows)} | ${money($.duration)} | ${money($.total * 1e6)} | ${money(awsDay * 1e6)} | ${fmt($.total / awsDay)}× |`;
+    }),
   ].join("\n");
 }

@@ -65,8 +65,8 @@ async function publishAll(url, { count, publishers, window, topicOf, payload, re
   await Promise.all(clients.map((c) => c.end()));
 }
 
-/** Subscribes to `filter` and counts retained deliveries until `expected` arrived. */
-async function receiveRetained(url, filter, expected, timeoutMs) {
+/** Subscribes to `filter` at `qos` and counts retained deliveries until `expected` arrived (QoS 1: acknowledged as they come). */
+async function receiveRetained(url, filter, expected, timeoutMs, qos = 0) {
   const sub = await MqttClient.connect(url, { clientId: `scale-sub-${Date.now()}` });
   const t0 = performance.now();
   let got = 0;
@@ -85,7 +85,7 @@ async function receiveRetained(url, filter, expected, timeoutMs) {
       clearTimeout(timer);
       ok();
     };
-    void sub.subscribe(filter, 0);
+    void sub.subscribe(filter, qos);
   });
   const ms = performance.now() - t0;
   await sub.end();
@@ -193,6 +193,15 @@ export async function scale(p, log, aedes) {
     result.retainedPerSec = (got.got / got.ms) * 1000;
     result.retainedFirstMs = got.firstMs;
     log(`scale: one wildcard SUBSCRIBE got ${got.got}/${p.retained} retained at ${result.retainedPerSec.toFixed(0)}/s (first after ${got.firstMs.toFixed(0)} ms); broker RSS ${result.rssBeforeMiB.toFixed(0)} → peak ${result.rssPeakMiB.toFixed(0)} MiB`);
+    // At QoS 1 the pages follow the subscriber's acknowledgements (QoS 0 has none to pace by).
+    await sleep(2000);
+    result.rssBeforeQos1MiB = rssMiB(broker.pid);
+    const peak1 = rssSampler(broker.pid);
+    const got1 = await receiveRetained(broker.wsUrl, "scale/ret/#", p.retained, p.timeoutMs, 1);
+    result.rssPeakQos1MiB = peak1();
+    result.retainedQos1Delivered = got1.got;
+    result.retainedQos1PerSec = (got1.got / got1.ms) * 1000;
+    log(`scale: the same at QoS 1: ${got1.got}/${p.retained} at ${result.retainedQos1PerSec.toFixed(0)}/s; broker RSS ${result.rssBeforeQos1MiB.toFixed(0)} → peak ${result.rssPeakQos1MiB.toFixed(0)} MiB`);
 
     // The runtime killed and restarted on the same state.
     const persistDir = broker.persistDir;
@@ -223,6 +232,7 @@ export function scaleTable(r) {
     `| retained stored | ${r.params.retained.toLocaleString("en-US")} × 1 KiB at ${r.storeRetainedPerSec.toFixed(0)}/s |`,
     `| one wildcard SUBSCRIBE | ${r.retainedDelivered.toLocaleString("en-US")} delivered at ${r.retainedPerSec.toFixed(0)} messages/s, first after ${r.retainedFirstMs.toFixed(0)} ms |`,
     `| broker RSS | ${r.rssBeforeMiB.toFixed(0)} MiB before, ${r.rssPeakMiB.toFixed(0)} MiB peak while delivering |`,
+    `| the same SUBSCRIBE at QoS 1 (paced by PUBACKs) | ${r.retainedQos1Delivered.toLocaleString("en-US")} at ${r.retainedQos1PerSec.toFixed(0)} messages/s; RSS ${r.rssBeforeQos1MiB.toFixed(0)} → peak ${r.rssPeakQos1MiB.toFixed(0)} MiB |`,
     `| subscriptions stored | ${r.subscriptions.toLocaleString("en-US")} over ${Math.ceil(r.params.subscriptions / r.params.subscriptionsPerClient)} persistent sessions |`,
     `| CONNECT → first delivery after a restart on that state | ${r.wakeFirstDeliveryMs.toFixed(0)} ms (empty broker ${r.emptyFirstDeliveryMs.toFixed(0)} ms) |`,
     `| fan-in, ${r.params.fanInPublishers} publishers | broker ${r.fanIn.broker.deliveriesPerSec.toFixed(0)} deliveries/s, ${r.fanIn.broker.serverCpuUsPerDelivery?.toFixed(0) ?? "?"} µs CPU/delivery${r.fanIn.aedes ? `; aedes ${r.fanIn.aedes.deliveriesPerSec.toFixed(0)} (${(r.fanIn.broker.deliveriesPerSec / r.fanIn.aedes.deliveriesPerSec).toFixed(2)}×)` : ""} |`,

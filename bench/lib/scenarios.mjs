@@ -234,7 +234,7 @@ export async function fanIn(peer, p, tag, { native = false } = {}) {
   const url = native ? peer.tcpUrl : peer.wsUrl;
   const id = native ? "fit" : "fi";
   const sub = await MqttClient.connect(url, { clientId: `${id}-sub-${tag}` });
-  await sub.subscribe("bench/in/#", 0);
+  await sub.subscribe("bench/in/#", p.qos ?? 0);
   const { clients: pubs, failures } = await connectMany(url, Array.from({ length: p.publishers }, (_, i) => `${id}-pub-${tag}-${i}`));
   if (failures > 0) throw new Error(`fan-in${native ? " (TCP)" : ""}: ${failures} publishers could not connect`);
   const r = await flow(peer, pubs, pubs.map((_, i) => `bench/in/${i}`), [sub], p, { extraPid: native ? peer.bridge?.pid : undefined });
@@ -279,11 +279,11 @@ export async function probeShared(peer) {
   return `SUBACK ${codes.map((c) => `0x${c[0].toString(16).padStart(2, "0")}`).join("/")}, then ${got} deliveries of ${n} messages to 2 \`$share/probe/…\` members${got === 0 ? " (the filter is taken literally)" : got === 2 * n ? " (every member got every message)" : ""}`;
 }
 
-/** 1 publisher, S subscribers of `bench/out`, QoS 0. */
+/** 1 publisher, S subscribers of `bench/out`, QoS 0 (or `p.qos` 1: publishes and subscriptions at QoS 1, acknowledged). */
 export async function fanOut(peer, p, tag) {
   const { clients: subs, failures } = await connectMany(peer.wsUrl, Array.from({ length: p.subscribers }, (_, i) => `fo-sub-${tag}-${i}`));
   if (failures > 0) throw new Error(`fan-out: ${failures} subscribers could not connect`);
-  await Promise.all(subs.map((s) => s.subscribe("bench/out", 0)));
+  await Promise.all(subs.map((s) => s.subscribe("bench/out", p.qos ?? 0)));
   const pub = await MqttClient.connect(peer.wsUrl, { clientId: `fo-pub-${tag}` });
   const r = await flow(peer, [pub], ["bench/out"], subs, p);
   await endAll([pub, ...subs]);
@@ -482,9 +482,23 @@ export async function retainedOnSubscribe(peer, p, tag) {
  * sparse sensor would) or in a burst (up to `window` in flight, which lets the broker batch).
  * Returns the billable units the broker counted, per message.
  */
-export async function costMessages(peer, { qos, mode, messages, window = 100, payload: size = 64, timeoutMs = 60_000, persistent = false }, tag) {
-  const sub = await MqttClient.connect(peer.wsUrl, { clientId: `cost-sub-${tag}`, clean: !persistent });
-  await sub.subscribe("bench/cost", qos);
+export async function costMessages(peer, { qos, mode, messages, window = 100, payload: size = 64, timeoutMs = 60_000, persistent = false, subscribers = 1, holdAcks = false }, tag) {
+  const subs = [];
+  for (let i = 0; i < subscribers; i++) {
+    const sub = await MqttClient.connect(peer.wsUrl, { clientId: `cost-sub-${tag}-${i}`, clean: !persistent });
+    await sub.subscribe("bench/cost", qos);
+    subs.push(sub);
+  }
+  // `holdAcks`: the subscribers acknowledge nothing until the publisher has every PUBACK (each
+  // message durable at its subscriber), so what does not fit their in-flight window waits there.
+  const held = subs.map(() => []);
+  if (holdAcks) for (const sub of subs) sub.autoAck = false;
+  const release = () => {
+    subs.forEach((sub, i) => {
+      sub.autoAck = true;
+      for (const pid of held[i].splice(0)) sub.puback(pid);
+    });
+  };
   const pub = await MqttClient.connect(peer.wsUrl, { clientId: `cost-pub-${tag}` });
   const meter = new Meter(peer);
   await meter.start();
@@ -493,9 +507,11 @@ export async function costMessages(peer, { qos, mode, messages, window = 100, pa
   let acked = 0;
   const done = completion(timeoutMs);
   const limit = mode === "paced" ? 1 : window;
-  const finished = () => delivered >= messages && (qos === 0 || acked >= messages);
+  // A message is through once every subscriber has it (and, at QoS 1, the publisher its PUBACK).
+  const through = () => Math.min(Math.floor(delivered / subscribers), qos === 0 ? Number.POSITIVE_INFINITY : acked);
+  const finished = () => through() >= messages;
   const pump = () => {
-    while (sent < messages && sent - Math.min(delivered, qos === 0 ? delivered : acked) < limit) {
+    while (sent < messages && sent - through() < limit) {
       pub.publish("bench/cost", stampedPayload(size), qos);
       sent++;
     }
@@ -504,25 +520,34 @@ export async function costMessages(peer, { qos, mode, messages, window = 100, pa
     if (finished()) done.finish();
     else pump();
   };
-  sub.onMessage = () => {
-    delivered++;
-    progress();
-  };
+  subs.forEach((sub, i) => {
+    sub.onMessage = (_topic, _payload, _qos, _retain, pid) => {
+      delivered++;
+      if (!sub.autoAck && pid) held[i].push(pid);
+      progress();
+    };
+  });
   pub.onPuback = () => {
     acked++;
+    if (holdAcks && acked >= messages) release();
     progress();
   };
   pump();
   await done.promise;
   // Barrier: each connection answers a PINGREQ only after the packets before it (the
-  // subscriber's PUBACKs), so every unit of these messages is counted once both answer.
-  await Promise.all([sub.ping(), pub.ping()]);
+  // subscribers' PUBACKs), so every unit of these messages is counted once all answer.
+  await Promise.all([...subs, pub].map((c) => c.ping()));
   meter.mark();
   const m = await meter.stop();
-  await endAll([sub, pub]);
+  await endAll([...subs, pub]);
+  if (persistent) {
+    // End the persistent sessions (a clean connect of each client id), or their offline queues
+    // would take every later row's messages (and count their rows).
+    await endAll(await Promise.all(subs.map((_, i) => MqttClient.connect(peer.wsUrl, { clientId: `cost-sub-${tag}-${i}`, clean: true }))));
+  }
   const c = m.counters;
-  if (c) c.totals.wsIn -= 2; // the two barrier PINGREQs
-  return { ...m, qos, mode, expected: messages, delivered, complete: delivered >= messages, serverCpuUsPerDelivery: (m.serverCpuMs * 1000) / Math.max(1, delivered) };
+  if (c) c.totals.wsIn -= subscribers + 1; // the barrier PINGREQs
+  return { ...m, qos, mode, subscribers, expected: messages * subscribers, delivered, published: Math.min(sent, messages), complete: delivered >= messages * subscribers, serverCpuUsPerDelivery: (m.serverCpuMs * 1000) / Math.max(1, delivered) };
 }
 
 /**

@@ -2,6 +2,7 @@ import type { Context } from "hono";
 import type { Env } from "../env";
 import { jsonError } from "./errors";
 import { timingSafeEqualString } from "../auth/passwords";
+import { errorMessage, log } from "../log";
 
 import { ADDR_HEADER, BRIDGE_ADDR_HEADER, BRIDGE_TOKEN_HEADER, SUBPROTOCOL_HEADER, TRANSPORT_HEADER } from "../headers";
 
@@ -47,6 +48,17 @@ export async function mqttUpgrade(c: Context<{ Bindings: Env }>): Promise<Respon
   const peer = clientAddress(c);
   headers.set(ADDR_HEADER, peer.addr);
   headers.set(TRANSPORT_HEADER, peer.transport);
-  const stub = c.env.CONNECTION.get(c.env.CONNECTION.newUniqueId());
-  return stub.fetch(new Request(c.req.raw.url, { method: "GET", headers }));
+  try {
+    const stub = c.env.CONNECTION.get(c.env.CONNECTION.newUniqueId());
+    return await stub.fetch(new Request(c.req.raw.url, { method: "GET", headers }));
+  } catch (err) {
+    // The connection object could not take the socket (overloaded, out of memory, being
+    // reset): a retryable answer, never a 500, and nothing was attached anywhere yet.
+    log("warn", "http.upgrade_unavailable", { error: errorMessage(err) });
+    c.header("Retry-After", String(UPGRADE_RETRY_SECONDS));
+    return jsonError(c, 503, "server_unavailable", "the broker cannot take this connection now; retry shortly");
+  }
 }
+
+/** What a refused upgrade asks the client to wait. */
+const UPGRADE_RETRY_SECONDS = 2;

@@ -8,7 +8,7 @@ import { authenticateDevicePassword, authenticateToken, type AuthResult, type Id
 import type { PublishAllowance } from "../limits/connection-limiter";
 import { canPublish } from "../topics/acl";
 import { validateTopicName } from "../topics/topic";
-import type { ForwardedProps, Message } from "../router/messages";
+import type { ForwardedProps, Message, Routed } from "../router/messages";
 import { payloadFormatValid } from "../session/properties";
 import { errorMessage, log } from "../log";
 import { readAtMost } from "../streams";
@@ -69,7 +69,7 @@ publishApi.post(
       403: ["forbidden", "device_disabled"],
       413: ["payload_too_large", "retained_quota_exceeded"],
       429: ["rate_limited"],
-      503: ["auth_unavailable", "unavailable"],
+      503: ["auth_unavailable", "unavailable", "server_unavailable"],
     },
   }),
   async (c, next) => {
@@ -115,7 +115,16 @@ publishApi.post(
       return jsonError(c, 400, "invalid_payload_format", "the payload is marked UTF-8 but is not valid UTF-8");
     }
     if (extras.expirySeconds !== undefined) message.expiresAt = Date.now() + extras.expirySeconds * 1000;
-    const [outcome] = await accountRouter(c.env, identity.account, shardingOf(limits)).publish([message]);
+    let outcome: Routed | undefined;
+    try {
+      [outcome] = await accountRouter(c.env, identity.account, shardingOf(limits)).publish([message]);
+    } catch (err) {
+      // The router could not take it (overloaded, being reset, a refused shard count): nothing
+      // was acknowledged, so the client may retry; a QoS 1 message is at least once either way.
+      log("error", "http.route_failed", { account: identity.account, topic, error: errorMessage(err) });
+      c.header("Retry-After", String(UNAVAILABLE_RETRY_SECONDS));
+      return jsonError(c, 503, "server_unavailable", "the message could not be routed now; retry shortly");
+    }
     if (outcome === "quota") {
       log("warn", "http.retained_quota_exceeded", { account: identity.account, identity: identity.id, topic });
       return jsonError(c, 413, "retained_quota_exceeded", "the account's retained quota (MAX_RETAINED_MESSAGES, MAX_RETAINED_BYTES) is full: the message was neither retained nor delivered");

@@ -13,17 +13,17 @@ import { PAGE_BYTES, pagesOf, type DeliverResult, type Message, type TakenOver }
 import { count, meterStorage } from "../metrics";
 import { authenticateConnect } from "./authenticate";
 import { fullBucket } from "../limits/rate";
-import { keepAliveDeadline } from "./keepalive";
-import { CONNECT_TIMEOUT_MS, connectionFacts, type Attachment, type ConnectionDescription } from "./state";
-
-/** After an alarm that failed, the next try. */
-const ALARM_RETRY_MS = 30_000;
+import { alarmVerdict } from "./keepalive";
+import { connectionFacts, type Attachment, type ConnectionDescription } from "./state";
 import { BROWSER_KEY } from "./keys";
 import { createConnState, type ConnState, type Services } from "./link";
 import { SocketLink } from "./socket-link";
 import { dispatch } from "./dispatch";
 import { deliverMessages } from "./handlers/deliver";
 import { closeConnection } from "./handlers/teardown";
+
+/** After an alarm that failed, the next try. */
+const ALARM_RETRY_MS = 30_000;
 
 /**
  * One object per WebSocket (a unique id per upgrade): it is the only code that reads from
@@ -80,6 +80,8 @@ export class MqttConnection extends DurableObject<Env> {
     const [client, server] = [pair[0], pair[1]];
     this.ctx.acceptWebSocket(server);
     const now = Date.now();
+    // The one alarm: the connect timeout, which after CONNACK becomes the first keep-alive check.
+    const alarmAt = now + this.config.limits.connectTimeoutSeconds * 1000;
     const att: Attachment = {
       v: 1,
       phase: "connecting",
@@ -90,6 +92,7 @@ export class MqttConnection extends DurableObject<Env> {
       protocolVersion: 4,
       openedAt: now,
       lastSeen: now,
+      alarmAt,
       addr: request.headers.get(ADDR_HEADER) ?? "",
       transport: request.headers.get(TRANSPORT_HEADER) === "tcp" ? "tcp" : "ws",
       rx: null,
@@ -102,12 +105,16 @@ export class MqttConnection extends DurableObject<Env> {
       receiveMax: this.config.limits.maxInflight,
       problemInfo: true,
     };
-    this.link.saveAttachment(att);
     const cookies = request.headers.get("cookie");
     const token = readCookie(cookies, TOKEN_COOKIE);
     const csrf = readCookie(cookies, CSRF_COOKIE);
+    if (token && csrf) att.browser = true;
+    this.link.saveAttachment(att);
+    // Each upgrade gets a new object (a unique id): nothing is stored yet, so the CONNECT need not look.
+    this.state.outbox.reset();
+    this.state.inboundQos2.reset();
     if (token && csrf) await this.ctx.storage.put(BROWSER_KEY, { token, csrf });
-    await this.ctx.storage.setAlarm(now + CONNECT_TIMEOUT_MS);
+    await this.ctx.storage.setAlarm(alarmAt);
     const headers = new Headers();
     const protocol = request.headers.get(SUBPROTOCOL_HEADER);
     if (protocol) headers.set("Sec-WebSocket-Protocol", protocol);
@@ -154,23 +161,19 @@ export class MqttConnection extends DurableObject<Env> {
         await closeConnection(this.link, "networkLost");
         return;
       }
-      const now = Date.now();
-      if (att.phase === "connecting") {
-        if (now - att.openedAt >= CONNECT_TIMEOUT_MS) await this.link.close("protocolError");
-        else await this.ctx.storage.setAlarm(att.openedAt + CONNECT_TIMEOUT_MS);
-        return;
+      const connectTimeoutMs = this.config.limits.connectTimeoutSeconds * 1000;
+      switch (alarmVerdict(att, Date.now(), connectTimeoutMs)) {
+        case "connectTimeout":
+          return await this.link.close("protocolError");
+        case "keepAliveTimeout":
+          return await this.link.close("keepAliveTimeout");
+        case "tokenExpired":
+          // The token this connection authenticated with has expired.
+          return await this.link.close("notAuthorized");
+        case null:
+          if (att.phase === "connecting") await this.link.armAlarm(att, att.openedAt + connectTimeoutMs);
+          else await this.link.scheduleAlarm(att);
       }
-      const deadline = keepAliveDeadline(att.lastSeen, att.keepAlive);
-      if (deadline !== null && now >= deadline) {
-        await this.link.close("keepAliveTimeout");
-        return;
-      }
-      if (att.expiresAt !== null && now >= att.expiresAt) {
-        // The token this connection authenticated with has expired.
-        await this.link.close("notAuthorized");
-        return;
-      }
-      await this.link.scheduleAlarm(att);
     } catch (err) {
       log("error", "MqttConnection:alarm", { error: errorMessage(err) });
       // The clock must keep running: a silent client or a vanished socket is checked again.

@@ -1,7 +1,7 @@
 import type { Limits } from "../config";
 import type { Attachment } from "./state";
 
-/** Even without a keep alive, the alarm checks this often that the socket still exists. */
+/** Without a keep alive, the alarm checks this often that the socket still exists (a runtime restart closes no socket). */
 export const LIVENESS_CHECK_MS = 5 * 60_000;
 
 /**
@@ -16,16 +16,50 @@ export function clampKeepAlive(requested: number, limits: Pick<Limits, "keepAliv
 /** [MQTT-3.1.2-24]: the server disconnects after one and a half keep-alive periods of silence. */
 export function keepAliveDeadline(lastSeen: number, keepAliveSeconds: number): number | null {
   if (keepAliveSeconds <= 0) return null;
-  // lastSeen is kept to about a second (the attachment is not rewritten on every packet),
-  // so allow that second of slack.
+  // One second of slack for the alarm's own delivery delay.
   return lastSeen + keepAliveSeconds * 1500 + 1000;
 }
 
-/** When the one alarm should next run: the keep-alive deadline, the token expiry, or the liveness check. */
-export function nextAlarm(att: Pick<Attachment, "lastSeen" | "keepAlive" | "expiresAt">, now: number): number {
-  let next = now + LIVENESS_CHECK_MS;
+/**
+ * When the one alarm should next run: the keep-alive deadline, the token expiry, or the
+ * liveness check. Packets never move the alarm (a write per packet is what an idle fleet
+ * would pay for): `lastSeen` lives in the socket attachment, and the alarm, when it runs,
+ * finds the deadline moved and re-arms for it. So a talking client costs one alarm run and
+ * one `setAlarm` per keep-alive period in the exact setting (`checkSeconds` 0), or one per
+ * `checkSeconds` when that is longer: the alarm then runs at most that often, and a silent
+ * client is closed up to `checkSeconds` after its deadline. The token expiry stays exact.
+ */
+export function nextAlarm(att: Pick<Attachment, "lastSeen" | "keepAlive" | "expiresAt">, now: number, checkSeconds = 0): number {
+  const grain = checkSeconds * 1000;
   const deadline = keepAliveDeadline(att.lastSeen, att.keepAlive);
-  if (deadline !== null) next = Math.min(next, deadline);
+  // The deadline is a liveness check of its own (a socket gone without a close event is found then).
+  let next = deadline === null ? now + Math.max(LIVENESS_CHECK_MS, grain) : Math.max(deadline, now + grain);
   if (att.expiresAt !== null) next = Math.min(next, att.expiresAt);
   return next;
+}
+
+/** Why the alarm ends a connection now, if it does. */
+export type AlarmVerdict = "connectTimeout" | "keepAliveTimeout" | "tokenExpired" | null;
+
+/** What the alarm finds at `now`: a socket without CONNECT past its time, a silent client, an expired token, or nothing. Pure. */
+export function alarmVerdict(
+  att: Pick<Attachment, "phase" | "openedAt" | "lastSeen" | "keepAlive" | "expiresAt">,
+  now: number,
+  connectTimeoutMs: number,
+): AlarmVerdict {
+  if (att.phase === "connecting") return now - att.openedAt >= connectTimeoutMs ? "connectTimeout" : null;
+  const deadline = keepAliveDeadline(att.lastSeen, att.keepAlive);
+  if (deadline !== null && now >= deadline) return "keepAliveTimeout";
+  if (att.expiresAt !== null && now >= att.expiresAt) return "tokenExpired";
+  return null;
+}
+
+/**
+ * After CONNACK: the time to arm the alarm for, or null when the alarm armed at the upgrade
+ * (the connect timeout, `alarmAt`) runs early enough to take over as the first keep-alive
+ * check. It then re-arms itself, so a clean connect costs one `setAlarm`, not two.
+ */
+export function alarmAfterConnack(att: Pick<Attachment, "lastSeen" | "keepAlive" | "expiresAt" | "alarmAt">, now: number, checkSeconds = 0): number | null {
+  const next = nextAlarm(att, now, checkSeconds);
+  return att.alarmAt !== undefined && att.alarmAt <= next ? null : next;
 }

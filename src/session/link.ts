@@ -199,6 +199,8 @@ export interface Link {
   takeBrowserCredentials(): Promise<BrowserCredentials | null>;
   /** Arms the one alarm for the next keep-alive, liveness or token-expiry check. */
   scheduleAlarm(att: Attachment): Promise<void>;
+  /** After CONNACK: arms the alarm only if the connect-timeout alarm armed at the upgrade would run too late to be the first check. */
+  scheduleFirstCheck(att: Attachment): Promise<void>;
   /** Drops everything this object stored (the connection has ended). */
   clearStorage(): Promise<void>;
   /** A session hand-back that failed and waits for its next try, if any. */

@@ -5,7 +5,10 @@ import { isRecord } from "../guards";
 
 /**
  * A QoS 1/2 message for the client, durable in the connection object's storage.
- * - `queued`: waiting for room in the in-flight window (pid 0);
+ * - `queued`: waiting for room in the in-flight window. Its packet id is reserved when it is
+ *   stored (0 only when none was free), so admitting it into the window changes nothing in
+ *   storage: the record is written once. Stored `queued` records at or below the admission
+ *   mark ({@link Outbox.trackAdmitted}) were admitted and are `sent`;
  * - `sent`: PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2);
  * - `released`: QoS 2 PUBREL sent, waiting for PUBCOMP.
  */
@@ -56,6 +59,14 @@ export class Outbox {
   private readonly stored = new Set<number>();
   private nextSeq = 0;
   private nextPid = 1;
+  /** Records in the window (`sent` or `released`): byPid also holds the queued ones' reserved ids. */
+  private inflight = 0;
+  /**
+   * The highest seq admitted from `queued` without a rewrite; -1 before any. Kept in the socket
+   * attachment (free to write) through `onAdmit`; null when it is unknown (read with no socket).
+   */
+  private admittedThrough: number | null = null;
+  private onAdmit: ((seq: number) => void) | null = null;
   /**
    * A session that ends with its connection (clean session, MQTT 5 expiry 0) never
    * redelivers, so a QoS 1 message sent on the socket need not be stored: only the ones
@@ -92,6 +103,31 @@ export class Outbox {
     this.ephemeral = ephemeral;
   }
 
+  /**
+   * The admission mark as the attachment keeps it, and where to keep its next value. Without
+   * it (no socket: a runtime restart), stored `queued` records may have been sent; the hand-over
+   * then marks them DUP.
+   */
+  trackAdmitted(through: number, onAdmit: (seq: number) => void): void {
+    this.admittedThrough = Math.max(this.admittedThrough ?? -1, through);
+    this.onAdmit = onAdmit;
+    for (const r of this.records?.values() ?? []) {
+      if (r.state !== "queued" || r.pid === 0 || r.seq > this.admittedThrough) continue;
+      r.state = "sent";
+      this.inflight++;
+    }
+  }
+
+  private isInflight(record: OutRecord): boolean {
+    return record.state !== "queued";
+  }
+
+  /** The record in flight with `pid`; a reserved id of a message not sent yet is no flow to acknowledge. */
+  private sentWith(pid: number): OutRecord | undefined {
+    const record = this.byPid.get(pid);
+    return record && this.isInflight(record) ? record : undefined;
+  }
+
   private mustStore(record: OutRecord): boolean {
     return !this.ephemeral || record.state === "queued" || record.message.qos === 2 || record.message.share !== undefined;
   }
@@ -105,7 +141,8 @@ export class Outbox {
   }
 
   private async forget(record: OutRecord): Promise<void> {
-    this.byPid.delete(record.pid);
+    if (this.isInflight(record)) this.inflight--;
+    if (this.byPid.get(record.pid) === record) this.byPid.delete(record.pid);
     this.records?.delete(record.seq);
     if (this.stored.delete(record.seq)) await this.storage.delete(outKey(record.seq));
   }
@@ -120,8 +157,13 @@ export class Outbox {
     const records = new Map<number, OutRecord>();
     const stored = await this.storage.list({ prefix: OUT_PREFIX });
     let maxPid = 0;
+    const through = this.admittedThrough ?? -1;
+    let inflight = 0;
     for (const value of stored.values()) {
       if (!isOutRecord(value)) continue;
+      // Admitted into the window after it was stored: sent, though storage still says queued.
+      if (value.state === "queued" && value.pid > 0 && value.seq <= through) value.state = "sent";
+      if (this.isInflight(value)) inflight++;
       records.set(value.seq, value);
       this.stored.add(value.seq);
       this.nextSeq = Math.max(this.nextSeq, value.seq + 1);
@@ -133,6 +175,7 @@ export class Outbox {
     // A concurrent load may have finished first; keep the first.
     if (!this.records) {
       this.records = records;
+      this.inflight = inflight;
       this.nextPid = maxPid >= 65535 ? 1 : maxPid + 1;
     }
     return this.records;
@@ -154,12 +197,18 @@ export class Outbox {
       if (hintPid !== undefined && hintPid > 0 && !this.byPid.has(hintPid)) {
         record = { seq, pid: hintPid, state: released ? "released" : "sent", dup: true, message: plain };
         this.byPid.set(hintPid, record);
-      } else if (this.byPid.size < this.maxInflight) {
+        this.inflight++;
+      } else if (this.inflight < this.maxInflight) {
         const pid = this.allocatePid();
+        if (pid === 0) throw new Error("no free packet id");
         record = { seq, pid, state: "sent", dup: message.dup === true, message: plain };
         this.byPid.set(pid, record);
+        this.inflight++;
       } else {
-        record = { seq, pid: 0, state: "queued", dup: message.dup === true, message: plain };
+        // The packet id is reserved now, so admitting the message later needs no second write.
+        const pid = this.allocatePid();
+        record = { seq, pid, state: "queued", dup: message.dup === true, message: plain };
+        if (pid > 0) this.byPid.set(pid, record);
       }
       records.set(seq, record);
       this.sync(record, writes, []);
@@ -175,6 +224,7 @@ export class Outbox {
       if (waiting <= this.maxQueued) break;
       if (r.state !== "queued") continue;
       records.delete(r.seq);
+      if (this.byPid.get(r.pid) === r) this.byPid.delete(r.pid);
       if (this.stored.delete(r.seq)) deletes.push(outKey(r.seq));
       delete writes[outKey(r.seq)];
       waiting--;
@@ -189,7 +239,7 @@ export class Outbox {
   /** PUBACK (QoS 1) or PUBCOMP (QoS 2, after PUBREL) for `pid`: the message is done. */
   async complete(pid: number, ack: "puback" | "pubcomp"): Promise<AckResult> {
     await this.load();
-    const record = this.byPid.get(pid);
+    const record = this.sentWith(pid);
     if (!record) return { kind: "unknown" };
     const expected = ack === "puback" ? record.message.qos === 1 : record.state === "released";
     if (!expected) return { kind: "unexpected" };
@@ -200,7 +250,7 @@ export class Outbox {
   /** A message that will never be sent (expired, too large for the client): done, window freed. */
   async drop(pid: number): Promise<OutAction[]> {
     await this.load();
-    const record = this.byPid.get(pid);
+    const record = this.sentWith(pid);
     if (!record) return [];
     await this.forget(record);
     return this.admit();
@@ -213,7 +263,7 @@ export class Outbox {
    */
   async received(pid: number, failed = false): Promise<AckResult> {
     await this.load();
-    const record = this.byPid.get(pid);
+    const record = this.sentWith(pid);
     if (!record) return { kind: "unknown" };
     if (record.message.qos !== 2) return { kind: "unexpected" };
     if (failed && record.state === "sent") {
@@ -248,16 +298,28 @@ export class Outbox {
     const writes: Record<string, OutRecord> = {};
     const deletes: string[] = [];
     const actions: OutAction[] = [];
+    let mark = this.admittedThrough ?? -1;
     for (const record of records.values()) {
-      if (this.byPid.size >= this.maxInflight) break;
+      if (this.inflight >= this.maxInflight) break;
       if (record.state !== "queued") continue;
-      record.pid = this.allocatePid();
+      const reserved = record.pid > 0;
+      if (!reserved) {
+        record.pid = this.allocatePid();
+        if (record.pid === 0) throw new Error("no free packet id");
+        this.byPid.set(record.pid, record);
+      }
       record.state = "sent";
-      this.byPid.set(record.pid, record);
-      this.sync(record, writes, deletes);
+      this.inflight++;
+      // Stored as queued with its reserved id, the record stays as it is; the mark says it was sent.
+      if (reserved && this.mustStore(record) && this.stored.has(record.seq)) mark = Math.max(mark, record.seq);
+      else this.sync(record, writes, deletes);
       actions.push({ kind: "publish", record });
     }
     await this.flush(writes, deletes);
+    if (mark !== (this.admittedThrough ?? -1)) {
+      this.admittedThrough = mark;
+      this.onAdmit?.(mark);
+    }
     return actions;
   }
 
@@ -267,8 +329,12 @@ export class Outbox {
    */
   async handover(): Promise<Message[]> {
     const records = await this.load();
+    // Without the admission mark, a queued record with a reserved id may have been sent: DUP.
+    const unsure = this.admittedThrough === null;
     return [...records.values()].map((r) =>
-      r.state === "queued" ? r.message : { ...r.message, dup: true, pid: r.pid, released: r.state === "released" },
+      r.state === "queued"
+        ? unsure && r.pid > 0 ? { ...r.message, dup: true } : r.message
+        : { ...r.message, dup: true, pid: r.pid, released: r.state === "released" },
     );
   }
 
@@ -277,16 +343,17 @@ export class Outbox {
     this.records = new Map();
     this.byPid.clear();
     this.stored.clear();
+    this.inflight = 0;
   }
 
+  /** A packet id 1..65535 [MQTT-2.3.1-1] that no record holds (in flight or reserved), or 0 when none is free. */
   private allocatePid(): number {
-    // Packet ids 1..65535 [MQTT-2.3.1-1], skipping ids still in flight.
     for (let i = 0; i < 65535; i++) {
       const pid = this.nextPid;
       this.nextPid = pid >= 65535 ? 1 : pid + 1;
       if (!this.byPid.has(pid)) return pid;
     }
-    throw new Error("no free packet id");
+    return 0;
   }
 }
 

@@ -7,7 +7,7 @@ import { readAttachment, readBrowserCredentials, readConnMeta, type Attachment, 
 import { isRecord } from "../guards";
 import { isMessage } from "../router/messages";
 import { BROWSER_KEY, META_KEY, PENDING_DETACH_KEY } from "./keys";
-import { nextAlarm } from "./keepalive";
+import { alarmAfterConnack, nextAlarm } from "./keepalive";
 import type { ConnState, Link, PendingDetach, Services, SessionDetach } from "./link";
 import { closeConnection } from "./handlers/teardown";
 
@@ -38,7 +38,16 @@ export class SocketLink implements Link {
     this.state.att = att;
     this.state.outbox.setWindow(att.receiveMax);
     this.state.outbox.setEphemeral(att.clean);
+    this.trackAdmitted(att);
     return att;
+  }
+
+  /** The outbox keeps its admission mark in the attachment, which costs no row to rewrite. */
+  private trackAdmitted(att: Attachment): void {
+    this.state.outbox.trackAdmitted(att.outAdmitted ?? -1, (seq) => {
+      att.outAdmitted = seq;
+      this.saveAttachment(att);
+    });
   }
 
   att(): Attachment {
@@ -49,6 +58,7 @@ export class SocketLink implements Link {
   }
 
   saveAttachment(att: Attachment): void {
+    if (this.state.att !== att) this.trackAdmitted(att);
     this.state.att = att;
     this.socket()?.serializeAttachment(att);
   }
@@ -108,13 +118,27 @@ export class SocketLink implements Link {
   }
 
   async takeBrowserCredentials(): Promise<BrowserCredentials | null> {
+    // Most clients are not browsers: no storage read for them.
+    if (!this.att().browser) return null;
     const browser = readBrowserCredentials(await this.ctx.storage.get(BROWSER_KEY));
     if (browser) await this.ctx.storage.delete(BROWSER_KEY);
     return browser;
   }
 
   async scheduleAlarm(att: Attachment): Promise<void> {
-    await this.ctx.storage.setAlarm(nextAlarm(att, this.now()));
+    await this.armAlarm(att, nextAlarm(att, this.now(), this.config.limits.keepAliveCheckSeconds));
+  }
+
+  async scheduleFirstCheck(att: Attachment): Promise<void> {
+    const at = alarmAfterConnack(att, this.now(), this.config.limits.keepAliveCheckSeconds);
+    if (at !== null) await this.armAlarm(att, at);
+  }
+
+  /** Sets the alarm (one row written) and notes its time in the attachment, which costs nothing. */
+  async armAlarm(att: Attachment, at: number): Promise<void> {
+    await this.ctx.storage.setAlarm(at);
+    att.alarmAt = at;
+    this.saveAttachment(att);
   }
 
   async pendingDetach(): Promise<PendingDetach | null> {

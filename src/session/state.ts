@@ -13,8 +13,6 @@ import { isRecord, isStringArray } from "../guards";
 
 /** Partial packets up to this size ride in the attachment; larger ones go to storage. */
 export const ATTACHMENT_RX_MAX = 1024;
-/** A socket that sends no CONNECT within this time is closed. */
-export const CONNECT_TIMEOUT_MS = 30_000;
 
 export interface Attachment {
   v: 1;
@@ -28,8 +26,14 @@ export interface Attachment {
   openedAt: number;
   /** When the credentials expire (JWT exp, ms), or null. */
   expiresAt: number | null;
-  /** Last time a packet arrived, to about a second (updated at most once a second). */
+  /** Last time a packet arrived (the keep-alive clock: packets never move the alarm). */
   lastSeen: number;
+  /** The outbox's admission mark (`Outbox.trackAdmitted`): stored queued records up to this seq were sent. */
+  outAdmitted?: number;
+  /** Browser credentials from the upgrade's cookies wait in storage (`BROWSER_KEY`) for the CONNECT. */
+  browser?: true;
+  /** When the object's one alarm is armed for, as this object last set it (absent in attachments written before it existed). */
+  alarmAt?: number;
   addr: string;
   /** "tcp" when the client came through the trusted TCP bridge. */
   transport: "ws" | "tcp";
@@ -90,6 +94,9 @@ export function readAttachment(v: unknown): Attachment | null {
     expiresAt: v.expiresAt, transport: v.transport,
     traffic: { readBytes: t.readBytes, readMsg: t.readMsg, writeBytes: t.writeBytes, writeMsg: t.writeMsg },
     bucket: { tokens: b.tokens, at: b.at },
+    ...(typeof v.alarmAt === "number" ? { alarmAt: v.alarmAt } : {}),
+    ...(typeof v.outAdmitted === "number" ? { outAdmitted: v.outAdmitted } : {}),
+    ...(v.browser === true ? { browser: true as const } : {}),
     ...(isRecord(v.packets) && typeof v.packets.tokens === "number" && typeof v.packets.at === "number" ? { packets: { tokens: v.packets.tokens, at: v.packets.at } } : {}),
   };
 }

@@ -69,6 +69,8 @@ describe("parseConfig", () => {
       httpPublishBurst: 200,
       keepAliveMinSeconds: 0,
       keepAliveMaxSeconds: 3600,
+      keepAliveCheckSeconds: 0,
+      connectTimeoutSeconds: 30,
       maxQueuedMessages: 1000,
       maxQueuedBytes: 8 * 1024 * 1024,
       maxOutboxMessages: 1000,

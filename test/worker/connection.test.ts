@@ -1,5 +1,5 @@
 import { describe, it, expect } from "vitest";
-import { SELF, env, listDurableObjectIds, runInDurableObject } from "cloudflare:test";
+import { SELF, env, listDurableObjectIds, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import mqttPacket, { type Packet } from "mqtt-packet";
 import type { Env } from "../../src/env";
 import { routerStub, sessionStub } from "../../src/stubs";
@@ -134,4 +134,40 @@ describe("MqttConnection in workerd", () => {
       c.ws.close();
     });
   }
+
+  it("one alarm per connect: the connect timeout armed at the upgrade is the first keep-alive check, and re-arms for the deadline without closing", async () => {
+    const before = await connectionIds();
+    const t0 = Date.now();
+    const c = await open();
+    c.ws.send(encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 60, clientId: `alarm-${crypto.randomUUID()}` }));
+    await c.next("connack");
+    const id = [...(await connectionIds())].find((x) => !before.has(x));
+    if (!id) throw new Error("connection object not found");
+    const stub = E.CONNECTION.get(E.CONNECTION.idFromString(id));
+    const armed = await runInDurableObject(stub, (_i, state) => state.storage.getAlarm());
+    // Still the connect timeout (30 s after the upgrade): nothing was armed at CONNACK.
+    expect(armed).toBeGreaterThanOrEqual(t0 + 30_000);
+    expect(armed).toBeLessThanOrEqual(Date.now() + 30_000);
+    expect(await runDurableObjectAlarm(stub)).toBe(true);
+    // Run early for the keep-alive deadline (1.5 × 60 s + 1 s after the last packet): re-armed for it, the client still connected.
+    const rearmed = await runInDurableObject(stub, (_i, state) => state.storage.getAlarm());
+    expect(rearmed).toBeGreaterThanOrEqual(t0 + 91_000);
+    expect(rearmed).toBeLessThanOrEqual(Date.now() + 91_000);
+    c.ws.send(encode({ cmd: "pingreq" }));
+    await c.next("pingresp");
+    expect(c.closed()).toBe(false);
+    c.ws.close();
+  });
+
+  it("a keep alive whose deadline comes before the connect timeout is armed at CONNACK", async () => {
+    const before = await connectionIds();
+    const c = await open();
+    c.ws.send(encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 10, clientId: `alarm10-${crypto.randomUUID()}` }));
+    await c.next("connack");
+    const id = [...(await connectionIds())].find((x) => !before.has(x));
+    if (!id) throw new Error("connection object not found");
+    const armed = await runInDurableObject(E.CONNECTION.get(E.CONNECTION.idFromString(id)), (_i, state) => state.storage.getAlarm());
+    expect(armed).toBeLessThanOrEqual(Date.now() + 16_000);
+    c.ws.close();
+  });
 });

@@ -7,6 +7,7 @@ import { app } from "../../src/http/app";
 import { healthAnswer } from "../../src/http/health";
 import { MqttConnection } from "../../src/session/connection";
 import { isRecord } from "../../src/guards";
+import { mintToken } from "../../src/auth/tokens";
 
 const E = env as unknown as Env;
 
@@ -89,5 +90,33 @@ describe("GET /health", () => {
         },
       },
     });
+  });
+});
+
+describe("an upgrade the connection object cannot take", () => {
+  it("answers 503 server_unavailable with Retry-After, never 500 (the object's fetch failing as under a storm's SQLITE_NOMEM)", async () => {
+    // The one dependency replaced: a CONNECTION namespace whose objects fail to take the socket.
+    const failing = { ...E.CONNECTION, newUniqueId: () => E.CONNECTION.newUniqueId(), get: () => ({ fetch: () => Promise.reject(new Error("SQLITE_NOMEM")) }) };
+    const overloaded = { ...E, CONNECTION: failing } as unknown as Env;
+    const ctx = createExecutionContext();
+    const res = await app.fetch(new Request("http://broker/mqtt", { headers: { Upgrade: "websocket", "Sec-WebSocket-Protocol": "mqtt" } }), overloaded, ctx);
+    await waitOnExecutionContext(ctx);
+    expect(res.status).toBe(503);
+    expect(res.headers.get("retry-after")).toBe("2");
+    expect(await body(res)).toMatchObject({ error: { code: "server_unavailable" } });
+  });
+});
+
+describe("an HTTP publish the router cannot take", () => {
+  it("answers 503 server_unavailable with Retry-After, never 500", async () => {
+    const failingRouter = { ...E.ROUTER, idFromName: (n: string) => E.ROUTER.idFromName(n), get: () => ({ publish: () => Promise.reject(new Error("overloaded")) }) };
+    const broken = { ...E, ROUTER: failingRouter } as unknown as Env;
+    const { token } = await mintToken(E.JWT_SECRET ?? "", { subject: "ops", accountId: "ops", ttlSeconds: 60 });
+    const ctx = createExecutionContext();
+    const res = await app.fetch(new Request("http://broker/api/v1/messages?topic=ops/x&qos=1", { method: "POST", body: "x", headers: { authorization: `Bearer ${token}` } }), broken, ctx);
+    await waitOnExecutionContext(ctx);
+    expect(res.status).toBe(503);
+    expect(res.headers.get("retry-after")).not.toBeNull();
+    expect(await body(res)).toMatchObject({ error: { code: "server_unavailable" } });
   });
 });

@@ -54,7 +54,7 @@ export async function onConnect(link: Link, packet: IConnectPacket): Promise<voi
   att.phase = "connected";
   att.lastSeen = link.now();
   link.saveAttachment(att);
-  await link.scheduleAlarm(att);
+  await link.scheduleFirstCheck(att);
   log("info", "mqtt.connect", {
     account, clientId, identity: identity.id, kind: identity.kind, version, cleanStart: params.cleanStart,
     expirySeconds: params.expirySeconds, sessionPresent, keepAlive: att.keepAlive, addr: att.addr,

@@ -48,7 +48,8 @@ async function pump(link: Link): Promise<void> {
   } finally {
     retained.running = false;
   }
-  await retained.save();
+  // A connection that is closing keeps nothing (its teardown clears the storage).
+  if (!link.state.closing) await retained.save();
 }
 
 /** Messages per retained page: half the outbox bound. */

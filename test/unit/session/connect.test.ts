@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import type { IConnectPacket } from "../../../src/protocol/codec";
 import { connackProperties, onConnect, sessionParameters } from "../../../src/session/handlers/connect";
 import { dispatch } from "../../../src/session/dispatch";
-import { clampKeepAlive, keepAliveDeadline, nextAlarm, LIVENESS_CHECK_MS } from "../../../src/session/keepalive";
+import { clampKeepAlive } from "../../../src/session/keepalive";
 import type { Identity } from "../../../src/auth/identity";
 import { FakeLink, connectedAttachment, testConfig } from "./fake-link";
 
@@ -31,12 +31,6 @@ describe("session parameters", () => {
     expect(clampKeepAlive(9_999, limits)).toBe(600);
     const p = sessionParameters(connect({ protocolVersion: 5, keepalive: 9_999 }), 5, limits);
     expect(connackProperties(connect({ protocolVersion: 5 }), "c1", p, limits).serverKeepAlive).toBe(600);
-  });
-  it("the alarm runs at the earliest of keep-alive deadline, token expiry and the liveness check", () => {
-    expect(keepAliveDeadline(0, 0)).toBeNull();
-    expect(nextAlarm({ lastSeen: 0, keepAlive: 10, expiresAt: null }, 0)).toBe(16_000);
-    expect(nextAlarm({ lastSeen: 0, keepAlive: 0, expiresAt: 5 }, 0)).toBe(5);
-    expect(nextAlarm({ lastSeen: 0, keepAlive: 0, expiresAt: null }, 0)).toBe(LIVENESS_CHECK_MS);
   });
 });
 

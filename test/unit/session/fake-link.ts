@@ -16,6 +16,8 @@ import { fullBucket } from "../../../src/limits/rate";
 export class MemoryStorage {
   readonly data = new Map<string, unknown>();
   alarm: number | null = null;
+  /** Keys put or deleted, as Cloudflare bills rows written. */
+  rowsWritten = 0;
 
   async get(key: string): Promise<unknown> {
     return structuredClone(this.data.get(key));
@@ -24,9 +26,11 @@ export class MemoryStorage {
   async put(key: string | Record<string, unknown>, value?: unknown): Promise<void> {
     if (typeof key === "string") this.data.set(key, structuredClone(value));
     else for (const [k, v] of Object.entries(key)) this.data.set(k, structuredClone(v));
+    this.rowsWritten += typeof key === "string" ? 1 : Object.keys(key).length;
   }
 
   async delete(key: string | string[]): Promise<boolean | number> {
+    this.rowsWritten += typeof key === "string" ? 1 : key.length;
     if (typeof key === "string") return this.data.delete(key);
     let n = 0;
     for (const k of key) if (this.data.delete(k)) n++;
@@ -238,6 +242,7 @@ export class FakeLink implements Link {
   }
 
   async scheduleAlarm(): Promise<void> {}
+  async scheduleFirstCheck(): Promise<void> {}
 
   async clearStorage(): Promise<void> {
     await this.storage.deleteAll();

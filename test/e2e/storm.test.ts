@@ -1,0 +1,54 @@
+import { describe, it, expect, afterAll } from "vitest";
+import { TEST_VARS, killBroker, startBroker, stopBroker, type Broker } from "../helpers/broker";
+import { RawClient } from "../helpers/raw";
+import { uid } from "../helpers/mqtt";
+
+/**
+ * A fleet reconnecting at once (after an outage or a deploy), bounded for CI: a few hundred
+ * connections opened together, then the runtime killed and started again on that state (the
+ * old connection objects' sockets vanished) and the fleet back at once. Every connection gets
+ * CONNACK 0; whatever could not be served would have to get a retryable answer (CONNACK 3,
+ * HTTP 503 with Retry-After), and none is expected at this size.
+ */
+describe("connect storms", () => {
+  let broker: Broker | undefined;
+  afterAll(async () => {
+    if (broker) await stopBroker(broker);
+  });
+
+  /** `ids.length` connections, all started together; the CONNACK code of each, or how it failed. */
+  async function storm(url: string, ids: string[], clean: boolean): Promise<{ clients: RawClient[]; outcomes: string[] }> {
+    const clients: RawClient[] = [];
+    const outcomes = await Promise.all(
+      ids.map(async (id) => {
+        try {
+          const raw = await RawClient.open(url);
+          clients.push(raw);
+          const ack = await raw.connect(id, { clean, keepalive: 60 });
+          return `connack ${ack.returnCode ?? "?"}`;
+        } catch (err) {
+          return `failed: ${err instanceof Error ? err.message : String(err)}`;
+        }
+      }),
+    );
+    return { clients, outcomes };
+  }
+
+  const tally = (outcomes: string[]): Record<string, number> => outcomes.reduce<Record<string, number>>((t, o) => ({ ...t, [o]: (t[o] ?? 0) + 1 }), {});
+
+  it("200 connections at once, then again at once on a runtime restarted on their state: every one gets CONNACK 0", async () => {
+    broker = await startBroker({ vars: TEST_VARS });
+    const ids = Array.from({ length: 200 }, (_, i) => uid(`fleet${i}`));
+    const first = await storm(broker.wsUrl, ids, false);
+    expect(tally(first.outcomes)).toEqual({ "connack 0": 200 });
+
+    await killBroker(broker);
+    for (const c of first.clients) c.terminate();
+    broker = await startBroker({ port: broker.port, persistDir: broker.persistDir, vars: TEST_VARS });
+    const second = await storm(broker.wsUrl, ids, false);
+    expect(tally(second.outcomes)).toEqual({ "connack 0": 200 });
+    // Each answers: the broker serves them, not only accepted them.
+    await Promise.all(second.clients.map((c) => c.pingRoundTrip(30_000)));
+    for (const c of second.clients) c.close();
+  }, 240_000);
+});
