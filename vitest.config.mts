@@ -57,6 +57,9 @@ export default defineConfig({
                 MAX_RETAINED_MESSAGES: "20",
                 MAX_RETAINED_BYTES: "2000000",
               },
+              // The optional Analytics Engine binding, so the router's data points run in the tests
+              // (Miniflare's local dataset accepts them and keeps nothing).
+              analyticsEngineDatasets: { ANALYTICS: { dataset: "mqtt_broker" } },
             },
           }),
         ],
@@ -100,7 +103,7 @@ export default defineConfig({
         test: {
           name: "e2e-shards",
           environment: "node",
-          include: [...PROTOCOL_SUITES, "test/e2e/mqtt5.test.ts"],
+          include: [...PROTOCOL_SUITES, "test/e2e/mqtt5.test.ts", "test/e2e/admin-views.test.ts"],
           env: { ROUTER_SHARDS: "4", ROUTER_SHARD_LEVEL: "1" },
           globalSetup: ["test/helpers/global-setup.ts"],
           testTimeout: 30_000,

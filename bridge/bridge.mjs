@@ -1,4 +1,4 @@
-// The TCP/TLS to WebSocket bridge for native MQTT devices (README, "Native MQTT devices").
+// The TCP/TLS to WebSocket bridge for native MQTT devices (docs/bridge.md).
 // One WebSocket (subprotocol `mqtt`) per device connection; device bytes are cut into whole
 // MQTT packets and sent one packet per WebSocket frame; broker bytes are written to the
 // device unchanged. Plain JavaScript with JSDoc types (checked by `tsc`), so `npx` runs it

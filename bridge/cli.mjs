@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `npm run bridge -- …` / `npx edge-mqtt-bridge …`: see `--help` and README, "Native MQTT devices".
+// `npm run bridge -- …` / `npx edge-mqtt-bridge …`: see `--help` and docs/bridge.md.
 import { readFileSync } from "node:fs";
 import { Bridge, jsonLog } from "./bridge.mjs";
 import { ConfigError, HELP, parseConfig } from "./config.mjs";

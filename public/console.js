@@ -51,6 +51,16 @@
     events: $("events"),
     eventsStatus: $("events-status"),
     clearEvents: $("clear-events"),
+    version: $("mqtt-version"),
+    rateNow: $("rate-now"),
+    rateChart: $("rate-chart"),
+    clients: $("clients"),
+    clientsCount: $("clients-count"),
+    retainedForm: $("retained-form"),
+    retainedFilter: $("retained-filter"),
+    browse: $("browse"),
+    retainedStatus: $("retained-status"),
+    retained: $("retained"),
   };
 
   /** @type {import("mqtt").MqttClient | null} */
@@ -58,6 +68,14 @@
   /** filter -> { qos, granted: number | null } */
   const subscriptions = new Map();
   let messageCount = 0;
+  /** clientId -> the facts of its last Connect event, while no Disconnect followed. */
+  const online = new Map();
+  /** Messages received in each of the last RATE_SECONDS seconds, oldest first. */
+  const RATE_SECONDS = 60;
+  const perSecond = new Array(RATE_SECONDS).fill(0);
+  let received = 0;
+  /** A retained-message browse in progress: its filter and what arrived. */
+  let browsing = null;
 
   // ---- topic matching (MQTT 3.1.1 §4.7), to sort messages into the two panels ----
 
@@ -122,7 +140,7 @@
     ui.messagesEmpty.hidden = true;
   }
 
-  /** A monitoring event: JSON with Action, ClientID, … (see README, Monitoring); anything else shown raw. */
+  /** A monitoring event: JSON with Action, ClientID, … (docs/protocol.md, monitoring); anything else shown raw. */
   function addEvent(topic, bytes, packet) {
     const li = el("li", "event");
     li.dataset.topic = topic;
@@ -137,6 +155,7 @@
     const when = body && typeof body.Time === "string" ? new Date(body.Time) : new Date();
     meta.append(el("time", "", clock(Number.isNaN(when.getTime()) ? new Date() : when)));
     if (body && typeof body.Action === "string") {
+      trackClient(body);
       li.dataset.action = body.Action;
       meta.append(el("span", `badge ${body.Action}`, body.Action));
       meta.append(el("span", "topic", String(body.ClientID ?? topic.slice("$SYS/mon/".length))));
@@ -162,6 +181,105 @@
     prepend(ui.events, li);
   }
 
+  /** The live client list: a Connect event adds its client, a Disconnect removes it (retained events give the state at subscribe). */
+  function trackClient(body) {
+    const id = typeof body.ClientID === "string" ? body.ClientID : null;
+    if (id === null) return;
+    if (body.Action === "Connect") online.set(id, { user: String(body.User ?? ""), protocol: String(body.Protocol ?? ""), addr: String(body.ClientAddr ?? ""), since: String(body.ConnectTime ?? body.Time ?? "") });
+    else if (body.Action === "Disconnect") online.delete(id);
+    else return;
+    renderClients();
+  }
+
+  function renderClients() {
+    ui.clients.replaceChildren();
+    for (const [id, c] of [...online].sort(([a], [b]) => a.localeCompare(b))) {
+      const li = el("li");
+      li.dataset.clientId = id;
+      const since = new Date(c.since);
+      li.append(el("span", "topic", id), el("span", "", `user ${c.user}`), el("span", "badge", c.protocol));
+      if (c.addr) li.append(el("span", "", c.addr));
+      if (!Number.isNaN(since.getTime())) li.append(el("time", "", `since ${clock(since)}`));
+      ui.clients.append(li);
+    }
+    ui.clientsCount.textContent = String(online.size);
+  }
+
+  /** One bar per second; the tallest second fills the height. */
+  function renderRate() {
+    const svg = ui.rateChart;
+    const max = Math.max(1, ...perSecond);
+    const width = 600 / RATE_SECONDS;
+    const bars = perSecond.map((n, i) => {
+      const rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+      const h = (n / max) * 78;
+      rect.setAttribute("x", String(i * width + 1));
+      rect.setAttribute("y", String(80 - h));
+      rect.setAttribute("width", String(width - 2));
+      rect.setAttribute("height", String(h));
+      const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+      title.textContent = `${n} message(s)`;
+      rect.append(title);
+      return rect;
+    });
+    svg.replaceChildren(...bars);
+    svg.dataset.total = String(received);
+    ui.rateNow.textContent = String(perSecond[RATE_SECONDS - 1]);
+  }
+
+  function countReceived() {
+    received++;
+    perSecond[RATE_SECONDS - 1]++;
+    renderRate();
+  }
+
+  function addRetained(topic, bytes) {
+    const li = el("li");
+    li.dataset.topic = topic;
+    li.append(el("span", "topic", topic), el("span", "", `${bytes.length} B`), payloadNode(bytes));
+    const clear = el("button", "small", "Clear");
+    clear.type = "button";
+    clear.title = `Delete the retained message of ${topic} (an empty retained publish)`;
+    clear.addEventListener("click", () => {
+      if (!client?.connected) return;
+      client.publish(topic, "", { qos: 1, retain: true }, (err) => {
+        if (err) ui.retainedStatus.textContent = `could not clear ${topic}: ${err.message}`;
+        else li.remove();
+      });
+    });
+    li.append(clear);
+    ui.retained.append(li);
+  }
+
+  /**
+   * Subscribes to the filter, keeps what arrives flagged retained, and unsubscribes at the
+   * SUBACK: the retained messages are sent right after the SUBACK and before the UNSUBACK,
+   * so when the UNSUBACK comes the list is complete. A filter the page already subscribes
+   * to stays subscribed (subscribing again resends its retained messages [MQTT-3.8.4-3]).
+   */
+  function browseRetained(filter) {
+    const c = client;
+    if (!c?.connected || browsing) return;
+    browsing = { filter, count: 0 };
+    ui.retained.replaceChildren();
+    ui.retainedStatus.textContent = `browsing ${filter}…`;
+    const kept = subscriptions.get(filter);
+    c.subscribe(filter, { qos: kept ? kept.qos : 0 }, (err, _granted, packet) => {
+      const done = (text) => {
+        ui.retainedStatus.textContent = text;
+        ui.retainedStatus.dataset.done = "true";
+        browsing = null;
+      };
+      if (err || refused(err, packet)) {
+        done(`Not authorized for ${filter} (SUBACK 0x80).`);
+        return;
+      }
+      const finish = () => done(`${browsing?.count ?? 0} retained message(s) match ${filter}.`);
+      // For a filter the page keeps, an UNSUBSCRIBE of a filter nobody has is the marker instead.
+      c.unsubscribe(kept ? `console-browse/${randomId()}` : filter, () => finish());
+    });
+  }
+
   function renderSubscriptions() {
     ui.subscriptions.replaceChildren();
     for (const [filter, sub] of subscriptions) {
@@ -184,9 +302,10 @@
   function setStatus(state, text = state) {
     ui.status.dataset.state = state;
     ui.status.textContent = text;
-    const online = state === "connected";
-    ui.subscribe.disabled = !online;
-    ui.publish.disabled = !online;
+    const isOnline = state === "connected";
+    ui.subscribe.disabled = !isOnline;
+    ui.publish.disabled = !isOnline;
+    ui.browse.disabled = !isOnline;
     ui.disconnect.disabled = client === null;
     ui.connect.disabled = client !== null;
   }
@@ -214,7 +333,7 @@
   function connect() {
     showError("");
     if (typeof mqtt === "undefined") {
-      showError("MQTT.js did not load (/vendor/mqtt.min.js); see README, The console.");
+      showError("MQTT.js did not load (/vendor/mqtt.min.js); see docs/connecting.md, The console.");
       return;
     }
     let password;
@@ -234,7 +353,7 @@
       }
     }
     const c = mqtt.connect(ui.url.value.trim(), {
-      protocolVersion: 4,
+      protocolVersion: Number(ui.version.value) === 5 ? 5 : 4,
       clientId: ui.clientId.value.trim(),
       username: ui.user.value.trim(),
       password,
@@ -270,6 +389,11 @@
     });
     c.on("message", (topic, payload, packet) => {
       const bytes = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength);
+      countReceived();
+      if (browsing && packet.retain && matches(browsing.filter, topic)) {
+        browsing.count++;
+        addRetained(topic, bytes);
+      }
       if (matches(MONITOR_FILTER, topic)) addEvent(topic, bytes, packet);
       for (const filter of subscriptions.keys()) {
         if (matches(filter, topic)) {
@@ -325,7 +449,7 @@
   }
 
   /**
-   * `#token=…&user=…&clientId=…&auth=cookie` (what `npm start` prints). A fragment never
+   * `#token=…&user=…&clientId=…&auth=cookie&v=5` (what `npm start` prints; `v=5` for MQTT 5). A fragment never
    * reaches the server; it is removed from the address bar at once so the token stays out
    * of history and bookmarks.
    */
@@ -337,6 +461,7 @@
       user: params.get("user") ?? "",
       clientId: params.get("clientId") ?? "",
       auth: params.get("auth") === "cookie" ? "cookie" : "token",
+      version: params.get("v") === "5" ? "5" : "4",
     };
   }
 
@@ -381,7 +506,7 @@
     client.publish(topic, ui.pubPayload.value, { qos, retain }, (err) => {
       ui.pubResult.textContent = err
         ? `failed: ${err.message}`
-        : `${qos === 1 ? "acknowledged (PUBACK)" : "sent"}: ${topic}${retain ? " (retained)" : ""} at ${clock(new Date())}`;
+        : `${qos === 2 ? "completed (PUBCOMP)" : qos === 1 ? "acknowledged (PUBACK)" : "sent"}: ${topic}${retain ? " (retained)" : ""} at ${clock(new Date())}`;
     });
   });
 
@@ -391,12 +516,25 @@
     ui.msgCount.textContent = "0";
   });
   ui.clearEvents.addEventListener("click", () => ui.events.replaceChildren());
+  ui.retainedForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const filter = ui.retainedFilter.value.trim();
+    if (filter) browseRetained(filter);
+  });
+  // The chart moves one second to the left every second.
+  setInterval(() => {
+    perSecond.shift();
+    perSecond.push(0);
+    renderRate();
+  }, 1000);
+  renderRate();
 
   const fragment = readFragment();
   ui.url.value = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/mqtt`;
   ui.user.value = fragment.user;
   ui.clientId.value = fragment.clientId || `console-${randomId()}`;
   ui.token.value = fragment.token;
+  ui.version.value = fragment.version;
   const authRadio = ui.connectForm.querySelector(`input[name="auth"][value="${fragment.auth}"]`);
   if (authRadio) authRadio.checked = true;
   showAuthMode();

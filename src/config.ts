@@ -64,7 +64,7 @@ export type VarSpec =
 /**
  * Every var the broker reads, in one table: `getConfig` parses with it, `npm start` checks
  * wrangler.toml and .dev.vars with it (scripts/config-check.mjs), and the unit tests hold
- * the README's configuration table, wrangler.toml and .dev.vars.example to it.
+ * the configuration table of docs/configuration.md, wrangler.toml and .dev.vars.example to it.
  */
 export const CONFIG_SCHEMA = {
   ANONYMOUS_ACCOUNT: { kind: "account", default: "" },

@@ -12,6 +12,8 @@ export interface Env {
   DB: D1Database;
   /** The deployed Worker version (`[version_metadata]`), reported by GET /health. */
   CF_VERSION_METADATA: WorkerVersionMetadata;
+  /** Optional Workers Analytics Engine dataset (src/monitoring/analytics.ts); absent unless configured. */
+  ANALYTICS?: AnalyticsEngineDataset;
 
   /** Secrets (wrangler secret put / .dev.vars). */
   ADMIN_TOKEN?: string;

@@ -8,8 +8,11 @@
  * would cost every CONNECT tens of milliseconds (PBKDF2 at workerd's 100,000-iteration cap).
  */
 
+import { base64url } from "../encoding";
+
 const PASSWORD_BYTES = 24;
-const ID_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
+/** Device and account ids: 1 to 64 characters of A-Z a-z 0-9 _ . - */
+export const ID_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
 
 const encoder = new TextEncoder();
 const hmacKeys = new Map<string, Promise<CryptoKey>>();
@@ -78,8 +81,3 @@ function hex(bytes: Uint8Array): string {
   return out;
 }
 
-function base64url(bytes: Uint8Array): string {
-  let bin = "";
-  for (const b of bytes) bin += String.fromCharCode(b);
-  return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-}

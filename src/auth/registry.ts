@@ -108,6 +108,34 @@ export async function setDeviceDisabled(
   return row === null ? null : toDevice(toRecord(row));
 }
 
+/**
+ * Gives the device a fresh password and returns it (the only time it exists in clear); the
+ * old one stops authenticating at once. Null when the account has no such device.
+ */
+export async function rotateDevicePassword(
+  db: D1Database,
+  pepper: string,
+  accountId: string,
+  deviceId: string,
+): Promise<{ device: Device; password: string } | null> {
+  const password = generatePassword();
+  const passwordHash = await hashPassword(pepper, password);
+  const row = await db
+    .prepare(`UPDATE devices SET password_hash = ?, updated_at = ? WHERE account_id = ? AND device_id = ? RETURNING ${COLUMNS}`)
+    .bind(passwordHash, new Date().toISOString(), accountId, deviceId)
+    .first<unknown>();
+  return row === null ? null : { device: toDevice(toRecord(row)), password };
+}
+
+/** The accounts that have at least one device, in id order, at most `limit` (GET /admin/v1/metrics). */
+export async function listAccounts(db: D1Database, limit: number): Promise<string[]> {
+  const { results } = await db.prepare("SELECT DISTINCT account_id FROM devices ORDER BY account_id LIMIT ?").bind(limit).all<unknown>();
+  return results.map((row) => {
+    if (typeof row !== "object" || row === null) throw new Error("devices: row is not an object");
+    return text({ ...row }, "account_id");
+  });
+}
+
 /** Removes the device; false when the account has no such device. */
 export async function deleteDevice(db: D1Database, accountId: string, deviceId: string): Promise<boolean> {
   const result = await db.prepare("DELETE FROM devices WHERE account_id = ? AND device_id = ?").bind(accountId, deviceId).run();

@@ -27,7 +27,7 @@ const SUBPROTOCOLS = ["mqtt", "mqttv3.1"];
 /**
  * `GET /mqtt`: hands the WebSocket upgrade to a fresh connection object. The client id
  * is not known until CONNECT arrives on the socket, so the object gets a unique id; it
- * claims the session by client id afterwards (see README, "Where session state lives").
+ * claims the session by client id afterwards (docs/architecture.md, "Where session state lives").
  */
 export async function mqttUpgrade(c: Context<{ Bindings: Env }>): Promise<Response> {
   if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {

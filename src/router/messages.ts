@@ -124,6 +124,8 @@ export interface RouterDetach {
   announce?: Message[];
   /** Shared-subscription messages the connection never finished: back to their groups. */
   orphans?: Message[];
+  /** False on shards > 0: the account's disconnects are counted by shard 0 (as `RouterAttach.rated`). */
+  rated?: boolean;
 }
 
 /** What a message weighs in queues and pages: its payload and topic (properties are small and bounded by the packet limit). */

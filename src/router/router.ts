@@ -26,6 +26,9 @@ import { fullBucket, take, type Bucket } from "../limits/rate";
 import { RetainedStore } from "./retained";
 import { RouterTables } from "./tables";
 import { checkShardCount, migrate } from "./schema";
+import { COUNTER_ROW_PREFIX, RouterCounters, counterRows, rowsToCounters, type CounterValues } from "./counters";
+import { batchPoint, connectionPoint, type AnalyticsPoint } from "../monitoring/analytics";
+import { base64 } from "../encoding";
 import type { SubOptions, TargetRecord } from "./records";
 
 /**
@@ -58,6 +61,10 @@ export class TopicRouter extends DurableObject<Env> {
   private refusal: string | null = null;
   /** Deliveries dropped since the object woke (a clean target that failed, QoS 0 to a failed target). */
   private dropped = 0;
+  /** Traffic counters for the admin stats and metrics (counters.ts), persisted at most once a second. */
+  private readonly counters = new RouterCounters(Date.now());
+  /** The counter rows as last written: a snapshot writes only the rows that changed. */
+  private persistedRows = new Map<string, number>();
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -82,6 +89,9 @@ export class TopicRouter extends DurableObject<Env> {
     for (const { clientId, filter, options } of this.tables.subscriptions()) this.addSubscription(clientId, filter, options);
     for (const [clientId, target] of this.tables.targets()) this.targets.set(clientId, target);
     this.groupQueued = this.tables.groupCounts();
+    const rows = sql.exec<{ key: string; value: number }>("SELECT key, value FROM router_meta WHERE key >= ? AND key < ?", COUNTER_ROW_PREFIX, `${COUNTER_ROW_PREFIX}\uffff`).toArray();
+    this.counters.load(rowsToCounters(rows), Date.now());
+    this.persistedRows = new Map(rows.map((r) => [r.key, r.value]));
   }
 
   /** Background purge of expired retained messages (they are also purged as reads meet them). */
@@ -129,6 +139,8 @@ export class TopicRouter extends DurableObject<Env> {
       }
     }
     this.setTarget(clientId, { conn, persistent });
+    // Counted where the account's connect rate is (shard 0): every shard sees each attach.
+    if (rated) this.countConnection("connect", account, clientId);
     if (announce.length > 0) await this.publish(account, announce);
     // A member coming back takes what its shared groups queued while no member was online.
     for (const key of this.shared.keysOf(clientId)) {
@@ -159,7 +171,8 @@ export class TopicRouter extends DurableObject<Env> {
    */
   async detach(account: string, clientId: string, conn: string, opts: RouterDetach): Promise<void> {
     this.refuseIfResharded();
-    const { persistent, announce = [], orphans = [] } = opts;
+    const { persistent, announce = [], orphans = [], rated = true } = opts;
+    if (rated) this.countConnection("disconnect", account, clientId);
     if (announce.length > 0) await this.publish(account, announce);
     const current = this.targets.get(clientId);
     if (current && current.conn === conn) {
@@ -240,11 +253,15 @@ export class TopicRouter extends DurableObject<Env> {
         messages.push(m);
         bytes += m.payload.byteLength + m.topic.length;
       }
-      if (page.next) return { messages, more: { subs, after: page.next.after, limit } };
+      if (page.next) {
+        this.countRetainedSent(messages.length);
+        return { messages, more: { subs, after: page.next.after, limit } };
+      }
       subs = rest;
       after = null;
       if (bytes >= PAGE_BYTES || messages.length >= limit) break;
     }
+    this.countRetainedSent(messages.length);
     return { messages, more: subs.length > 0 ? { subs, after: null, limit } : null };
   }
 
@@ -271,6 +288,7 @@ export class TopicRouter extends DurableObject<Env> {
     const perClient = new Map<string, Message[]>();
     const outcomes: Routed[] = [];
     const now = Date.now();
+    const before = this.env.ANALYTICS ? this.counters.snapshot() : null;
     for (const message of messages) {
       if (message.retain) {
         if (this.retained.store(message, now) === "quota") {
@@ -308,6 +326,7 @@ export class TopicRouter extends DurableObject<Env> {
       }
     }
     await this.deliverAll(account, perClient);
+    this.countBatch(account, messages, outcomes.filter((o) => o === "unmatched").length, before);
     return outcomes;
   }
 
@@ -347,13 +366,17 @@ export class TopicRouter extends DurableObject<Env> {
     const group = this.shared.get(key);
     if (message.qos === 0 || !group) return;
     const anyPersistent = [...group.members.keys()].some((id) => this.targets.get(id)?.persistent && id !== exclude);
-    if (!anyPersistent) return;
+    if (!anyPersistent) {
+      this.counters.drop("sharedNoMember", 1);
+      return;
+    }
     this.tables.pushGroupMessage(key, deliveryOf(message, message.qos, false));
     const queued = (this.groupQueued.get(key) ?? 0) + 1;
     const max = getConfig(this.env).limits.maxQueuedMessages;
     if (queued > max) {
       this.tables.dropGroupHead(key, queued - max);
       this.dropped += queued - max;
+      this.counters.drop("sharedQueueFull", queued - max);
     }
     this.groupQueued.set(key, Math.min(queued, max));
   }
@@ -415,7 +438,11 @@ export class TopicRouter extends DurableObject<Env> {
         log("warn", "router.deliver_failed", { clientId, messages: batch.length, error: errorMessage(err) });
         result = "failed";
       }
-      if (result === "ok") return;
+      if (result === "ok") {
+        this.counters.add("deliveredOnline", batch.length);
+        this.counters.add("messagesOut", batch.length);
+        return;
+      }
       // The connection ended without a detach reaching us yet (crash, restart): its
       // session object is the owner now. ("failed": the connection lives on; the session
       // object's queue keeps the batch for it.)
@@ -431,13 +458,20 @@ export class TopicRouter extends DurableObject<Env> {
     if (!target.persistent || durable.length === 0) {
       // QoS 0 is not queued, and a clean session has nowhere to keep anything.
       this.dropped += batch.length;
+      this.counters.drop(target.persistent ? "qos0Offline" : "cleanSessionGone", batch.length);
       log("info", "router.dropped", { clientId, messages: batch.length, total: this.dropped });
       return;
     }
+    this.counters.drop("qos0Offline", batch.length - durable.length);
     await sessionStub(this.env, account, clientId)
       .enqueue(clientId, durable)
+      .then((queueFull) => {
+        this.counters.add("deliveredQueued", durable.length);
+        this.counters.drop("queueFull", queueFull);
+      })
       .catch((err: unknown) => {
         this.dropped += durable.length;
+        this.counters.drop("enqueueFailed", durable.length);
         log("error", "router.enqueue_failed", { clientId, messages: durable.length, error: errorMessage(err) });
       });
   }
@@ -489,7 +523,140 @@ export class TopicRouter extends DurableObject<Env> {
     this.tables.deleteTarget(clientId);
     log("debug", "router.forget", { clientId });
   }
+
+  // --- admin views (src/http/admin-views.ts: clients, sessions, retained, stats, metrics) ---
+
+  /**
+   * One page of this router's retained messages matching `filter`, in topic order; `cursor`
+   * is where the previous page stopped (a topic), and the answer's `cursor` is null on the
+   * last page. Payloads up to ADMIN_PAYLOAD_INLINE_BYTES come inline, in base64.
+   */
+  async listRetained(opts: { filter: string; cursor?: string; limit: number }): Promise<{
+    items: Array<{ topic: string; qos: QoS; bytes: number; payloadBase64?: string; expiresAt?: number }>;
+    cursor: string | null;
+  }> {
+    const from = opts.cursor === undefined ? null : { after: opts.cursor };
+    const page = this.retained.page(opts.filter, from, { qos: 2, maxBytes: Number.MAX_SAFE_INTEGER, maxMessages: opts.limit, now: Date.now() });
+    return {
+      items: page.messages.map((m) => ({
+        topic: m.topic,
+        qos: m.qos,
+        bytes: m.payload.byteLength,
+        ...(m.payload.byteLength <= ADMIN_PAYLOAD_INLINE_BYTES ? { payloadBase64: base64(m.payload) } : {}),
+        ...(m.expiresAt === undefined ? {} : { expiresAt: m.expiresAt }),
+      })),
+      cursor: page.next?.after ?? null,
+    };
+  }
+
+  /** Deletes one retained message (no subscriber is told); false when the topic had none. */
+  async deleteRetained(topic: string): Promise<boolean> {
+    const now = Date.now();
+    const found = this.retained.page(topic, null, { qos: 2, maxBytes: Number.MAX_SAFE_INTEGER, maxMessages: 1, now });
+    if (!found.messages.some((m) => m.topic === topic)) return false;
+    this.retained.store({ topic, payload: new Uint8Array(0), qos: 0, retain: true }, now);
+    return true;
+  }
+
+  /**
+   * One page of the sessions this router routes to, in client id order: `online` only those
+   * with a live connection, `persistent` only those that outlive it. `conn` is the connection
+   * object's id (for its `describe`). Every shard knows every session: shard 0 answers.
+   */
+  async listTargets(opts: { cursor?: string; limit: number; only?: "online" | "persistent" }): Promise<{
+    items: Array<{ clientId: string; conn: string | null; persistent: boolean; subscriptions: number }>;
+    cursor: string | null;
+  }> {
+    const { cursor, limit, only } = opts;
+    const ids = [...this.targets.keys()].filter((id) => cursor === undefined || id > cursor).sort();
+    const items: Array<{ clientId: string; conn: string | null; persistent: boolean; subscriptions: number }> = [];
+    for (const clientId of ids) {
+      const t = this.targets.get(clientId);
+      if (!t || (only === "online" && !t.conn) || (only === "persistent" && !t.persistent)) continue;
+      if (items.length === limit) return { items, cursor: items[items.length - 1]?.clientId ?? null };
+      items.push({ clientId, conn: t.conn, persistent: t.persistent, subscriptions: this.filtersByClient.get(clientId)?.size ?? 0 });
+    }
+    return { items, cursor: null };
+  }
+
+  /** This router's counters and sizes (GET .../stats, GET /admin/v1/metrics): no storage read. */
+  async adminStats(): Promise<RouterAdminStats> {
+    let online = 0;
+    let offline = 0;
+    for (const t of this.targets.values()) {
+      if (t.conn) online++;
+      else if (t.persistent) offline++;
+    }
+    const usage = this.retained.usage;
+    return {
+      counters: this.counters.snapshot(),
+      retained: { count: usage.count, bytes: usage.bytes, monitorEvents: this.retained.size - usage.count },
+      subscriptions: this.trie.size,
+      sessions: { online, offline },
+    };
+  }
+
+  private countConnection(event: "connect" | "disconnect", account: string, clientId: string): void {
+    this.counters.add(event === "connect" ? "connects" : "disconnects", 1);
+    this.writePoint(connectionPoint(event, account, clientId));
+    this.persistCounters();
+  }
+
+  private countRetainedSent(n: number): void {
+    this.counters.add("retainedSent", n);
+    this.counters.add("messagesOut", n);
+  }
+
+  /** After a publish batch: the counts, one Analytics Engine point (`before` is set only with the binding), the snapshot when due. */
+  private countBatch(account: string, messages: Message[], unmatched: number, before: CounterValues | null): void {
+    this.counters.add("batches", 1);
+    this.counters.add("messagesIn", messages.length);
+    this.counters.add("unmatched", unmatched);
+    if (before) {
+      const after = this.counters.values;
+      const drops = (v: CounterValues): number => Object.values(v.drops).reduce((a, b) => a + b, 0);
+      this.writePoint(batchPoint(account, {
+        messages: messages.length,
+        unmatched,
+        deliveredOnline: after.deliveredOnline - before.deliveredOnline,
+        deliveredQueued: after.deliveredQueued - before.deliveredQueued,
+        dropped: drops(after) - drops(before),
+        bytes: messages.reduce((n, m) => n + m.payload.byteLength, 0),
+      }));
+    }
+    this.persistCounters();
+  }
+
+  /** Monitoring never fails routing: a data point that cannot be written is logged and lost. */
+  private writePoint(point: AnalyticsPoint): void {
+    try {
+      this.env.ANALYTICS?.writeDataPoint(point);
+    } catch (err) {
+      log("warn", "router.analytics_failed", { error: errorMessage(err) });
+    }
+  }
+
+  private persistCounters(): void {
+    if (!this.counters.due(Date.now())) return;
+    const rows = counterRows(this.counters.values);
+    for (const [key, value] of rows) {
+      if (this.persistedRows.get(key) !== value) this.ctx.storage.sql.exec("INSERT OR REPLACE INTO router_meta (key, value) VALUES (?, ?)", key, value);
+    }
+    this.persistedRows = rows;
+  }
 }
+
+/** What `adminStats` answers: one router's (one shard's) figures. */
+export interface RouterAdminStats {
+  counters: CounterValues;
+  /** The retained quota's use (monitoring events apart, as the quota counts them). */
+  retained: { count: number; bytes: number; monitorEvents: number };
+  subscriptions: number;
+  sessions: { online: number; offline: number };
+}
+
+/** Retained payloads up to this size come inline in the admin API's retained pages. */
+export const ADMIN_PAYLOAD_INLINE_BYTES = 4096;
 
 /**
  * A subscriber's copy of a published message: what travels (topic, payload, forwarded

@@ -250,7 +250,7 @@ export function accountRouter(env: Env, account: string, sharding: Sharding): Ac
     async detach(clientId, conn, opts) {
       const announce = byShard(opts.announce ?? []);
       const orphans = byShard(opts.orphans ?? []);
-      await Promise.all(all.map((i) => stub(i).detach(account, clientId, conn, { persistent: opts.persistent, announce: announceFor(announce, i), orphans: announceFor(orphans, i) })));
+      await Promise.all(all.map((i) => stub(i).detach(account, clientId, conn, { persistent: opts.persistent, announce: announceFor(announce, i), orphans: announceFor(orphans, i), ...(i === 0 ? {} : { rated: false }) })));
     },
 
     async forget(clientId) {

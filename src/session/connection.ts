@@ -14,7 +14,7 @@ import { count, meterStorage } from "../metrics";
 import { authenticateConnect } from "./authenticate";
 import { fullBucket } from "../limits/rate";
 import { alarmVerdict } from "./keepalive";
-import type { Attachment } from "./state";
+import { connectionFacts, type Attachment, type ConnectionDescription } from "./state";
 import { BROWSER_KEY } from "./keys";
 import { createConnState, type ConnState, type Services } from "./link";
 import { SocketLink } from "./socket-link";
@@ -233,6 +233,28 @@ export class MqttConnection extends DurableObject<Env> {
     if (opts.publishWill === false) this.state.willSuppressed = true;
     await closeConnection(this.link, cause);
     return true;
+  }
+
+  /**
+   * What the admin client list shows of this connection (GET .../clients); null when it no
+   * longer holds `clientId`'s socket. One storage read.
+   */
+  async describe(clientId: string): Promise<ConnectionDescription | null> {
+    const att = this.link.attachment();
+    if (!att || this.state.closing || att.phase !== "connected" || att.clientId !== clientId) return null;
+    const meta = await this.link.readMeta();
+    if (!meta) return null;
+    const facts = connectionFacts(meta);
+    return {
+      clientId,
+      identity: { kind: meta.identity.kind, id: meta.identity.id },
+      protocol: facts.protocol,
+      address: facts.addr,
+      connectedAt: new Date(meta.connectedAt).toISOString(),
+      keepAliveSeconds: att.keepAlive,
+      cleanStart: meta.cleanStart,
+      traffic: { ...att.traffic },
+    };
   }
 
   /** For the connection limiter: does this object still hold the socket of `clientId`? */

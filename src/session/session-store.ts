@@ -243,10 +243,11 @@ export class MqttSession extends DurableObject<Env> {
   /**
    * Messages for this session while the router saw it offline (or its connection gone).
    * Forwarded to the owner when one is online again, else queued, oldest dropped past the limit.
+   * Returns how many queued messages that drop cost (the router counts them).
    */
-  async enqueue(clientId: string, messages: Message[]): Promise<void> {
+  async enqueue(clientId: string, messages: Message[]): Promise<number> {
     const meta = this.meta;
-    if (!meta || meta.clientId !== clientId) return;
+    if (!meta || meta.clientId !== clientId) return 0;
     if (meta.owner) {
       const result: DeliverResult | "failed" = await connectionStub(this.env, meta.owner)
         .deliver(clientId, messages)
@@ -254,7 +255,7 @@ export class MqttSession extends DurableObject<Env> {
           log("warn", "session.forward_failed", { clientId, error: errorMessage(err) });
           return "failed" as const;
         });
-      if (result === "ok") return;
+      if (result === "ok") return 0;
       if (result === "gone") {
         // The connection ended and its detach has not arrived yet: it still counts when it does.
         meta.departed = meta.owner;
@@ -265,8 +266,8 @@ export class MqttSession extends DurableObject<Env> {
       }
       // "failed": the connection is alive but could not take them now: they wait in the queue.
     }
-    if (!meta.persistent) return;
-    await this.append(meta, messages);
+    if (!meta.persistent) return 0;
+    return this.append(meta, messages);
   }
 
   /**
@@ -366,7 +367,7 @@ export class MqttSession extends DurableObject<Env> {
   }
 
   /** Queues messages durably; past a bound the oldest go (counted, logged, LimitExceeded). */
-  private async append(meta: SessionMeta, messages: Message[]): Promise<void> {
+  private async append(meta: SessionMeta, messages: Message[]): Promise<number> {
     const first = meta.tail;
     const drop = await appendToQueue(this.ctx.storage, meta, messages, getConfig(this.env).limits);
     if (drop) {
@@ -375,6 +376,7 @@ export class MqttSession extends DurableObject<Env> {
       this.announce(meta, drop.bound, `offline queue full: ${drop.count} oldest message(s) dropped (${meta.dropped} in all)`);
     }
     this.saveMeta(meta);
+    return drop?.count ?? 0;
   }
 
   private async dropHead(meta: SessionMeta, next: number): Promise<void> {

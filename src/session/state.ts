@@ -133,6 +133,20 @@ export function readBrowserCredentials(v: unknown): { token: string; csrf: strin
 }
 
 
+/** A live connection as the admin API lists it (GET /admin/v1/accounts/<id>/clients). */
+export interface ConnectionDescription {
+  clientId: string;
+  identity: { kind: Identity["kind"]; id: string };
+  /** `mqtt3`, `mqtt4`, `mqtt5`, with `-ws` over WebSocket (as in the monitoring events). */
+  protocol: string;
+  address: string;
+  /** ISO 8601. */
+  connectedAt: string;
+  keepAliveSeconds: number;
+  cleanStart: boolean;
+  traffic: TrafficCounters;
+}
+
 /** What the monitoring events say about this connection. */
 export function connectionFacts(meta: ConnMeta): ConnectionFacts {
   return {

@@ -91,6 +91,23 @@ describe("the web console in Chromium", () => {
     if (profile) rmSync(profile, { recursive: true, force: true });
   });
 
+  it("renders the HTTP API reference from /openapi.json, every operation with its answers", async () => {
+    const doc: unknown = await (await fetch(`${brokerUrl()}/openapi.json`)).json();
+    const paths = typeof doc === "object" && doc !== null && "paths" in doc && typeof doc.paths === "object" && doc.paths !== null ? doc.paths : {};
+    const operations = Object.values(paths).reduce((n: number, item: unknown) => n + (typeof item === "object" && item !== null ? Object.keys(item).length : 0), 0);
+    const page = await context.newPage();
+    page.on("pageerror", (e) => errors.push(`pageerror: ${e.message}`));
+    await page.goto(`${brokerUrl()}/api.html`);
+    await page.waitForSelector("body[data-ready]", { timeout: 15_000 });
+    expect(await page.getAttribute("body", "data-ready")).toBe(String(operations));
+    expect(await page.locator("section.op").count()).toBe(operations);
+    await page.locator("section.op", { hasText: "/admin/v1/accounts/{accountId}/retained" }).first().waitFor();
+    expect(await page.textContent("body")).toContain("retained_not_found");
+    await page.screenshot({ path: join(ARTIFACTS, "api-reference.png"), fullPage: false });
+    await page.close();
+    expect(errors).toEqual([]);
+  });
+
   it("connects with a minted token, subscribes, receives, publishes, and shows $SYS/mon events", async () => {
     const account = uid("web");
     const user = uid("user");
@@ -169,6 +186,75 @@ describe("the web console in Chromium", () => {
 
     await node.client.publishAsync("demo/out", "", { qos: 1, retain: true });
     await end(node.client, mon.client);
+    await page.close();
+    expect(errors).toEqual([]);
+  });
+
+  it("speaks MQTT 5 with QoS 2, lists clients online, charts messages per second and browses retained messages", async () => {
+    const account = uid("web5");
+    const user = uid("user");
+    const pageToken = await mintToken(account, user, { acl: { pub: ["#"], sub: ["#", "$SYS/#"] } });
+    const clientId = uid("console5");
+    const page = await openConsole(`token=${encodeURIComponent(pageToken)}&user=${user}&clientId=${clientId}&v=5`);
+    await connected(page);
+    expect(await page.inputValue("#mqtt-version")).toBe("5");
+    await page.waitForSelector("#events-status >> text=Subscribed to $SYS/mon/#");
+    // The page's own connection is online, from its retained Connect event.
+    await page.waitForSelector(`#clients li[data-client-id="${clientId}"] >> text=mqtt5-ws`, { timeout: 10_000 });
+
+    // Another client comes and goes: listed while connected, gone after.
+    const nodeUser = uid("node");
+    const nodeToken = await mintToken(account, nodeUser, { acl: { pub: ["#"], sub: ["#"] } });
+    const node = await connectCollecting({ clientId: nodeUser, username: nodeUser, password: nodeToken });
+    await page.waitForSelector(`#clients li[data-client-id="${nodeUser}"]`, { timeout: 10_000 });
+    expect(await page.textContent("#clients-count")).toBe("2");
+
+    // Retained messages: browsed by filter, then one cleared from the page.
+    await node.client.publishAsync("shelf/a", "first", { qos: 1, retain: true });
+    await node.client.publishAsync("shelf/b", "second", { qos: 1, retain: true });
+    await node.client.publishAsync("other/c", "elsewhere", { qos: 1, retain: true });
+    await page.fill("#retained-filter", "shelf/#");
+    await page.click("#browse");
+    await page.waitForSelector('#retained-status[data-done="true"]', { timeout: 10_000 });
+    expect(await page.textContent("#retained-status")).toBe("2 retained message(s) match shelf/#.");
+    expect(await page.locator("#retained li").evaluateAll((items) => items.map((li) => li.getAttribute("data-topic")))).toEqual(["shelf/a", "shelf/b"]);
+    await page.click('#retained li[data-topic="shelf/a"] button');
+    await page.locator('#retained li[data-topic="shelf/a"]').waitFor({ state: "detached", timeout: 10_000 });
+    await page.evaluate("document.getElementById('retained-status').removeAttribute('data-done')");
+    await page.click("#browse");
+    await page.waitForSelector('#retained-status[data-done="true"]', { timeout: 10_000 });
+    expect(await page.textContent("#retained-status")).toBe("1 retained message(s) match shelf/#.");
+    // The browse left no subscription behind: nothing on shelf/# reaches the message panel.
+    expect(await page.locator("#subscriptions li").count()).toBe(0);
+
+    // QoS 2 both ways, and every message received counts in the chart.
+    await page.fill("#sub-filter", "live/#");
+    await page.selectOption("#sub-qos", "2");
+    await page.click("#subscribe");
+    await page.waitForSelector('#subscriptions li[data-filter="live/#"] >> text=QoS 2');
+    const before = Number(await page.getAttribute("#rate-chart", "data-total"));
+    for (const n of [1, 2, 3]) await node.client.publishAsync(`live/${n}`, `m${n}`, { qos: 2 });
+    await page.waitForSelector('#messages li[data-topic="live/3"][data-qos="2"]', { timeout: 10_000 });
+    expect(Number(await page.getAttribute("#rate-chart", "data-total")) - before).toBe(3);
+    expect(await page.locator("#rate-chart rect").count()).toBe(60);
+    await subscribe(node.client, "back/#", 2);
+    await page.fill("#pub-topic", "back/1");
+    await page.fill("#pub-payload", "exactly once");
+    await page.selectOption("#pub-qos", "2");
+    await page.click("#publish");
+    await page.waitForSelector("#pub-result >> text=completed (PUBCOMP)");
+    await waitFor(() => node.got.some((m) => m.topic === "back/1" && m.qos === 2), "the page's QoS 2 publish at MQTT.js");
+
+    await end(node.client);
+    await page.locator(`#clients li[data-client-id="${nodeUser}"]`).waitFor({ state: "detached", timeout: 10_000 });
+    await page.screenshot({ path: join(ARTIFACTS, "console-mqtt5.png"), fullPage: true });
+    for (const topic of ["shelf/b", "other/c"]) {
+      await page.fill("#pub-topic", topic);
+      await page.fill("#pub-payload", "");
+      await page.check("#pub-retain");
+      await page.click("#publish");
+      await page.waitForSelector(`#pub-result >> text=${topic} (retained)`);
+    }
     await page.close();
     expect(errors).toEqual([]);
   });

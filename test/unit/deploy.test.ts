@@ -157,9 +157,9 @@ describe("deploy/mqtt-bridge.service", () => {
   });
 });
 
-describe("the README", () => {
+describe("the bridge's documentation", () => {
   it("points at the deploy files instead of copies of them", () => {
-    const readme = read("README.md");
+    const readme = read("docs/bridge.md");
     for (const file of ["deploy/Dockerfile", "deploy/compose.yaml", "deploy/mqtt-bridge.service"]) expect(readme).toContain(file);
     expect(readme).not.toContain("```dockerfile");
     expect(readme).not.toContain("# /etc/systemd/system/mqtt-bridge.service");

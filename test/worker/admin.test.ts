@@ -4,46 +4,9 @@ import { jwtVerify } from "jose";
 import type { Env } from "../../src/env";
 import { authenticateDevice } from "../../src/auth/registry";
 import { connectDevice, within } from "./mqtt";
+import { ADMIN_TOKEN, BASE, admin, expectError, json, newAccount, provision, type Json } from "./admin-client";
 
 const E = env as unknown as Env;
-const ADMIN_TOKEN = "test-admin-token";
-const BASE = "https://broker/admin/v1";
-
-type Json = Record<string, unknown>;
-
-function admin(method: string, path: string, body?: unknown, token: string | null = ADMIN_TOKEN): Promise<Response> {
-  const headers = new Headers();
-  if (token !== null) headers.set("Authorization", `Bearer ${token}`);
-  let payload: string | undefined;
-  if (typeof body === "string") payload = body;
-  else if (body !== undefined) {
-    payload = JSON.stringify(body);
-    headers.set("Content-Type", "application/json");
-  }
-  return SELF.fetch(`${BASE}${path}`, { method, headers, ...(payload === undefined ? {} : { body: payload }) });
-}
-
-async function json(res: Response): Promise<Json> {
-  const body: unknown = await res.json();
-  if (typeof body !== "object" || body === null || Array.isArray(body)) throw new Error(`not a JSON object: ${JSON.stringify(body)}`);
-  return { ...body };
-}
-
-async function expectError(res: Response, status: number, code: string): Promise<void> {
-  const body = await json(res);
-  expect({ status: res.status, code: (body.error as Json | undefined)?.code }).toEqual({ status, code });
-  expect(typeof (body.error as Json).message).toBe("string");
-}
-
-const newAccount = (): string => `acc-${crypto.randomUUID()}`;
-
-async function provision(account: string, deviceId?: string): Promise<{ deviceId: string; password: string }> {
-  const res = await admin("POST", `/accounts/${account}/devices`, deviceId === undefined ? undefined : { deviceId });
-  expect(res.status).toBe(201);
-  const body = await json(res);
-  if (typeof body.deviceId !== "string" || typeof body.password !== "string") throw new Error("bad create answer");
-  return { deviceId: body.deviceId, password: body.password };
-}
 
 describe("admin API authentication", () => {
   it("answers 401 with WWW-Authenticate without a token, with a wrong one, or with another scheme", async () => {

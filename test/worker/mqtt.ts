@@ -10,33 +10,45 @@ export interface RawConnection {
   /** Resolves with the WebSocket close code. */
   closed: Promise<number>;
   ws: WebSocket;
+  /** The next packet of type `cmd` the broker sends (packets of other types are skipped). */
+  next(cmd: Packet["cmd"], what?: string): Promise<Packet>;
 }
 
-/** Opens a WebSocket to /mqtt and sends CONNECT; resolves once CONNACK arrived. */
-export async function connectRaw(clientId: string, username: string, password: string): Promise<RawConnection> {
+/** Opens a WebSocket to /mqtt and sends CONNECT; resolves once CONNACK arrived. `clean: false` resumes or creates a persistent session. */
+export async function connectRaw(clientId: string, username: string, password: string, opts: { clean?: boolean } = {}): Promise<RawConnection> {
   const res = await SELF.fetch("http://broker/mqtt", { headers: { Upgrade: "websocket", "Sec-WebSocket-Protocol": "mqtt" } });
   const ws = res.webSocket;
   if (!ws) throw new Error(`no WebSocket (${res.status})`);
   ws.accept();
   ws.binaryType = "arraybuffer";
   const parser = mqttPacket.parser({ protocolVersion: 4 });
-  const connack = new Promise<number>((resolve) =>
-    parser.on("packet", (p: Packet) => {
-      if (p.cmd === "connack") resolve(p.returnCode ?? -1);
-    }),
-  );
+  const received: Packet[] = [];
+  const waiters: Array<{ cmd: Packet["cmd"]; resolve: (p: Packet) => void }> = [];
+  parser.on("packet", (p: Packet) => {
+    const i = waiters.findIndex((w) => w.cmd === p.cmd);
+    const waiter = i < 0 ? undefined : waiters.splice(i, 1)[0];
+    if (waiter) waiter.resolve(p);
+    else received.push(p);
+  });
+  const next = (cmd: Packet["cmd"], what = `no ${cmd}`): Promise<Packet> => {
+    const i = received.findIndex((p) => p.cmd === cmd);
+    const queued = i < 0 ? undefined : received.splice(i, 1)[0];
+    if (queued) return Promise.resolve(queued);
+    return within(new Promise<Packet>((resolve) => waiters.push({ cmd, resolve })), 5_000, what);
+  };
   const closed = new Promise<number>((resolve) => ws.addEventListener("close", (e) => resolve(e.code)));
   ws.addEventListener("message", (e) => {
     if (e.data instanceof ArrayBuffer) parser.parse(Buffer.from(e.data));
   });
-  ws.send(connect({ clientId, username, password: utf8(password) }));
-  const returnCode = await within(connack, 5_000, "no CONNACK");
-  return { returnCode, closed, ws };
+  const flags = 0xc0 | (opts.clean === false ? 0 : 0x02);
+  ws.send(connect({ clientId, username, password: utf8(password), flags }));
+  const connack = await next("connack", "no CONNACK");
+  return { returnCode: connack.cmd === "connack" ? (connack.returnCode ?? -1) : -1, closed, ws, next };
 }
 
 /** A device's connection: client id = user name = device id. */
-export function connectDevice(deviceId: string, password: string): Promise<RawConnection> {
-  return connectRaw(deviceId, deviceId, password);
+export function connectDevice(deviceId: string, password: string, opts: { clean?: boolean } = {}): Promise<RawConnection> {
+  return connectRaw(deviceId, deviceId, password, opts);
 }
 
 /** `p`, or a rejection naming what did not happen within `ms`. */

@@ -46,6 +46,25 @@ describe("TopicRouter in workerd", () => {
     await router.publish(account, [msg("f/1", "one", 1)]); // resolves
     expect(await healthy.stats()).toMatchObject({ queued: 1 });
     expect((await router.stats()).dropped).toBe(1);
+    const { counters } = await router.adminStats();
+    expect(counters).toMatchObject({ messagesIn: 1, deliveredQueued: 1, deliveredOnline: 0, drops: { cleanSessionGone: 1 } });
+  });
+
+  it("keeps its traffic counters across a restart of the object (a snapshot at most once a second)", async () => {
+    const account = `acc-${crypto.randomUUID()}`;
+    const router = routerStub(E, account);
+    // The tests bind the optional Analytics Engine dataset: every batch also writes a data point to it.
+    expect(typeof E.ANALYTICS?.writeDataPoint).toBe("function");
+    await router.publish(account, [msg("a/1", "x", 0), msg("a/2", "y", 0)]); // the first change is written at once
+    const before = await router.adminStats();
+    expect(before.counters).toMatchObject({ messagesIn: 2, unmatched: 2, batches: 1 });
+    await runInDurableObject(router, async (_instance, state) => {
+      const rows = state.storage.sql.exec("SELECT key, value FROM router_meta WHERE key IN ('counter.messagesIn', 'counter.batches') ORDER BY key").toArray();
+      expect(rows).toEqual([{ key: "counter.batches", value: 1 }, { key: "counter.messagesIn", value: 2 }]);
+    });
+    await abortAllDurableObjects();
+    const after = await routerStub(E, account).adminStats();
+    expect(after.counters).toEqual(before.counters);
   });
 
   it("keeps at most MAX_MONITOR_RETAINED retained $SYS/mon events per account, evicting the oldest; other retained messages are untouched", async () => {
