@@ -338,7 +338,9 @@ describe("bridge", () => {
     const r = await rig();
     const d = await device(r.port);
     d.socket.write(connectPacket());
-    await waitFor(() => r.upstreams.length === 1, "the upgrade");
+    // The CONNECT forwarded: the bridge's WebSocket is open (the server side sees an upgrade
+    // before the bridge's side has opened, and a WebSocket still connecting is cut, not closed).
+    await waitFor(() => ((r.upstreams[0] as Upstream | undefined)?.frames.length ?? 0) >= 1, "the CONNECT at the broker");
     // A grace far above the close handshake's time: a loaded machine must not turn it into a forced close (1006).
     const closing = r.bridge.close(60_000);
     await closing;
