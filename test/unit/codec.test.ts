@@ -1,4 +1,5 @@
 import { describe, it, expect } from "vitest";
+import mqttPacket from "mqtt-packet";
 import {
   concatBytes,
   decodePacket,
@@ -600,5 +601,40 @@ describe("stream fuzz", () => {
     }
     // Parsers still work afterwards.
     for (const v of VECTORS) expect(decodeOk(v.bytes, v.version)).toEqual(v.decoded);
+  });
+});
+
+describe("PUBLISH written directly (the delivery hot path)", () => {
+  it("is byte for byte what mqtt-packet's generate() writes, for 3.1, 3.1.1 and 5.0 without properties", () => {
+    let seed = 7;
+    const rand = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const topics = ["a", "a/b/c", "é/ü/漢字", "$SYS/mon/x", "t/".repeat(100) + "end", "x".repeat(300)];
+    const sizes = [0, 1, 100, 127, 128, 16_383, 16_384, 70_000];
+    for (const version of [3, 4, 5] as const) {
+      for (let i = 0; i < 200; i++) {
+        const qos = rand(3) as 0 | 1 | 2;
+        const packet: mqttPacket.IPublishPacket = {
+          cmd: "publish",
+          topic: topics[rand(topics.length)] ?? "a",
+          payload: Buffer.alloc(sizes[rand(sizes.length)] ?? 0, rand(256)),
+          qos,
+          retain: rand(2) === 1,
+          dup: qos > 0 && rand(2) === 1,
+          ...(qos > 0 ? { messageId: 1 + rand(65535) } : {}),
+        };
+        const ours = Buffer.from(encodePacket(packet, version));
+        const theirs = mqttPacket.generate(packet, { protocolVersion: version });
+        expect(ours.equals(theirs), `${version} ${JSON.stringify({ ...packet, payload: packet.payload.length })}`).toBe(true);
+      }
+    }
+  });
+
+  it("leaves what it does not write to generate(): properties, out-of-range ids", () => {
+    const withProps: mqttPacket.IPublishPacket = { cmd: "publish", topic: "a", payload: Buffer.from("x"), qos: 1, retain: false, dup: false, messageId: 3, properties: { contentType: "text/plain" } };
+    expect(Buffer.from(encodePacket(withProps, 5)).equals(mqttPacket.generate(withProps, { protocolVersion: 5 }))).toBe(true);
+    expect(() => encodePacket({ cmd: "publish", topic: "a", payload: Buffer.from("x"), qos: 1, retain: false, dup: false, messageId: 70_000 }, 4)).toThrow();
   });
 });
