@@ -105,7 +105,8 @@ export function shardingOf(limits: { routerShards: number; routerShardLevel: num
 }
 
 export function accountRouter(env: Env, account: string, sharding: Sharding): AccountRouter {
-  const stub = (i: number): DurableObjectStub<TopicRouter> => routerShardStub(env, account, i);
+  const stubs: DurableObjectStub<TopicRouter>[] = [];
+  const stub = (i: number): DurableObjectStub<TopicRouter> => (stubs[i] ??= routerShardStub(env, account, i));
   if (sharding.shards <= 1) {
     const one = stub(0);
     return {

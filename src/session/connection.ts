@@ -16,7 +16,7 @@ import { fullBucket } from "../limits/rate";
 import { alarmVerdict } from "./keepalive";
 import { connectionFacts, type Attachment, type ConnectionDescription } from "./state";
 import { BROWSER_KEY } from "./keys";
-import { createConnState, type ConnState, type Services } from "./link";
+import { createConnState, type ConnState, type RouterPort, type Services } from "./link";
 import { SocketLink } from "./socket-link";
 import { dispatch } from "./dispatch";
 import { deliverMessages } from "./handlers/deliver";
@@ -336,9 +336,14 @@ export class MqttConnection extends DurableObject<Env> {
 
 /** The port's services over the real stubs; the account is bound per call site. */
 function stubServices(env: Env, config: Config): Services {
+  let routers: { account: string; port: RouterPort } | undefined;
   return {
     // The account's router: one object, or ROUTER_SHARDS of them (the port picks the shard per message and filter).
-    router: (account) => accountRouter(env, account, shardingOf(config.limits)),
+    // Made once per account: a connection object serves one account, and a fresh stub per publish costs more than the call.
+    router: (account) => {
+      if (routers?.account !== account) routers = { account, port: accountRouter(env, account, shardingOf(config.limits)) };
+      return routers.port;
+    },
     session: (account, clientId) => {
       const stub = sessionStub(env, account, clientId);
       return {

@@ -45,6 +45,41 @@ describe("WebSocket byte stream", () => {
     await end(sub);
   });
 
+  it("sends the PUBLISHes of one delivery in one frame, a large one alone, in order; standard clients read them", async () => {
+    const topic = `t/${uid()}`;
+    const sub = await RawClient.open();
+    await sub.connect(uid("raw-sub"));
+    sub.send({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 0 }] });
+    await sub.next("suback");
+    const std = await connect({ clientId: uid() });
+    const stdGot = collect(std);
+    await subscribe(std, topic, 0);
+    const pub = await RawClient.open();
+    await pub.connect(uid("raw-pub"));
+    const small = (i: number) => encode({ cmd: "publish", topic, payload: `m${i}`, qos: 0, retain: false, dup: false });
+    const big = encode({ cmd: "publish", topic, payload: "B".repeat(70 * 1024), qos: 0, retain: false, dup: false });
+    // One frame, so one router call and one delivery: 5 small, 1 over the frame size, 2 small.
+    pub.sendBytes(bytes(small(0), small(1), small(2), small(3), small(4), big, small(5), small(6)));
+    await waitFor(() => sub.packets.filter((p) => p.cmd === "publish").length === 8, "8 PUBLISHes");
+    const payloads = sub.packets.flatMap((p) => (p.cmd === "publish" ? [p.payload.toString().slice(0, 2)] : []));
+    expect(payloads).toEqual(["m0", "m1", "m2", "m3", "m4", "BB", "m5", "m6"]);
+    // CONNACK and SUBACK came in frames of their own; then the deliveries (the publisher's first
+    // message goes to the router alone, the rest in its next call): the small ones share frames,
+    // the one over the frame size goes alone.
+    const delivery = sub.frames.slice(2);
+    expect(delivery.reduce((a, b) => a + b, 0)).toBe(8);
+    expect(delivery.length).toBeLessThanOrEqual(4);
+    const frameOf = (i: number) => delivery.findIndex((_, k) => delivery.slice(0, k + 1).reduce((a, b) => a + b, 0) > i);
+    expect(delivery[frameOf(5)]).toBe(1);
+    expect(frameOf(4)).toBeLessThan(frameOf(5));
+    expect(frameOf(6)).toBeGreaterThan(frameOf(5));
+    await waitFor(() => stdGot.length === 8, "the standard client's 8 messages");
+    expect(stdGot.map((m) => m.payload.slice(0, 2))).toEqual(["m0", "m1", "m2", "m3", "m4", "BB", "m5", "m6"]);
+    sub.close();
+    pub.close();
+    await end(std);
+  });
+
   it("accepts CONNECT and SUBSCRIBE in the same frame", async () => {
     const raw = await RawClient.open();
     const topic = `t/${uid()}`;

@@ -24,6 +24,8 @@ export class RawClient {
   private pending: Uint8Array = new Uint8Array(0);
   private current: Uint8Array | null = null;
   closed: { code: number; reason: string } | null = null;
+  /** How many WebSocket frames arrived, and how many packets each held (in order). */
+  readonly frames: number[] = [];
   private readonly parser: ReturnType<typeof mqttPacket.parser>;
 
   private constructor(
@@ -43,6 +45,7 @@ export class RawClient {
   /** Cuts the stream into packets, so each parsed packet keeps its own bytes. */
   private receive(data: Buffer): void {
     const { frames, rest } = readFrames(concatBytes(this.pending, new Uint8Array(data)), 1 << 28);
+    this.frames.push(frames.length);
     this.pending = rest.slice();
     for (const frame of frames) {
       this.current = frame.slice();
