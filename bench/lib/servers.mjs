@@ -11,6 +11,8 @@ import { fileURLToPath } from "node:url";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const WRANGLER = join(ROOT, "node_modules/.bin/wrangler");
+/** The open-file limit the broker's runtime asks for (see startBroker). */
+const FD_LIMIT = 262144;
 
 /** A free TCP port on 127.0.0.1. */
 export function freePort() {
@@ -125,7 +127,11 @@ export async function startBroker({ vars = {}, persistDir: reuse } = {}) {
   const allVars = { ANONYMOUS_ACCOUNT: "bench", BENCH_COUNTERS: "1", PACKET_RATE_PER_SECOND: "1000000000", PACKET_BURST: "1000000000", MAX_PACKETS_PER_FRAME: "1000000", PUBLISH_RATE_PER_SECOND: "1000000000", PUBLISH_BURST: "1000000000", ...vars };
   const args = ["dev", "--ip", "127.0.0.1", "--port", String(port), "--persist-to", persistDir, "--show-interactive-dev-session=false", "--log-level", "warn"];
   for (const [k, v] of Object.entries(allVars)) args.push("--var", `${k}:${v}`);
-  const child = spawn(WRANGLER, args, { cwd: app, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+  // The local runtime needs about ten file descriptors per held connection (the dev proxy's two
+  // sockets and their buffers, the runtime's socket, each object's SQLite files): the usual soft
+  // limit stops a connect storm at a few thousand (`accept: Too many open files` kills the dev
+  // proxy). Raised as far as this user may, as for any load test; the broker is not changed.
+  const child = spawn("sh", ["-c", `ulimit -n ${FD_LIMIT} 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@"`, WRANGLER, ...args], { cwd: app, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
   track(child);
   const output = tail(child);
   const url = `http://127.0.0.1:${port}`;
