@@ -129,7 +129,7 @@ export interface RouterDetach {
 }
 
 /** What a message weighs in queues and pages: its payload and topic (properties are small and bounded by the packet limit). */
-export function messageBytes(m: Message): number {
+export function messageBytes(m: Pick<Message, "topic" | "payload">): number {
   return m.payload.byteLength + m.topic.length;
 }
 

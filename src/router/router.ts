@@ -8,6 +8,7 @@ import { SharedGroups, isSharedKey, sharedKey } from "./shared";
 import { errorMessage, log } from "../log";
 import {
   PAGE_BYTES,
+  messageBytes,
   type DeliverResult,
   type Message,
   type QoS,
@@ -253,7 +254,7 @@ export class TopicRouter extends DurableObject<Env> {
       const page = this.retained.page(sub.filter, after === null ? null : { after }, { qos: sub.qos, subId: sub.id, maxBytes: PAGE_BYTES - bytes, maxMessages: limit - messages.length, now });
       for (const m of page.messages) {
         messages.push(m);
-        bytes += m.payload.byteLength + m.topic.length;
+        bytes += messageBytes(m);
       }
       if (page.next) {
         this.countRetainedSent(messages.length);

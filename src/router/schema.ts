@@ -14,7 +14,7 @@
 import { isRecord } from "../guards";
 import { MONITOR_PREFIX } from "../monitoring/events";
 import { deleteKeys } from "../storage";
-import { isMessage, type ForwardedProps, type Message, type QoS } from "./messages";
+import { isMessage, messageBytes, type ForwardedProps, type Message, type QoS } from "./messages";
 import { isTarget, readSubOptions } from "./records";
 
 export const SCHEMA_VERSION = 1;
@@ -58,11 +58,20 @@ const LEGACY = { subscription: "s:", target: "t:", retained: "r:", groupQueue: "
 /** Creates or upgrades the schema; moves a key-value router's state into it (once). */
 export async function migrate(storage: DurableObjectStorage): Promise<void> {
   const sql = storage.sql;
+  // A current schema is the usual wake: one read, no CREATE script.
+  if ((schemaVersion(sql) ?? 0) >= SCHEMA_VERSION) return;
   sql.exec(V1);
-  const row = sql.exec<{ value: number }>("SELECT value FROM router_meta WHERE key = 'schema'").toArray()[0];
-  if (row && row.value >= SCHEMA_VERSION) return;
   await moveLegacy(storage);
   sql.exec("INSERT OR REPLACE INTO router_meta (key, value) VALUES ('schema', ?)", SCHEMA_VERSION);
+}
+
+/** The stored schema version; null before the tables exist. */
+function schemaVersion(sql: SqlStorage): number | null {
+  try {
+    return sql.exec<{ value: number }>("SELECT value FROM router_meta WHERE key = 'schema'").toArray()[0]?.value ?? null;
+  } catch {
+    return null; // no router_meta table yet
+  }
 }
 
 async function moveLegacy(storage: DurableObjectStorage): Promise<void> {
@@ -89,7 +98,7 @@ async function moveLegacy(storage: DurableObjectStorage): Promise<void> {
     if (!isRecord(value) || !(value.payload instanceof Uint8Array) || !(value.qos === 0 || value.qos === 1 || value.qos === 2)) continue;
     const topic = key.slice(LEGACY.retained.length);
     const monitor = topic.startsWith(MONITOR_PREFIX);
-    const size = value.payload.byteLength + topic.length;
+    const size = messageBytes({ topic, payload: value.payload });
     const props = isRecord(value.props) ? encodeProps(value.props as ForwardedProps) : null;
     const expiresAt = typeof value.expiresAt === "number" ? value.expiresAt : null;
     sql.exec(

@@ -80,6 +80,14 @@ export function routerShardStub(env: Env, account: string, i: number): DurableOb
 }
 
 /** The account's router as every caller sees it, whatever the shard count. */
+/** An account's routing figures (sessions counted once across shards). */
+export interface AccountStats {
+  subscriptions: number;
+  sessions: number;
+  retained: number;
+  dropped: number;
+}
+
 export interface AccountRouter {
   publish(messages: Message[]): Promise<Routed[]>;
   subscribe(clientId: string, requests: SubscriptionRequest[], maxSubscriptions: number, opts?: { pageMessages?: number }): Promise<Subscribed>;
@@ -88,7 +96,7 @@ export interface AccountRouter {
   attach(clientId: string, conn: string, opts: RouterAttach): Promise<RouterAttached>;
   detach(clientId: string, conn: string, opts: RouterDetach): Promise<void>;
   forget(clientId: string): Promise<void>;
-  stats(): Promise<{ subscriptions: number; sessions: number; retained: number; dropped: number }>;
+  stats(): Promise<AccountStats>;
   /** A shared group's state, for the admin API (a filter registered on several shards is listed once). */
   sharedGroup(group: string): Promise<SharedGroupView[]>;
 }
@@ -104,6 +112,11 @@ export function shardingOf(limits: { routerShards: number; routerShardLevel: num
   return { shards: limits.routerShards, level: limits.routerShardLevel };
 }
 
+/** The figures of one router's `stats()` the account view adds up. */
+function routerStats(s: AccountStats): AccountStats {
+  return { subscriptions: s.subscriptions, sessions: s.sessions, retained: s.retained, dropped: s.dropped };
+}
+
 export function accountRouter(env: Env, account: string, sharding: Sharding): AccountRouter {
   const stubs: DurableObjectStub<TopicRouter>[] = [];
   const stub = (i: number): DurableObjectStub<TopicRouter> => (stubs[i] ??= routerShardStub(env, account, i));
@@ -117,10 +130,7 @@ export function accountRouter(env: Env, account: string, sharding: Sharding): Ac
       attach: (clientId, conn, opts) => one.attach(account, clientId, conn, opts),
       detach: (clientId, conn, opts) => one.detach(account, clientId, conn, opts),
       forget: (clientId) => one.forget(clientId),
-      stats: async () => {
-        const s = await one.stats();
-        return { subscriptions: s.subscriptions, sessions: s.sessions, retained: s.retained, dropped: s.dropped };
-      },
+      stats: async () => routerStats(await one.stats()),
       sharedGroup: async (group) => (await one.sharedGroup(group)).map((g) => ({ filter: g.filter, members: g.members, queued: g.queued })),
     };
   }
@@ -134,6 +144,18 @@ export function accountRouter(env: Env, account: string, sharding: Sharding): Ac
       if (!part) out.set(i, (part = { messages: [], at: [] }));
       part.messages.push(m);
       part.at.push(at);
+    });
+    return out;
+  };
+  /** For each shard, the positions of the filters it holds (a wildcard at or above the key: every shard). */
+  const filtersByShard = (filters: string[]): Map<number, number[]> => {
+    const out = new Map<number, number[]>();
+    filters.forEach((f, at) => {
+      for (const i of shardsOfFilter(f, sharding)) {
+        let list = out.get(i);
+        if (!list) out.set(i, (list = []));
+        list.push(at);
+      }
     });
     return out;
   };
@@ -184,14 +206,7 @@ export function accountRouter(env: Env, account: string, sharding: Sharding): Ac
     },
 
     async subscribe(clientId, requests, max, opts = {}) {
-      const perShard = new Map<number, number[]>();
-      requests.forEach((r, at) => {
-        for (const i of shardsOfFilter(r.filter, sharding)) {
-          let list = perShard.get(i);
-          if (!list) perShard.set(i, (list = []));
-          list.push(at);
-        }
-      });
+      const perShard = filtersByShard(requests.map((r) => r.filter));
       const granted = requests.map(() => true);
       const wanted = new Map<string, RetainedCursor["subs"][number]>();
       await Promise.all(
@@ -219,14 +234,7 @@ export function accountRouter(env: Env, account: string, sharding: Sharding): Ac
 
     async unsubscribe(clientId, filters) {
       const existed = filters.map(() => false);
-      const perShard = new Map<number, number[]>();
-      filters.forEach((f, at) => {
-        for (const i of shardsOfFilter(f, sharding)) {
-          let list = perShard.get(i);
-          if (!list) perShard.set(i, (list = []));
-          list.push(at);
-        }
-      });
+      const perShard = filtersByShard(filters);
       await Promise.all(
         [...perShard].map(async ([i, ats]) => {
           const result = await stub(i).unsubscribe(clientId, ats.map((at) => filters[at] as string));
@@ -259,10 +267,7 @@ export function accountRouter(env: Env, account: string, sharding: Sharding): Ac
     },
 
     async stats() {
-      const each = await Promise.all(all.map(async (i) => {
-        const s = await stub(i).stats();
-        return { subscriptions: s.subscriptions, sessions: s.sessions, retained: s.retained, dropped: s.dropped };
-      }));
+      const each = await Promise.all(all.map(async (i) => routerStats(await stub(i).stats())));
       // A session is attached to every shard: count it once.
       return each.reduce((a, b) => ({ subscriptions: a.subscriptions + b.subscriptions, sessions: Math.max(a.sessions, b.sessions), retained: a.retained + b.retained, dropped: a.dropped + b.dropped }));
     },

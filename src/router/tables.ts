@@ -3,7 +3,7 @@
  * place, typed. Subscriptions and targets are read once per wake (matching needs them in
  * memory); group-queue messages are read only when a member comes back, in pages.
  */
-import type { Message } from "./messages";
+import { messageBytes, type Message } from "./messages";
 import { blob, decodeProps, insertGroupMessage, qosOf } from "./schema";
 import { readSubOptions, type SubOptions, type TargetRecord } from "./records";
 
@@ -87,7 +87,7 @@ export class RouterTables {
       if (row.expires_at !== null) m.expiresAt = row.expires_at;
       messages.push(m);
       last = row.seq;
-      bytes += m.payload.byteLength + m.topic.length;
+      bytes += messageBytes(m);
       if (bytes >= maxBytes) break;
     }
     return { messages, last };

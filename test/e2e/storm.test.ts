@@ -2,6 +2,7 @@ import { describe, it, expect, afterAll } from "vitest";
 import { TEST_VARS, killBroker, startBroker, stopBroker, type Broker } from "../helpers/broker";
 import { RawClient } from "../helpers/raw";
 import { uid } from "../helpers/mqtt";
+import { mintToken } from "../helpers/admin";
 
 /**
  * A fleet reconnecting at once (after an outage or a deploy), bounded for CI: a few hundred
@@ -45,10 +46,38 @@ describe("connect storms", () => {
     await killBroker(broker);
     for (const c of first.clients) c.terminate();
     broker = await startBroker({ port: broker.port, persistDir: broker.persistDir, vars: TEST_VARS });
-    const second = await storm(broker.wsUrl, ids, false);
+    // Bystanders, connected before the second storm: one in the fleet's account, one in another.
+    const url = broker.wsUrl;
+    const bystanders = await Promise.all([
+      (async () => {
+        const c = await RawClient.open(url);
+        expect((await c.connect(uid("by"))).returnCode).toBe(0);
+        return c;
+      })(),
+      (async () => {
+        const id = uid("by-other");
+        const c = await RawClient.open(url);
+        const password = Buffer.from(await mintToken(uid("acc"), id, { url: broker?.url }));
+        expect((await c.connect(id, { username: id, password })).returnCode).toBe(0);
+        return c;
+      })(),
+    ]);
+    for (const [i, c] of bystanders.entries()) {
+      c.send({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic: `by/${i}`, qos: 1 }] });
+      await c.next("suback");
+    }
+    const second = await storm(url, ids, false);
     expect(tally(second.outcomes)).toEqual({ "connack 0": 200 });
     // Each answers: the broker serves them, not only accepted them.
     await Promise.all(second.clients.map((c) => c.pingRoundTrip(30_000)));
+    // The bystanders were served through the storm: a QoS 1 message each, to itself and acknowledged.
+    for (const [i, c] of bystanders.entries()) {
+      c.send({ cmd: "publish", topic: `by/${i}`, payload: Buffer.from("still here"), qos: 1, messageId: 2, retain: false, dup: false });
+      expect(await c.next("puback", 30_000)).toMatchObject({ messageId: 2 });
+      const got = await c.next("publish", 30_000);
+      expect(got.cmd === "publish" ? got.payload.toString() : got.cmd).toBe("still here");
+      c.close();
+    }
     for (const c of second.clients) c.close();
   }, 240_000);
 });

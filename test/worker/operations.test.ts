@@ -104,6 +104,11 @@ describe("an upgrade the connection object cannot take", () => {
     expect(res.status).toBe(503);
     expect(res.headers.get("retry-after")).toBe("2");
     expect(await body(res)).toMatchObject({ error: { code: "server_unavailable" } });
+    // A bystander's upgrade, on the objects that can take it, is served (101 with the socket).
+    const ok = await SELF.fetch("http://broker/mqtt", { headers: { Upgrade: "websocket", "Sec-WebSocket-Protocol": "mqtt" } });
+    expect(ok.status).toBe(101);
+    ok.webSocket?.accept();
+    ok.webSocket?.close(1000);
   });
 });
 
@@ -118,5 +123,11 @@ describe("an HTTP publish the router cannot take", () => {
     expect(res.status).toBe(503);
     expect(res.headers.get("retry-after")).not.toBeNull();
     expect(await body(res)).toMatchObject({ error: { code: "server_unavailable" } });
+    // Bystanders on the real routers: the same account and another one publish as before.
+    for (const account of ["ops", "ops-bystander"]) {
+      const t = await mintToken(E.JWT_SECRET ?? "", { subject: "ops", accountId: account, ttlSeconds: 60 });
+      const served = await SELF.fetch(`http://broker/api/v1/messages?topic=${account}/x&qos=1`, { method: "POST", body: "x", headers: { authorization: `Bearer ${t.token}` } });
+      expect(served.status, account).toBeLessThan(300);
+    }
   });
 });
