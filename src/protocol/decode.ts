@@ -4,7 +4,7 @@
  * every packet it gets. Nothing here throws on untrusted input.
  */
 import { parser as createParser } from "mqtt-packet";
-import type { Packet, Parser } from "mqtt-packet";
+import type { IPublishPacket, Packet, Parser } from "mqtt-packet";
 import type { DecodeFailure, ProtocolVersion } from "./packets";
 import {
   canonicalFrame,
@@ -100,6 +100,9 @@ const parsers: Array<Parser | undefined> = [undefined, undefined, undefined, und
  * them from a client is the session's job. A 3.1 CONNECT whose user name or password flag is set
  * while the field is missing decodes as without it (mosquitto's reading of 3.1).
  *
+ * A PUBLISH in its plainest form (ASCII topic, no properties) is read directly, with the same
+ * result as the parser's ({@link decodeThroughParser}; a unit test holds the two together).
+ *
  * Cost on the common path: one table lookup on the first byte, and one scan of each decoded
  * string for U+0000 / U+FFFD. Raw bytes are re-read (strictly, with a fatal UTF-8 decoder)
  * only when a decoded string holds U+FFFD, which the parser's replacing decoder (Node and
@@ -109,6 +112,18 @@ const parsers: Array<Parser | undefined> = [undefined, undefined, undefined, und
  * @param protocolVersion the version negotiated by the connection's CONNECT.
  */
 export function decodePacket(frame: Uint8Array, protocolVersion: ProtocolVersion): DecodeResult {
+  if (frame.length >= 2 && frame[0]! >> 4 === 3 && checkFixedHeader(frame[0]!, protocolVersion) === null) {
+    const plain = decodePlainPublish(frame, protocolVersion);
+    if (plain !== null) return { ok: true, packet: plain };
+  }
+  return decodeThroughParser(frame, protocolVersion);
+}
+
+/**
+ * {@link decodePacket} without the direct PUBLISH path: mqtt-packet's parser and every rule.
+ * Exported for the test that holds the direct path to the same answers.
+ */
+export function decodeThroughParser(frame: Uint8Array, protocolVersion: ProtocolVersion): DecodeResult {
   if (frame.length < 2) return { ok: false, error: "incomplete packet" };
 
   const first = frame[0]!;
@@ -167,6 +182,52 @@ export function decodePacket(frame: Uint8Array, protocolVersion: ProtocolVersion
   if (refused !== null) return { ok: false, error: refused, protocolError: true };
   return { ok: true, packet };
 }
+
+/**
+ * The hot path's PUBLISH, read directly: the packet mqtt-packet would produce, field for field
+ * (its parser is most of a small PUBLISH's decoding cost). Only the plainest case: an ASCII topic
+ * without U+0000, a packet identifier that is not 0 when QoS > 0, and on 5.0 no properties (a
+ * Property Length of 0). Anything else (null) takes the full path, which applies every rule.
+ * The fixed-header rules were checked before.
+ */
+function decodePlainPublish(frame: Uint8Array, version: ProtocolVersion): IPublishPacket | null {
+  const at = bodyOffset(frame);
+  if (at < 0 || frame.length - at < 2) return null;
+  // Exactly one packet, its Remaining Length in the shortest form: else the full path says what is wrong.
+  let remaining = 0;
+  for (let pos = at - 1; pos >= 1; pos--) remaining = remaining * 128 + (frame[pos]! & 0x7f);
+  if (remaining !== frame.length - at || (at > 2 && frame[at - 1] === 0)) return null;
+  const first = frame[0]!;
+  const bits = (first >> 1) & 0b11;
+  if (bits === 3) return null;
+  const qos: IPublishPacket["qos"] = bits === 2 ? 2 : bits === 1 ? 1 : 0;
+  const topicLength = (frame[at]! << 8) | frame[at + 1]!;
+  let pos = at + 2;
+  const topicEnd = pos + topicLength;
+  if (topicEnd > frame.length) return null;
+  let topic = "";
+  for (; pos < topicEnd; pos++) {
+    const c = frame[pos]!;
+    if (c === 0 || c >= 0x80) return null; // U+0000 and every non-ASCII topic: the full path's UTF-8 rules
+    topic += String.fromCharCode(c);
+  }
+  const packet: IPublishPacket = { cmd: "publish", retain: (first & 1) === 1, qos, dup: (first & 0b1000) !== 0, length: frame.length - at, topic, payload: EMPTY };
+  if (qos > 0) {
+    if (pos + 2 > frame.length) return null;
+    const messageId = (frame[pos]! << 8) | frame[pos + 1]!;
+    if (messageId === 0) return null;
+    packet.messageId = messageId;
+    pos += 2;
+  }
+  if (version === 5) {
+    if (pos >= frame.length || frame[pos] !== 0) return null;
+    pos++;
+  }
+  packet.payload = Buffer.from(frame.buffer, frame.byteOffset + pos, frame.length - pos);
+  return packet;
+}
+
+const EMPTY = Buffer.alloc(0);
 
 /**
  * The well-formed packets mqtt-packet refuses: a 5.0 AUTH with Remaining Length 0 (reason 0x00,
