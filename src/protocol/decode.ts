@@ -16,7 +16,7 @@ import {
   findRuleViolation,
   tagParserError,
 } from "./rules";
-import { bodyOffset } from "./framing";
+import { bodyOffset, isWholeFrame } from "./framing";
 
 /** Output of {@link decodePacket}. */
 export type DecodeResult = { ok: true; packet: Packet } | DecodeFailure;
@@ -194,9 +194,7 @@ function decodePlainPublish(frame: Uint8Array, version: ProtocolVersion): IPubli
   const at = bodyOffset(frame);
   if (at < 0 || frame.length - at < 2) return null;
   // Exactly one packet, its Remaining Length in the shortest form: else the full path says what is wrong.
-  let remaining = 0;
-  for (let pos = at - 1; pos >= 1; pos--) remaining = remaining * 128 + (frame[pos]! & 0x7f);
-  if (remaining !== frame.length - at || (at > 2 && frame[at - 1] === 0)) return null;
+  if (!isWholeFrame(frame) || (at > 2 && frame[at - 1] === 0)) return null;
   const first = frame[0]!;
   const bits = (first >> 1) & 0b11;
   if (bits === 3) return null;

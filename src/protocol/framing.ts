@@ -97,14 +97,26 @@ export function readFrames(buffer: Uint8Array, maxPacketBytes: number): FrameRes
 }
 
 /**
- * Concatenates two byte arrays, returning one of them unchanged (no copy) when the other is empty.
+ * Concatenates byte arrays, returning the one non-empty array unchanged (no copy) when all the
+ * others are empty.
  */
-export function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
-  if (a.length === 0) return b;
-  if (b.length === 0) return a;
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a, 0);
-  out.set(b, a.length);
+export function concatBytes(...parts: Uint8Array[]): Uint8Array {
+  let total = 0;
+  let filled = 0;
+  let only: Uint8Array | undefined;
+  for (const p of parts) {
+    if (p.length === 0) continue;
+    total += p.length;
+    filled++;
+    only = p;
+  }
+  if (filled <= 1) return only ?? parts[parts.length - 1] ?? new Uint8Array(0);
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
   return out;
 }
 

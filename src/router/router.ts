@@ -46,8 +46,6 @@ export class TopicRouter extends DurableObject<Env> {
   /** clientId -> its filters and their options (for cleanup, the per-session subscription count, and re-subscribes). */
   private readonly filtersByClient = new Map<string, Map<string, SubOptions>>();
   private readonly targets = new Map<string, TargetRecord>();
-  /** The stub of each target's connection object, made once: a fresh stub per delivery costs more than the call. */
-  private readonly conns = new Map<string, ReturnType<typeof connectionStub>>();
   private retained!: RetainedStore;
   private tables!: RouterTables;
   private readonly shared = new SharedGroups();
@@ -436,7 +434,7 @@ export class TopicRouter extends DurableObject<Env> {
     if (target.conn) {
       let result: DeliverResult | "failed";
       try {
-        result = await this.connection(target.conn).deliver(clientId, batch);
+        result = await connectionStub(this.env, target.conn).deliver(clientId, batch);
       } catch (err) {
         log("warn", "router.deliver_failed", { clientId, messages: batch.length, error: errorMessage(err) });
         result = "failed";
@@ -479,15 +477,7 @@ export class TopicRouter extends DurableObject<Env> {
       });
   }
 
-  private connection(conn: string): ReturnType<typeof connectionStub> {
-    let stub = this.conns.get(conn);
-    if (!stub) this.conns.set(conn, (stub = connectionStub(this.env, conn)));
-    return stub;
-  }
-
   private setTarget(clientId: string, target: TargetRecord): void {
-    const before = this.targets.get(clientId)?.conn;
-    if (before && before !== target.conn) this.conns.delete(before);
     this.targets.set(clientId, target);
     this.tables.putTarget(clientId, target);
   }
@@ -530,8 +520,6 @@ export class TopicRouter extends DurableObject<Env> {
 
   private forgetNow(clientId: string): void {
     this.removeAllSubscriptions(clientId);
-    const conn = this.targets.get(clientId)?.conn;
-    if (conn) this.conns.delete(conn);
     this.targets.delete(clientId);
     this.tables.deleteTarget(clientId);
     log("debug", "router.forget", { clientId });

@@ -79,7 +79,6 @@ export function routerShardStub(env: Env, account: string, i: number): DurableOb
   return meterStub(env, env.ROUTER.get(env.ROUTER.idFromName(shardName(account, i))), i === 0 ? "router" : `router@${i}`);
 }
 
-/** The account's router as every caller sees it, whatever the shard count. */
 /** An account's routing figures (sessions counted once across shards). */
 export interface AccountStats {
   subscriptions: number;
@@ -88,6 +87,7 @@ export interface AccountStats {
   dropped: number;
 }
 
+/** The account's router as every caller sees it, whatever the shard count. */
 export interface AccountRouter {
   publish(messages: Message[]): Promise<Routed[]>;
   subscribe(clientId: string, requests: SubscriptionRequest[], maxSubscriptions: number, opts?: { pageMessages?: number }): Promise<Subscribed>;

@@ -339,7 +339,7 @@ function stubServices(env: Env, config: Config): Services {
   let routers: { account: string; port: RouterPort } | undefined;
   return {
     // The account's router: one object, or ROUTER_SHARDS of them (the port picks the shard per message and filter).
-    // Made once per account: a connection object serves one account, and a fresh stub per publish costs more than the call.
+    // Made once, not per publish: a connection object serves one account.
     router: (account) => {
       if (routers?.account !== account) routers = { account, port: accountRouter(env, account, shardingOf(config.limits)) };
       return routers.port;

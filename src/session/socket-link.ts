@@ -1,5 +1,5 @@
 import type { Config } from "../config";
-import { encodePacket, type Packet } from "../protocol/codec";
+import { concatBytes, encodePacket, type Packet } from "../protocol/codec";
 import { CLOSE_CAUSES, type CloseCause } from "../protocol/codes";
 import { errorMessage, log } from "../log";
 import type { BrowserCredentials } from "./authenticate";
@@ -104,18 +104,11 @@ export class SocketLink implements Link {
   /** Sends what `sendBytes` holds, as one frame. */
   flush(): void {
     this.corked.queued = false;
-    const { parts, bytes } = this.corked;
+    const { parts } = this.corked;
     if (parts.length === 0) return;
     this.corked.parts = [];
     this.corked.bytes = 0;
-    if (parts.length === 1) return this.write(parts[0]!);
-    const frame = new Uint8Array(bytes);
-    let at = 0;
-    for (const part of parts) {
-      frame.set(part, at);
-      at += part.byteLength;
-    }
-    this.write(frame);
+    this.write(concatBytes(...parts));
   }
 
   private write(frame: Uint8Array): void {
