@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // `npm run bench [-- --quick] [-- flags]`: the broker (wrangler dev, local mode) side by side
-// with aedes (and mosquitto when it is on the PATH), driven by one lean load generator over
+// with the naive Durable Object design (bench/peers/naive), aedes (and mosquitto when it is on the PATH), driven by one lean load generator over
 // WebSocket, scenarios interleaved over repeated rounds; medians and broker/peer ratios, and
 // the broker's own billable-unit counters turned into a cost per message and per idle
 // connection-day. Writes bench/results/bench-<time>.{json,md} and prints the tables.
@@ -12,7 +12,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { spawnSync } from "node:child_process";
 import { bystander, connectStorm, costIdle, costMessages, fanIn, fanOut, probeShared, qos1RoundTrip, retainedOnSubscribe, shared } from "./lib/scenarios.mjs";
-import { findMosquitto, startAedes, startBridge, startBroker, startLimitedBroker, startMosquitto, stopAllNow, wranglerVars } from "./lib/servers.mjs";
+import { findMosquitto, startAedes, startBridge, startBroker, startLimitedBroker, startMosquitto, startNaive, stopAllNow, wranglerVars } from "./lib/servers.mjs";
 import { scale, scaleTable } from "./lib/scale.mjs";
 import { storm, stormTable } from "./lib/storm.mjs";
 import { connectTable, costTable, doDollars, generatorTable, idleTable, performanceTable, ratios, summarize, unitsPer } from "./lib/report.mjs";
@@ -24,7 +24,7 @@ const { values: flags } = parseArgs({
   options: {
     quick: { type: "boolean", default: false },
     rounds: { type: "string" },
-    peers: { type: "string", default: "broker,aedes,mosquitto" },
+    peers: { type: "string", default: "broker,naive,aedes,mosquitto" },
     scenarios: { type: "string", default: "fan-in,fan-in-qos1,fan-in-tcp,fan-out,fan-out-qos1,shared,qos1,connect,retained,bystander,cost,scale,storm" },
     publishers: { type: "string" },
     "duration-ms": { type: "string" },
@@ -161,6 +161,7 @@ async function main() {
       broker.tcpUrl = broker.bridge.tcpUrl;
     }
   }
+  if (wanted.has("naive") && !brokerOnly) peers.push(await startNaive());
   if (wanted.has("aedes") && !brokerOnly) peers.push(await startAedes());
   const mosquittoBin = findMosquitto();
   if (wanted.has("mosquitto") && !brokerOnly) {
@@ -172,6 +173,7 @@ async function main() {
 
   // Shared subscriptions: measured only on peers that implement them (aedes 1.2 does not).
   const unsupported = {};
+  for (const peer of peers) for (const scenario of peer.lacks ?? []) (unsupported[scenario] ??= {})[peer.name] = "keeps no retained messages";
   if (scenarios.includes("shared")) {
     for (const peer of peers) {
       const why = await probeShared(peer);
@@ -202,7 +204,7 @@ async function main() {
     "fan-out-qos1": (peer, tag) => fanOut(peer, { ...common, ...params.fanOut, qos: 1 }, `${tag}q1`),
     qos1: (peer, tag) => qos1RoundTrip(peer, { ...common, ...params.qos1 }, tag),
     connect: (peer, tag) => connectStorm(peer, { ...common, ...params.connect }, tag),
-    retained: (peer, tag) => retainedOnSubscribe(peer, { ...common, ...params.retained }, tag),
+    retained: (peer, tag) => (unsupported.retained?.[peer.name] ? null : retainedOnSubscribe(peer, { ...common, ...params.retained }, tag)),
     bystander: (peer, tag) => (peer.limited ? bystander(peer.limited, { ...common, ...params.bystander }, tag, peer.limited.auth("flood")) : null),
   };
   const runs = {};
@@ -353,7 +355,9 @@ async function costModel(broker, connectRuns) {
 function unsupportedNotes(unsupported) {
   const notes = [];
   for (const [scenario, byPeer] of Object.entries(unsupported ?? {})) {
-    for (const [peer, why] of Object.entries(byPeer)) notes.push(`n/a: ${peer} does not implement shared subscriptions (${scenario} probe: ${why}); not measured.`);
+    for (const [peer, why] of Object.entries(byPeer)) {
+      notes.push(scenario === "shared" ? `n/a: ${peer} does not implement shared subscriptions (${scenario} probe: ${why}); not measured.` : `n/a: ${peer} ${why} (${scenario}); not measured.`);
+    }
   }
   return notes.length ? ["", ...notes] : [];
 }

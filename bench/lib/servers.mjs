@@ -94,44 +94,15 @@ async function stopChild(child) {
 const SNAPSHOT = ["src", "migrations", "public", "scripts", "wrangler.toml", "package.json", "tsconfig.json"];
 
 /**
- * The broker: `wrangler dev` (local mode) in its own process group, with its own temporary
- * persist directory, anonymous access into account `bench`, and the billable-unit counters on.
- * It runs from a snapshot of the working tree taken at start: `wrangler dev` rebuilds and
- * restarts on every source change, which would reset the objects (and the counters) mid-run
- * whenever someone edits src/ while the bench runs.
+ * `wrangler dev` (local mode) in `cwd` on `port`, in its own process group; resolves once
+ * `/health` answers. The local runtime needs about ten file descriptors per held connection
+ * (the dev proxy's two sockets and their buffers, the runtime's socket, each object's SQLite
+ * files): the usual soft limit stops a connect storm at a few thousand (`accept: Too many open
+ * files` kills the dev proxy). Raised as far as this user may, as for any load test.
  */
-export async function startBroker({ vars = {}, persistDir: reuse } = {}) {
-  const port = await freePort();
-  const app = tempDir("mqtt-bench-app-");
-  for (const entry of SNAPSHOT) {
-    if (existsSync(join(ROOT, entry))) cpSync(join(ROOT, entry), join(app, entry), { recursive: true, filter: (src) => !src.includes("/public/vendor") });
-  }
-  symlinkSync(join(ROOT, "node_modules"), join(app, "node_modules"));
-  // `persistDir`: the state of an earlier broker (the scale scenario's restart); else a fresh one.
-  const persistDir = reuse ?? tempDir("mqtt-bench-broker-");
-  const env = {
-    ...process.env,
-    CLOUDFLARE_CF_FETCH_ENABLED: "false",
-    WRANGLER_SEND_METRICS: "false",
-    XDG_CONFIG_HOME: join(ROOT, ".wrangler/config"),
-    NO_COLOR: "1",
-  };
-  const mig = reuse ? { status: 0 } : spawnSync(WRANGLER, ["d1", "migrations", "apply", "DB", "--local", "--persist-to", persistDir], {
-    cwd: app,
-    env: { ...env, CI: "true" },
-    encoding: "utf8",
-  });
-  if (mig.status !== 0) throw new Error(`D1 migrations failed:\n${mig.stdout}\n${mig.stderr}`);
-  // The per-connection rate limits (publishes, packets, packets per frame) are policy, not capacity: lifted for the bench
-  // (the other brokers have none), or the publishers would be disconnected.
-  const allVars = { ANONYMOUS_ACCOUNT: "bench", BENCH_COUNTERS: "1", PACKET_RATE_PER_SECOND: "1000000000", PACKET_BURST: "1000000000", MAX_PACKETS_PER_FRAME: "1000000", PUBLISH_RATE_PER_SECOND: "1000000000", PUBLISH_BURST: "1000000000", ...vars };
-  const args = ["dev", "--ip", "127.0.0.1", "--port", String(port), "--persist-to", persistDir, "--show-interactive-dev-session=false", "--log-level", "warn"];
-  for (const [k, v] of Object.entries(allVars)) args.push("--var", `${k}:${v}`);
-  // The local runtime needs about ten file descriptors per held connection (the dev proxy's two
-  // sockets and their buffers, the runtime's socket, each object's SQLite files): the usual soft
-  // limit stops a connect storm at a few thousand (`accept: Too many open files` kills the dev
-  // proxy). Raised as far as this user may, as for any load test; the broker is not changed.
-  const child = spawn("sh", ["-c", `ulimit -n ${FD_LIMIT} 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@"`, WRANGLER, ...args], { cwd: app, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+async function wranglerDev(cwd, port, extraArgs, env) {
+  const args = ["dev", "--ip", "127.0.0.1", "--port", String(port), "--show-interactive-dev-session=false", "--log-level", "warn", ...extraArgs];
+  const child = spawn("sh", ["-c", `ulimit -n ${FD_LIMIT} 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@"`, WRANGLER, ...args], { cwd, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
   track(child);
   const output = tail(child);
   const url = `http://127.0.0.1:${port}`;
@@ -149,6 +120,48 @@ export async function startBroker({ vars = {}, persistDir: reuse } = {}) {
     }
     await sleep(200);
   }
+  return { child, output, url };
+}
+
+function wranglerEnv() {
+  return {
+    ...process.env,
+    CLOUDFLARE_CF_FETCH_ENABLED: "false",
+    WRANGLER_SEND_METRICS: "false",
+    XDG_CONFIG_HOME: join(ROOT, ".wrangler/config"),
+    NO_COLOR: "1",
+  };
+}
+
+/**
+ * The broker: `wrangler dev` (local mode) in its own process group, with its own temporary
+ * persist directory, anonymous access into account `bench`, and the billable-unit counters on.
+ * It runs from a snapshot of the working tree taken at start: `wrangler dev` rebuilds and
+ * restarts on every source change, which would reset the objects (and the counters) mid-run
+ * whenever someone edits src/ while the bench runs.
+ */
+export async function startBroker({ vars = {}, persistDir: reuse } = {}) {
+  const port = await freePort();
+  const app = tempDir("mqtt-bench-app-");
+  for (const entry of SNAPSHOT) {
+    if (existsSync(join(ROOT, entry))) cpSync(join(ROOT, entry), join(app, entry), { recursive: true, filter: (src) => !src.includes("/public/vendor") });
+  }
+  symlinkSync(join(ROOT, "node_modules"), join(app, "node_modules"));
+  // `persistDir`: the state of an earlier broker (the scale scenario's restart); else a fresh one.
+  const persistDir = reuse ?? tempDir("mqtt-bench-broker-");
+  const env = wranglerEnv();
+  const mig = reuse ? { status: 0 } : spawnSync(WRANGLER, ["d1", "migrations", "apply", "DB", "--local", "--persist-to", persistDir], {
+    cwd: app,
+    env: { ...env, CI: "true" },
+    encoding: "utf8",
+  });
+  if (mig.status !== 0) throw new Error(`D1 migrations failed:\n${mig.stdout}\n${mig.stderr}`);
+  // The per-connection rate limits (publishes, packets, packets per frame) are policy, not capacity: lifted for the bench
+  // (the other brokers have none), or the publishers would be disconnected.
+  const allVars = { ANONYMOUS_ACCOUNT: "bench", BENCH_COUNTERS: "1", PACKET_RATE_PER_SECOND: "1000000000", PACKET_BURST: "1000000000", MAX_PACKETS_PER_FRAME: "1000000", PUBLISH_RATE_PER_SECOND: "1000000000", PUBLISH_BURST: "1000000000", ...vars };
+  const args = ["--persist-to", persistDir];
+  for (const [k, v] of Object.entries(allVars)) args.push("--var", `${k}:${v}`);
+  const { child, output, url } = await wranglerDev(app, port, args, env);
   const counters = {
     async reset() {
       const res = await fetch(`${url}/__bench/counters/reset`, { method: "POST" });
@@ -241,6 +254,34 @@ export async function startAedes() {
     counters: null,
     output,
     stop: () => stopChild(child),
+  };
+}
+
+/**
+ * The naive peer (bench/peers/naive): one Durable Object per connection calling one router
+ * object per message, nothing stored or checked. It runs in the same local runtime as the
+ * broker, so its figures are what the platform costs any design before the broker's own work.
+ */
+export async function startNaive() {
+  const port = await freePort();
+  const app = tempDir("mqtt-bench-naive-");
+  cpSync(join(ROOT, "bench/peers/naive"), app, { recursive: true });
+  symlinkSync(join(ROOT, "node_modules"), join(app, "node_modules"));
+  const persistDir = tempDir("mqtt-bench-naive-state-");
+  const { child, output } = await wranglerDev(app, port, ["--persist-to", persistDir], wranglerEnv());
+  return {
+    name: "naive",
+    label: "naive DO design (wrangler dev)",
+    wsUrl: `ws://127.0.0.1:${port}/mqtt`,
+    pid: child.pid,
+    counters: null,
+    lacks: ["retained"],
+    output,
+    async stop() {
+      await stopChild(child);
+      rmSync(persistDir, { recursive: true, force: true });
+      rmSync(app, { recursive: true, force: true });
+    },
   };
 }
 
