@@ -56,6 +56,8 @@ export default defineConfig({
                 // The retained quota of test/worker/router.test.ts.
                 MAX_RETAINED_MESSAGES: "20",
                 MAX_RETAINED_BYTES: "2000000",
+                // Short, so test/worker/connection.test.ts sees a clean session's held messages written.
+                OUTBOX_HOLD_MS: "1000",
               },
               // The optional Analytics Engine binding, so the router's data points run in the tests
               // (Miniflare's local dataset accepts them and keeps nothing).

@@ -30,6 +30,7 @@ export interface ConfigVars {
   HTTP_PUBLISH_BURST?: string;
   MAX_QUEUED_BYTES?: string;
   MAX_OUTBOX_MESSAGES?: string;
+  OUTBOX_HOLD_MS?: string;
   MAX_MONITOR_RETAINED?: string;
   MONITOR_RETAIN_SECONDS?: string;
   MAX_RETAINED_MESSAGES?: string;
@@ -95,6 +96,7 @@ export const CONFIG_SCHEMA = {
   HTTP_PUBLISH_BURST: { kind: "int", default: 200, min: 1 },
   MAX_QUEUED_BYTES: { kind: "int", default: 8 * 1024 * 1024, min: 1 },
   MAX_OUTBOX_MESSAGES: { kind: "int", default: 1000, min: 1 },
+  OUTBOX_HOLD_MS: { kind: "int", default: 10_000, min: 0 },
   MAX_MONITOR_RETAINED: { kind: "int", default: 10_000, min: 1 },
   MONITOR_RETAIN_SECONDS: { kind: "int", default: 86_400, min: 1 },
   MAX_RETAINED_MESSAGES: { kind: "int", default: 100_000, min: 1 },
@@ -158,6 +160,8 @@ export interface Limits {
   maxQueuedBytes: number;
   /** QoS 1/2 messages waiting for a connection's in-flight window, at most (oldest dropped, counted). */
   maxOutboxMessages: number;
+  /** How long a clean session's QoS 1 messages waiting for the window stay in memory only, in ms (then written). */
+  outboxHoldMs: number;
   /** Retained `$SYS/mon` events per account, at most (oldest evicted). */
   maxMonitorRetained: number;
   /** How long the retained Disconnect event of a client id the client chose freely (multi mode, anonymous) stays, in seconds. */
@@ -303,6 +307,7 @@ export function parseConfig(vars: ConfigVars): ConfigResult {
     maxQueuedMessages: r.int("MAX_QUEUED_MESSAGES"),
     maxQueuedBytes: r.int("MAX_QUEUED_BYTES"),
     maxOutboxMessages: r.int("MAX_OUTBOX_MESSAGES"),
+    outboxHoldMs: r.int("OUTBOX_HOLD_MS"),
     maxMonitorRetained: r.int("MAX_MONITOR_RETAINED"),
     monitorRetainSeconds: r.int("MONITOR_RETAIN_SECONDS"),
     maxRetainedMessages: r.int("MAX_RETAINED_MESSAGES"),

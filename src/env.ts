@@ -44,6 +44,7 @@ export interface Env {
   MAX_QUEUED_MESSAGES?: string;
   MAX_QUEUED_BYTES?: string;
   MAX_OUTBOX_MESSAGES?: string;
+  OUTBOX_HOLD_MS?: string;
   MAX_MONITOR_RETAINED?: string;
   MONITOR_RETAIN_SECONDS?: string;
   MAX_RETAINED_MESSAGES?: string;

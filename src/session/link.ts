@@ -15,6 +15,7 @@ import { InboundQos2, Outbox } from "./outbox";
 import { TopicAliases } from "./aliases";
 import { PartialPacket } from "./partial";
 import { PendingRetained } from "./retained";
+import { errorMessage, log } from "../log";
 
 /** Who a session belongs to. */
 export interface SessionOwner {
@@ -149,7 +150,9 @@ export function createConnState(storage: DurableObjectStorage, config: Config): 
     att: null,
     meta: null,
     partial: new PartialPacket(storage),
-    outbox: new Outbox(storage, config.limits.maxInflight, config.limits.maxOutboxMessages),
+    outbox: new Outbox(storage, config.limits.maxInflight, config.limits.maxOutboxMessages, config.limits.outboxHoldMs, (err) =>
+      log("warn", "mqtt.outbox_spill_failed", { error: errorMessage(err) }),
+    ),
     inboundQos2: new InboundQos2(storage),
     inboundPending: 0,
     aliases: new TopicAliases(storage),

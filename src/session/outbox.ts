@@ -52,6 +52,9 @@ function isOutRecord(v: unknown): v is OutRecord {
  * storage. Packet ids survive a hand-over to the next connection of the session, so
  * redelivery uses the original ids [MQTT-4.4.0-1].
  */
+/** Waiting messages are admitted once this fraction of the window is free ({@link Outbox.admitChunk}). */
+const ADMIT_CHUNK_DIVISOR = 8;
+
 export class Outbox {
   private records: Map<number, OutRecord> | null = null;
   private readonly byPid = new Map<number, OutRecord>();
@@ -69,13 +72,20 @@ export class Outbox {
   private onAdmit: ((seq: number) => void) | null = null;
   /**
    * A session that ends with its connection (clean session, MQTT 5 expiry 0) never
-   * redelivers, so a QoS 1 message sent on the socket need not be stored: only the ones
-   * that wait for room in the window (they must outlive hibernation), QoS 2 ones (their
-   * packet ids must not be reused while the client holds them) and shared-subscription
+   * redelivers, so a QoS 1 message sent on the socket need not be stored: only QoS 2 ones
+   * (their packet ids must not be reused while the client holds them) and shared-subscription
    * ones (handed back to their group if the session ends) are. Saves two rows written per
-   * QoS 1 delivery.
+   * QoS 1 delivery. Its QoS 1 messages that wait for room in the window are held in memory
+   * ({@link hold}) and written only if they are still waiting when the hold ends.
    */
   private ephemeral = false;
+  /**
+   * The pending end of the hold: while it is set, the object cannot hibernate (a pending
+   * timer keeps a Durable Object in memory), so the waiting messages it holds in memory only
+   * cannot be lost to hibernation while the socket stays open. When it fires, whatever still
+   * waits is written ({@link spill}) and the object may hibernate again.
+   */
+  private holdTimer: ReturnType<typeof setTimeout> | null = null;
 
   /** Messages dropped past `maxQueued` since this object woke. */
   dropped = 0;
@@ -85,6 +95,10 @@ export class Outbox {
     private maxInflight: number,
     /** Messages waiting for room in the window, at most (MAX_OUTBOX_MESSAGES). */
     private readonly maxQueued = Number.POSITIVE_INFINITY,
+    /** How long a clean session's waiting QoS 1 messages stay in memory only (OUTBOX_HOLD_MS). */
+    private readonly holdMs = 10_000,
+    /** Called when writing held messages failed (the caller logs it). */
+    private readonly onSpillError: (err: unknown) => void = () => undefined,
   ) {}
 
   /** The in-flight window: the smaller of the broker's and the client's Receive Maximum (MQTT 5). */
@@ -129,7 +143,45 @@ export class Outbox {
   }
 
   private mustStore(record: OutRecord): boolean {
-    return !this.ephemeral || record.state === "queued" || record.message.qos === 2 || record.message.share !== undefined;
+    return !this.ephemeral || record.message.qos === 2 || record.message.share !== undefined;
+  }
+
+  /**
+   * A clean session's QoS 1 message waits for the window in memory only. The first one starts
+   * the hold; when it ends, the waiting ones are written (each once), as a persistent session's
+   * are at once. A client that keeps acknowledging empties the queue long before: no row.
+   */
+  private hold(): void {
+    if (this.holdTimer !== null) return;
+    this.holdTimer = setTimeout(() => {
+      this.holdTimer = null;
+      this.spill().catch(this.onSpillError);
+    }, this.holdMs);
+  }
+
+  /** Writes the waiting messages held in memory only, so they survive hibernation. */
+  async spill(): Promise<void> {
+    if (this.holdTimer !== null) clearTimeout(this.holdTimer);
+    this.holdTimer = null;
+    const writes: Record<string, OutRecord> = {};
+    for (const r of this.records?.values() ?? []) {
+      if (r.state !== "queued" || this.stored.has(r.seq)) continue;
+      writes[outKey(r.seq)] = r;
+      this.stored.add(r.seq);
+    }
+    await this.flush(writes, []);
+  }
+
+  /** Messages that wait in memory only (0 once written or admitted). */
+  held(): number {
+    let n = 0;
+    for (const r of this.records?.values() ?? []) if (r.state === "queued" && !this.stored.has(r.seq)) n++;
+    return n;
+  }
+
+  private cancelHold(): void {
+    if (this.holdTimer !== null) clearTimeout(this.holdTimer);
+    this.holdTimer = null;
   }
 
   /** Writes or deletes `record` so storage holds it exactly when it must. */
@@ -190,6 +242,14 @@ export class Outbox {
     const records = await this.load();
     const writes: Record<string, OutRecord> = {};
     const actions: OutAction[] = [];
+    // Behind a message still waiting for the window, every new one waits too [MQTT-4.6.0-2]:
+    // admission goes in order, and in chunks.
+    let behind = false;
+    for (const r of records.values()) {
+      if (r.state !== "queued") continue;
+      behind = true;
+      break;
+    }
     for (const message of messages) {
       const seq = this.nextSeq++;
       let record: OutRecord;
@@ -198,7 +258,7 @@ export class Outbox {
         record = { seq, pid: hintPid, state: released ? "released" : "sent", dup: true, message: plain };
         this.byPid.set(hintPid, record);
         this.inflight++;
-      } else if (this.inflight < this.maxInflight) {
+      } else if (!behind && this.inflight < this.maxInflight) {
         const pid = this.allocatePid();
         if (pid === 0) throw new Error("no free packet id");
         record = { seq, pid, state: "sent", dup: message.dup === true, message: plain };
@@ -209,9 +269,11 @@ export class Outbox {
         const pid = this.allocatePid();
         record = { seq, pid, state: "queued", dup: message.dup === true, message: plain };
         if (pid > 0) this.byPid.set(pid, record);
+        behind = true;
       }
       records.set(seq, record);
       this.sync(record, writes, []);
+      if (record.state === "queued" && !this.stored.has(seq)) this.hold();
       if (record.state === "sent") actions.push({ kind: "publish", record });
       else if (record.state === "released") actions.push({ kind: "pubrel", pid: record.pid });
     }
@@ -233,6 +295,8 @@ export class Outbox {
     // Written before anything is sent or acknowledged upstream: the output gate holds both
     // until the write is durable.
     await this.flush(writes, deletes);
+    // Waiting ones with room in the window (a wake forgot a clean session's in-flight messages).
+    if (behind) actions.push(...(await this.admit()));
     return actions;
   }
 
@@ -240,7 +304,12 @@ export class Outbox {
   async complete(pid: number, ack: "puback" | "pubcomp"): Promise<AckResult> {
     await this.load();
     const record = this.sentWith(pid);
-    if (!record) return { kind: "unknown" };
+    if (!record) {
+      // A clean session's in-flight messages are not stored: after a wake this acknowledges one
+      // of them, and its slot in the window is free for what waits. Otherwise a late duplicate.
+      const next = await this.admit();
+      return next.length > 0 ? { kind: "done", next } : { kind: "unknown" };
+    }
     const expected = ack === "puback" ? record.message.qos === 1 : record.state === "released";
     if (!expected) return { kind: "unexpected" };
     await this.forget(record);
@@ -295,6 +364,8 @@ export class Outbox {
   async admit(): Promise<OutAction[]> {
     const records = this.records;
     if (!records) return [];
+    // In chunks: a client that acknowledges one by one gets its next messages several to a frame.
+    if (this.inflight > 0 && this.maxInflight - this.inflight < this.admitChunk()) return [];
     const writes: Record<string, OutRecord> = {};
     const deletes: string[] = [];
     const actions: OutAction[] = [];
@@ -328,6 +399,8 @@ export class Outbox {
    * packet id and state, and are marked for DUP.
    */
   async handover(): Promise<Message[]> {
+    // The connection is ending: what it holds goes to the session (or nowhere), not to storage.
+    this.cancelHold();
     const records = await this.load();
     // Without the admission mark, a queued record with a reserved id may have been sent: DUP.
     const unsure = this.admittedThrough === null;
@@ -340,10 +413,22 @@ export class Outbox {
 
   /** Forget everything in memory (the caller clears storage). */
   reset(): void {
+    this.cancelHold();
     this.records = new Map();
     this.byPid.clear();
     this.stored.clear();
     this.inflight = 0;
+  }
+
+  /**
+   * How many window slots must be free before waiting messages are admitted (while some are in
+   * flight): an eighth of the window, at least 1. A client acknowledging each message in its own
+   * frame would otherwise get each next message in its own frame too, and a WebSocket frame costs
+   * the runtime more than the packets in it. The window is never exceeded, and with nothing in
+   * flight everything that fits goes out, so nothing waits for an acknowledgement that cannot come.
+   */
+  private admitChunk(): number {
+    return Math.max(1, Math.floor(this.maxInflight / ADMIT_CHUNK_DIVISOR));
   }
 
   /** A packet id 1..65535 [MQTT-2.3.1-1] that no record holds (in flight or reserved), or 0 when none is free. */

@@ -74,6 +74,7 @@ describe("parseConfig", () => {
       maxQueuedMessages: 1000,
       maxQueuedBytes: 8 * 1024 * 1024,
       maxOutboxMessages: 1000,
+      outboxHoldMs: 10_000,
       maxMonitorRetained: 10_000,
       monitorRetainSeconds: 86_400,
       maxRetainedMessages: 100_000,

@@ -135,6 +135,49 @@ describe("MqttConnection in workerd", () => {
     });
   }
 
+  it("a clean session's QoS 1 messages that wait for the window stay in memory, are written when the hold ends (OUTBOX_HOLD_MS), and survive a wake", async () => {
+    const before = await connectionIds();
+    const c = await open();
+    const clientId = `hold-${crypto.randomUUID()}`;
+    const topic = `hold/${clientId}`;
+    c.ws.send(encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 60, clientId }));
+    await c.next("connack");
+    c.ws.send(encode({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 1 }] }));
+    await c.next("suback");
+    const id = [...(await connectionIds())].find((x) => !before.has(x));
+    if (!id) throw new Error("connection object not found");
+    const stub = E.CONNECTION.get(E.CONNECTION.idFromString(id));
+    const outKeys = () => runInDurableObject(stub, async (_i, state) => [...(await state.storage.list({ prefix: "o:" })).keys()].length);
+    const window = E.MAX_INFLIGHT ? Number(E.MAX_INFLIGHT) : 100;
+    const n = window + 5;
+    await routerStub(E, "dev").publish("dev", Array.from({ length: n }, (_, i) => ({ topic, payload: new Uint8Array([i]), qos: 1 as const, retain: false })));
+    const first: number[] = [];
+    for (let i = 0; i < window; i++) {
+      const p = await c.next("publish");
+      if (p.cmd === "publish") first.push(p.messageId ?? 0);
+    }
+    // The window is full and 5 wait: none of them is in storage yet.
+    expect(await outKeys()).toBe(0);
+    await new Promise((r) => setTimeout(r, Number(E.OUTBOX_HOLD_MS) + 500));
+    expect(await outKeys()).toBe(5);
+    // Hibernation forgets what was in memory; the 5 come back from storage, in order, as the window frees.
+    await simulateWake(id);
+    for (const pid of first) c.ws.send(encode({ cmd: "puback", messageId: pid }));
+    const rest: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const p = await c.next("publish");
+      if (p.cmd === "publish") {
+        rest.push(Buffer.from(p.payload)[0] ?? -1);
+        c.ws.send(encode({ cmd: "puback", messageId: p.messageId }));
+      }
+    }
+    expect(rest).toEqual([window, window + 1, window + 2, window + 3, window + 4]);
+    c.ws.send(encode({ cmd: "pingreq" }));
+    await c.next("pingresp");
+    expect(await outKeys()).toBe(0);
+    c.ws.close();
+  });
+
   it("one alarm per connect: the connect timeout armed at the upgrade is the first keep-alive check, and re-arms for the deadline without closing", async () => {
     const before = await connectionIds();
     const t0 = Date.now();

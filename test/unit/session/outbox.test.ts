@@ -148,3 +148,102 @@ describe("Outbox writes", () => {
     ]);
   });
 });
+
+describe("Outbox: a clean session's messages that wait for the window", () => {
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const cleanBox = (storage: MemoryStorage, window: number, holdMs: number) => {
+    const box = new Outbox(storage.asDurableObjectStorage(), window, Number.POSITIVE_INFINITY, holdMs);
+    box.setEphemeral(true);
+    return box;
+  };
+  /** Acknowledges each packet id as it goes out, one PUBACK at a time; returns the order sent. */
+  const drain = async (box: Outbox, first: number[]): Promise<number[]> => {
+    const order = [...first];
+    const inFlight = [...first];
+    while (inFlight.length > 0) {
+      const done = await box.complete(inFlight.shift()!, "puback");
+      if (done.kind !== "done") throw new Error(done.kind);
+      const pids = publishedPids(done.next);
+      order.push(...pids);
+      inFlight.push(...pids);
+    }
+    return order;
+  };
+
+  it("are held in memory and cost no row when the client acknowledges before the hold ends", async () => {
+    const storage = new MemoryStorage();
+    const box = cleanBox(storage, 1, 20);
+    const first = publishedPids(await box.add([msg("a"), msg("b"), msg("c")]));
+    expect(first).toEqual([1]);
+    expect(box.held()).toBe(2);
+    expect(storage.rowsWritten).toBe(0);
+    expect(await drain(box, first)).toEqual([1, 2, 3]);
+    await sleep(60); // past the hold: nothing is left to write
+    expect(storage.rowsWritten).toBe(0);
+  });
+
+  it("still waiting when the hold ends, they are written once each; after a wake (memory lost) a PUBACK admits them in order", async () => {
+    const storage = new MemoryStorage();
+    const box = cleanBox(storage, 1, 20);
+    expect(publishedPids(await box.add([msg("a"), msg("b"), msg("c")]))).toEqual([1]);
+    await sleep(60);
+    expect(box.held()).toBe(0);
+    expect(storage.rowsWritten).toBe(2); // b and c; a is on the wire, not stored
+    // Hibernation: a new Outbox over the same storage; the in-flight a was never stored.
+    const woken = cleanBox(storage, 1, 20);
+    const next = await woken.complete(1, "puback"); // acknowledges a, which the wake forgot
+    expect(next).toEqual({ kind: "done", next: [expect.objectContaining({ kind: "publish", record: expect.objectContaining({ pid: 2, message: expect.objectContaining({ topic: "b" }) }) })] });
+    expect(await drain(woken, [2])).toEqual([2, 3]);
+    expect(storage.data.size).toBe(0);
+    expect(await woken.complete(3, "puback")).toEqual({ kind: "unknown" }); // a late duplicate is still nothing
+  });
+
+  it("a connection that ends (hand-over or reset) cancels the hold: nothing is written after it", async () => {
+    for (const end of ["handover", "reset"] as const) {
+      const storage = new MemoryStorage();
+      const box = cleanBox(storage, 1, 20);
+      await box.add([msg("a"), msg("b")]);
+      if (end === "handover") await box.handover();
+      else box.reset();
+      await sleep(60);
+      expect(storage.rowsWritten, end).toBe(0);
+    }
+  });
+
+  it("QoS 2 and shared-subscription messages are stored at once, as their flows need", async () => {
+    const storage = new MemoryStorage();
+    const box = cleanBox(storage, 1, 10_000);
+    await box.add([msg("a"), msg("q2", 2), { ...msg("s"), share: "g/t" }]);
+    expect(storage.rowsWritten).toBe(2);
+    expect(box.held()).toBe(0);
+    box.reset();
+  });
+});
+
+describe("Outbox admission in chunks", () => {
+  it("admits waiting messages once an eighth of the window is free, in order, never past the window; new ones queue behind them", async () => {
+    const box = new Outbox(new MemoryStorage().asDurableObjectStorage(), 16); // chunk of 2
+    const first = publishedPids(await box.add(Array.from({ length: 20 }, (_, i) => msg(`m${i}`))));
+    expect(first).toEqual(Array.from({ length: 16 }, (_, i) => i + 1));
+    expect(await box.complete(1, "puback")).toEqual({ kind: "done", next: [] }); // 1 free < 2
+    // A message that arrives now must not overtake the four waiting ones, though a slot is free.
+    expect(publishedPids(await box.add([msg("late")]))).toEqual([]);
+    const two = await box.complete(2, "puback");
+    if (two.kind !== "done") throw new Error(two.kind);
+    expect(two.next.map((a) => (a.kind === "publish" ? a.record.message.topic : ""))).toEqual(["m16", "m17"]);
+    // The rest follow in order, two at a time, as pairs of slots free up.
+    const batches: string[][] = [];
+    for (let pid = 3; pid <= 16; pid++) {
+      const r = await box.complete(pid, "puback");
+      if (r.kind === "done" && r.next.length > 0) batches.push(r.next.map((a) => (a.kind === "publish" ? a.record.message.topic : "")));
+    }
+    expect(batches).toEqual([["m18", "m19"], ["late"]]);
+  });
+
+  it("with nothing in flight, whatever fits goes out at once, so a small window never stalls", async () => {
+    const box = new Outbox(new MemoryStorage().asDurableObjectStorage(), 3); // chunk of 1
+    expect(publishedPids(await box.add([msg("a"), msg("b"), msg("c"), msg("d"), msg("e")]))).toEqual([1, 2, 3]);
+    const next = await box.complete(1, "puback");
+    expect(next.kind === "done" && publishedPids(next.next)).toEqual([4]);
+  });
+});
