@@ -61,6 +61,7 @@ const { values: flags } = parseArgs({
     "scale-device-rate": { type: "string" },
     "scale-shards": { type: "string" },
     "storm-connections": { type: "string" },
+    "storm-via-proxy": { type: "boolean", default: false },
     out: { type: "string", default: join(HERE, "results") },
     help: { type: "boolean", default: false },
   },
@@ -115,7 +116,7 @@ const params = {
     rampMs: 500,
   },
   // A fleet reconnecting after a restart (bench/lib/storm.mjs): run once, after the rounds.
-  storm: { connections: num("storm-connections", 5000, 500), concurrency: num("concurrency", 50, 50), holdMs: 3000 },
+  storm: { connections: num("storm-connections", 5000, 500), concurrency: num("concurrency", 50, 50), holdMs: 3000, viaProxy: flags["storm-via-proxy"] },
   // The router with a large account (bench/lib/scale.mjs): run once, after the rounds.
   scale: {
     retained: num("scale-retained", 100_000, 10_000),

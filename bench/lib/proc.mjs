@@ -1,6 +1,6 @@
 // CPU time and resident memory of a whole process tree, from /proc (Linux).
 import { spawnSync } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 
 function getconf(name, fallback) {
   const r = spawnSync("getconf", [name], { encoding: "utf8" });
@@ -97,4 +97,33 @@ export function treeUsage(rootPid) {
 export function selfCpuMs() {
   const u = process.cpuUsage();
   return (u.user + u.system) / 1000;
+}
+
+/**
+ * TCP ports on 127.0.0.1 that a process listens on, from its socket descriptors and
+ * /proc/net/tcp (no `ss` needed). Used to reach the local runtime behind `wrangler dev`'s proxy.
+ */
+export function listeningPorts(pid) {
+  const inodes = new Set();
+  try {
+    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+      try {
+        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+        if (m) inodes.add(m[1]);
+      } catch {
+        // closed meanwhile
+      }
+    }
+  } catch {
+    return [];
+  }
+  const ports = [];
+  for (const line of readFileSync("/proc/net/tcp", "utf8").split("\n").slice(1)) {
+    const f = line.trim().split(/\s+/);
+    // local_address rem_address st ... inode (field 10); 0A = LISTEN; 0100007F = 127.0.0.1
+    if (f.length < 10 || f[3] !== "0A" || !inodes.has(f[9])) continue;
+    const [addr, port] = f[1].split(":");
+    if (addr === "0100007F") ports.push(parseInt(port, 16));
+  }
+  return ports;
 }

@@ -8,6 +8,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { listeningPorts, treeStats } from "./proc.mjs";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const WRANGLER = join(ROOT, "node_modules/.bin/wrangler");
@@ -123,6 +124,33 @@ async function wranglerDev(cwd, port, extraArgs, env) {
   return { child, output, url };
 }
 
+/**
+ * The runtime's own address behind `wrangler dev`'s proxy: a port the user worker's workerd
+ * (its `--socket entry=127.0.0.1:0`) listens on and that answers `/health`. The dev proxy holds
+ * two sockets and their buffers per connection; a storm of thousands reaches the open-file limit
+ * there first. Null when it cannot be found.
+ */
+async function runtimeUrl(rootPid) {
+  for (const proc of treeStats(rootPid)) {
+    if (proc.comm !== "workerd") continue;
+    let args = "";
+    try {
+      args = readFileSync(`/proc/${proc.pid}/cmdline`, "utf8");
+    } catch {
+      continue;
+    }
+    if (!args.includes("entry=127.0.0.1:0")) continue;
+    for (const port of listeningPorts(proc.pid)) {
+      try {
+        if ((await fetch(`http://127.0.0.1:${port}/health`)).ok) return `http://127.0.0.1:${port}`;
+      } catch {
+        // not this one
+      }
+    }
+  }
+  return null;
+}
+
 function wranglerEnv() {
   return {
     ...process.env,
@@ -173,10 +201,13 @@ export async function startBroker({ vars = {}, persistDir: reuse } = {}) {
       return res.json();
     },
   };
+  const direct = await runtimeUrl(child.pid);
   return {
     name: "broker",
     label: "broker (wrangler dev)",
     wsUrl: `ws://127.0.0.1:${port}/mqtt`,
+    /** The same broker without the dev proxy in front (the storm's thousands of sockets), or null. */
+    directWsUrl: direct ? `${direct.replace("http:", "ws:")}/mqtt` : null,
     pid: child.pid,
     persistDir,
     counters,
