@@ -100,8 +100,9 @@ const parsers: Array<Parser | undefined> = [undefined, undefined, undefined, und
  * them from a client is the session's job. A 3.1 CONNECT whose user name or password flag is set
  * while the field is missing decodes as without it (mosquitto's reading of 3.1).
  *
- * A PUBLISH in its plainest form (ASCII topic, no properties) is read directly, with the same
- * result as the parser's ({@link decodeThroughParser}; a unit test holds the two together).
+ * A PUBLISH in its plainest form (ASCII topic, no properties) and the flow acknowledgements in
+ * their shortest form (PUBACK, PUBREC, PUBREL, PUBCOMP with a packet id only) are read directly,
+ * with the same result as the parser's ({@link decodeThroughParser}; unit tests hold the two together).
  *
  * Cost on the common path: one table lookup on the first byte, and one scan of each decoded
  * string for U+0000 / U+FFFD. Raw bytes are re-read (strictly, with a fatal UTF-8 decoder)
@@ -116,7 +117,33 @@ export function decodePacket(frame: Uint8Array, protocolVersion: ProtocolVersion
     const plain = decodePlainPublish(frame, protocolVersion);
     if (plain !== null) return { ok: true, packet: plain };
   }
+  if (frame.length === 4 && frame[1] === 2) {
+    const ack = decodePlainAck(frame, protocolVersion);
+    if (ack !== null) return { ok: true, packet: ack };
+  }
   return decodeThroughParser(frame, protocolVersion);
+}
+
+/** The first byte of each acknowledgement a client sends for a flow: its type and fixed flags [MQTT-2.2.2-1]. */
+const PLAIN_ACKS: ReadonlyMap<number, "puback" | "pubrec" | "pubrel" | "pubcomp"> = new Map([
+  [0x40, "puback"],
+  [0x50, "pubrec"],
+  [0x62, "pubrel"],
+  [0x70, "pubcomp"],
+]);
+
+/**
+ * PUBACK, PUBREC, PUBREL and PUBCOMP in their shortest form (Remaining Length 2: a packet id, on
+ * 5.0 reason 0 Success implied), as mqtt-packet emits them, field for field: one per QoS 1
+ * delivery acknowledged, so it skips the parser like the plain PUBLISH. Packet id 0 and every
+ * other form (flags, a reason code, properties) take the full path.
+ */
+function decodePlainAck(frame: Uint8Array, version: ProtocolVersion): Packet | null {
+  const cmd = PLAIN_ACKS.get(frame[0]!);
+  const messageId = (frame[2]! << 8) | frame[3]!;
+  if (cmd === undefined || messageId === 0) return null;
+  const packet = { cmd, retain: false, qos: cmd === "pubrel" ? 1 : 0, dup: false, length: 2, topic: null, payload: null, messageId };
+  return (version === 5 ? { ...packet, reasonCode: 0 } : packet) as Packet;
 }
 
 /**

@@ -643,7 +643,7 @@ describe("PUBLISH written directly (the delivery hot path)", () => {
 describe("PUBLISH read directly (the publish hot path)", () => {
   /** The result without the prototype (mqtt-packet's Packet class) and with the payload as bytes, for comparing. */
   const plain = (r: ReturnType<typeof decodePacket>): unknown =>
-    r.ok ? { ...r.packet, ...("payload" in r.packet && r.packet.payload !== undefined ? { payload: Buffer.from(r.packet.payload).toString("base64") } : {}) } : r;
+    r.ok ? { ...r.packet, ...("payload" in r.packet && r.packet.payload != null ? { payload: Buffer.from(r.packet.payload).toString("base64") } : {}) } : r;
 
   it("gives what mqtt-packet and the rules give, for 2,400 random PUBLISH frames, valid and broken, on 3.1, 3.1.1 and 5.0", () => {
     const rand = mulberry32(20261201);
@@ -679,4 +679,26 @@ describe("PUBLISH read directly (the publish hot path)", () => {
     }
     expect(direct).toBeGreaterThan(500); // the direct path was taken, not only the fallback
   }, 60_000);
+
+  it("acknowledgements (PUBACK, PUBREC, PUBREL, PUBCOMP) read directly give what the parser gives, for every first byte, length and packet id shape", () => {
+    const rand = mulberry32(20261202);
+    let direct = 0;
+    for (const version of [3, 4, 5] as const) {
+      for (let first = 0x40; first <= 0x7f; first++) {
+        for (const body of [[0, 1], [0, 0], [0xff, 0xff], [1, 2, 0], [1, 2, 0x10], [1, 2, 0x80, 0], [1]]) {
+          for (const len of [body.length, body.length + 1]) {
+            const frame = new Uint8Array([first, len, ...body].slice(0, 2 + Math.max(body.length, 0)));
+            const ours = decodePacket(frame, version);
+            const theirs = decodeThroughParser(frame, version);
+            expect(plain(ours), `${version} ${Buffer.from(frame).toString("hex")}`).toEqual(plain(theirs));
+            if (ours.ok) direct++;
+          }
+        }
+        const pid = 1 + Math.floor(rand() * 65535);
+        const frame = new Uint8Array([first, 2, pid >> 8, pid & 0xff]);
+        expect(plain(decodePacket(frame, version))).toEqual(plain(decodeThroughParser(frame, version)));
+      }
+    }
+    expect(direct).toBeGreaterThan(20);
+  });
 });
