@@ -4,7 +4,7 @@ import { connectionStub, sessionStub } from "../stubs";
 import { SubscriptionTrie } from "../topics/trie";
 import { parseSharedFilter } from "../topics/topic";
 import { getConfig, loadConfig } from "../config";
-import { SharedGroups, isSharedKey, sharedKey } from "./shared";
+import { SharedGroups, isSharedKey, sharedKey, type SharedRuns } from "./shared";
 import { errorMessage, log } from "../log";
 import {
   PAGE_BYTES,
@@ -290,6 +290,7 @@ export class TopicRouter extends DurableObject<Env> {
     const outcomes: Routed[] = [];
     const now = Date.now();
     const before = this.env.ANALYTICS ? this.counters.snapshot() : null;
+    const runs: SharedRuns = new Map();
     for (const message of messages) {
       if (message.retain) {
         if (this.retained.store(message, now) === "quota") {
@@ -306,7 +307,7 @@ export class TopicRouter extends DurableObject<Env> {
       outcomes.push(subscriptions.length > 0 ? "matched" : "unmatched");
       for (const { key, value } of subscriptions) {
         if (isSharedKey(key)) {
-          this.routeShared(key, message, perClient);
+          this.routeShared(key, message, perClient, undefined, runs);
           continue;
         }
         if (value.nl && key === message.from) continue; // no local [MQTT-3.8.3-3]
@@ -354,8 +355,9 @@ export class TopicRouter extends DurableObject<Env> {
    * in round-robin order. With no member online, QoS 1/2 messages wait in the group's queue
    * if a member has a persistent session (bounded like a session's queue), else are dropped.
    */
-  private routeShared(key: string, message: Message, perClient: Map<string, Message[]>, exclude?: string): void {
-    const member = this.shared.pick(key, (id) => this.isOnline(id), exclude);
+  private routeShared(key: string, message: Message, perClient: Map<string, Message[]>, exclude?: string, runs?: SharedRuns): void {
+    const online = (id: string): boolean => this.isOnline(id);
+    const member = runs ? this.shared.pickInRun(key, online, runs) : this.shared.pick(key, online, exclude);
     if (member) {
       const copy = deliveryOf(message, minQoS(message.qos, member.qos), false);
       copy.share = key;

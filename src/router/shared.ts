@@ -24,6 +24,16 @@ export interface SharedGroup {
   next: number;
 }
 
+/**
+ * The messages of one publish batch for a group go to a member in runs of at most this many,
+ * then to the next member: a batch of a few messages costs one `deliver` call, as a fan-out
+ * does, instead of one call per message; a burst still spreads over the members.
+ */
+export const SHARED_RUN = 16;
+
+/** Per publish batch: each group's current run (its member and how many more it takes). */
+export type SharedRuns = Map<string, { clientId: string; left: number }>;
+
 export class SharedGroups {
   private readonly groups = new Map<string, SharedGroup>();
 
@@ -70,6 +80,24 @@ export class SharedGroups {
       return { clientId, qos };
     }
     return null;
+  }
+
+  /**
+   * {@link pick} within a publish batch: the member of the group's current run while it has
+   * room, is still a member and still `eligible`; else the next member in round-robin order,
+   * who starts a new run of {@link SHARED_RUN}.
+   */
+  pickInRun(key: string, eligible: (clientId: string) => boolean, runs: SharedRuns): { clientId: string; qos: QoS } | null {
+    const run = runs.get(key);
+    const qos = run ? this.groups.get(key)?.members.get(run.clientId) : undefined;
+    if (run && run.left > 0 && qos !== undefined && eligible(run.clientId)) {
+      run.left--;
+      return { clientId: run.clientId, qos };
+    }
+    const member = this.pick(key, eligible);
+    if (member) runs.set(key, { clientId: member.clientId, left: SHARED_RUN - 1 });
+    else runs.delete(key);
+    return member;
   }
 
   *entries(): IterableIterator<[string, SharedGroup]> {
