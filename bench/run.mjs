@@ -11,7 +11,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { spawnSync } from "node:child_process";
-import { bystander, connectStorm, costIdle, costMessages, fanIn, fanOut, probeShared, qos1RoundTrip, retainedOnSubscribe, shared } from "./lib/scenarios.mjs";
+import { bystander, connectStorm, costIdle, costMessages, fanIn, fanOut, frameFloor, probeShared, qos1RoundTrip, retainedOnSubscribe, shared } from "./lib/scenarios.mjs";
 import { findMosquitto, startAedes, startBridge, startBroker, startLimitedBroker, startMosquitto, startNaive, stopAllNow, wranglerVars } from "./lib/servers.mjs";
 import { scale, scaleTable } from "./lib/scale.mjs";
 import { storm, stormTable } from "./lib/storm.mjs";
@@ -25,7 +25,7 @@ const { values: flags } = parseArgs({
     quick: { type: "boolean", default: false },
     rounds: { type: "string" },
     peers: { type: "string", default: "broker,naive,aedes,mosquitto" },
-    scenarios: { type: "string", default: "fan-in,fan-in-qos1,fan-in-tcp,fan-out,fan-out-qos1,shared,qos1,connect,retained,bystander,cost,scale,storm" },
+    scenarios: { type: "string", default: "fan-in,fan-in-qos1,fan-in-tcp,fan-out,fan-out-qos1,shared,qos1,connect,retained,floor,bystander,cost,scale,storm" },
     publishers: { type: "string" },
     "duration-ms": { type: "string" },
     "max-messages": { type: "string" },
@@ -117,6 +117,7 @@ const params = {
   },
   // A fleet reconnecting after a restart (bench/lib/storm.mjs): run once, after the rounds.
   storm: { connections: num("storm-connections", 5000, 500), concurrency: num("concurrency", 50, 50), holdMs: 3000, viaProxy: flags["storm-via-proxy"] },
+  floor: { frames: q ? 20_000 : 50_000 },
   // The router with a large account (bench/lib/scale.mjs): run once, after the rounds.
   scale: {
     retained: num("scale-retained", 100_000, 10_000),
@@ -206,6 +207,8 @@ async function main() {
     qos1: (peer, tag) => qos1RoundTrip(peer, { ...common, ...params.qos1 }, tag),
     connect: (peer, tag) => connectStorm(peer, { ...common, ...params.connect }, tag),
     retained: (peer, tag) => (unsupported.retained?.[peer.name] ? null : retainedOnSubscribe(peer, { ...common, ...params.retained }, tag)),
+    // The naive peer's do-nothing socket: what a frame costs before any broker's work.
+    floor: (peer) => (peer.floorUrl ? frameFloor(peer, { sockets: 10, frames: params.floor.frames, payload: params.payload }) : null),
     bystander: (peer, tag) => (peer.limited ? bystander(peer.limited, { ...common, ...params.bystander }, tag, peer.limited.auth("flood")) : null),
   };
   const runs = {};
@@ -287,6 +290,8 @@ function headline(scenario, r) {
       return `PUBACK p50 ${r.pubackP50Ms.toFixed(2)} ms, delivery p50 ${r.deliveryP50Ms.toFixed(2)} ms, ${cpu}${inc}`;
     case "connect":
       return `${r.connectsPerSec.toFixed(0)} connects/s, CONNACK p99 ${r.connackP99Ms.toFixed(1)} ms, ${(r.rssKiBPerConnection).toFixed(0)} KiB/conn${r.failures ? `, ${r.failures} failed (${r.firstError})` : ""}`;
+    case "floor":
+      return `${r.framesPerSec.toFixed(0)} frames/s, ${r.serverCpuUsPerFrame.toFixed(1)} µs server CPU per frame`;
     case "bystander":
       return `round trip p99 ${r.quietP99Ms.toFixed(2)} ms quiet, ${r.floodP99Ms.toFixed(2)} ms flooded (×${r.p99Ratio.toFixed(1)}; p50 ${r.quietP50Ms.toFixed(2)} → ${r.floodP50Ms.toFixed(2)} ms) over ${r.quietRoundTrips}/${r.floodRoundTrips} round trips; flood ${r.floodPublishesPerSec.toFixed(0)} publishes/s, ${r.frameFloodsPerSec.toFixed(1)} frame floods/s (${r.frameFloodsClosed}/${r.frameFloods} closed), ${r.floodersClosed} flooders closed, server ${r.serverCpuPctQuiet.toFixed(0)}% → ${r.serverCpuPctFlood.toFixed(0)}% of a core${inc}`;
     case "retained":

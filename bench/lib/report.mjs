@@ -56,6 +56,10 @@ export const METRICS = {
     ["allRetainedP50Ms", "SUBSCRIBE → all retained, p50 ms", false],
     ["serverCpuUsPerDelivery", "server CPU µs/retained msg", false],
   ],
+  floor: [
+    ["framesPerSec", "incoming frames/s", true],
+    ["serverCpuUsPerFrame", "server CPU µs per incoming frame, handler doing nothing", false],
+  ],
   bystander: [
     ["quietP50Ms", "bystander QoS 1 round trip p50 ms, quiet", false],
     ["floodP50Ms", "same, another account flooding", false],
@@ -81,6 +85,7 @@ export const SCENARIO_TITLES = {
   connect: "connect storm",
   retained: "retained on subscribe",
   bystander: "bystander while another account floods",
+  floor: "runtime floor: one frame to a hibernatable object",
 };
 
 function fmt(x) {

@@ -2,7 +2,8 @@
 // quiet, measures one bounded phase (server CPU from /proc over the phase and until the server
 // is quiet again, generator CPU, wall time), then tears down. Every loop is bounded in count
 // and in time.
-import { MqttClient, PINGREQ_BYTES, payloadStamp, stampedPayload } from "./client.mjs";
+import WebSocket from "ws";
+import { MqttClient, PINGREQ_BYTES, payloadStamp, publishBytes, stampedPayload } from "./client.mjs";
 import { selfCpuMs, treeUsage } from "./proc.mjs";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -794,4 +795,40 @@ export async function bystander(peer, p, tag, auth) {
     serverCpuPctQuiet: cpuPct(q0, q1),
     serverCpuPctFlood: cpuPct(f0, f1),
   };
+}
+
+// ---------------------------------------------------------------- runtime floor
+
+/**
+ * What the local runtime charges per incoming WebSocket frame before any broker work: S
+ * sockets (10, like fan-in's publishers) to the naive peer's do-nothing hibernatable object
+ * (`peer.floorUrl`), each sent N / S binary frames the size of fan-in's PUBLISH (one packet per
+ * frame, as MQTT clients send), 50 at a time per socket, each batch closed by a text frame the
+ * object answers. Server CPU per frame is measured like every other row (the whole tree).
+ */
+export async function frameFloor(peer, p) {
+  const sockets = await Promise.all(
+    Array.from({ length: p.sockets }, () => new Promise((ok, fail) => {
+      const ws = new WebSocket(peer.floorUrl);
+      ws.once("open", () => ok(ws));
+      ws.once("error", fail);
+    })),
+  );
+  const frame = publishBytes("bench/in/0", stampedPayload(p.payload), 0, 0);
+  const perSocket = Math.ceil(p.frames / p.sockets);
+  const meter = new Meter(peer);
+  await meter.start();
+  for (let sent = 0; sent < perSocket; sent += 50) {
+    const n = Math.min(50, perSocket - sent);
+    await Promise.all(sockets.map((ws) => new Promise((ok) => {
+      for (let i = 0; i < n; i++) ws.send(frame);
+      ws.once("message", ok);
+      ws.send("?");
+    })));
+  }
+  meter.mark();
+  const m = await meter.stop();
+  for (const ws of sockets) ws.close();
+  const frames = perSocket * p.sockets;
+  return { ...m, frames, complete: true, framesPerSec: (frames / m.wallMs) * 1000, serverCpuUsPerFrame: (m.serverCpuMs * 1000) / frames };
 }

@@ -304,6 +304,8 @@ export async function startNaive() {
     name: "naive",
     label: "naive DO design (wrangler dev)",
     wsUrl: `ws://127.0.0.1:${port}/mqtt`,
+    /** The `floor` scenario's do-nothing hibernatable socket. */
+    floorUrl: `ws://127.0.0.1:${port}/floor`,
     pid: child.pid,
     counters: null,
     lacks: ["retained"],

@@ -11,6 +11,7 @@ import { DurableObject } from "cloudflare:workers";
 interface Env {
   CONN: DurableObjectNamespace<NaiveConnection>;
   ROUTER: DurableObjectNamespace<NaiveRouter>;
+  FLOOR: DurableObjectNamespace<FrameFloor>;
 }
 
 const enc = new TextEncoder();
@@ -166,10 +167,31 @@ export class NaiveRouter extends DurableObject<Env> {
   }
 }
 
+/**
+ * The bench's `floor` scenario: a hibernatable WebSocket whose handler does nothing with a
+ * binary frame (it counts it), and answers a text frame with the count so the sender knows
+ * all arrived. What the runtime costs per incoming frame before any broker work.
+ */
+export class FrameFloor extends DurableObject<Env> {
+  private frames = 0;
+
+  override async fetch(): Promise<Response> {
+    const pair = new WebSocketPair();
+    this.ctx.acceptWebSocket(pair[1]);
+    return new Response(null, { status: 101, webSocket: pair[0] });
+  }
+
+  override async webSocketMessage(ws: WebSocket, message: ArrayBuffer | string): Promise<void> {
+    if (typeof message === "string") ws.send(String(this.frames));
+    else this.frames++;
+  }
+}
+
 export default {
   async fetch(req: Request, env: Env): Promise<Response> {
     const url = new URL(req.url);
     if (url.pathname === "/health") return new Response("ok");
+    if (url.pathname === "/floor" && req.headers.get("Upgrade") === "websocket") return env.FLOOR.get(env.FLOOR.newUniqueId()).fetch(req);
     if (url.pathname !== "/mqtt" || req.headers.get("Upgrade") !== "websocket") return new Response("not found", { status: 404 });
     return env.CONN.get(env.CONN.newUniqueId()).fetch(req);
   },
