@@ -160,6 +160,41 @@ describe("PUBREC for the broker's QoS 2 deliveries", () => {
   });
 });
 
+describe("the in-flight window", () => {
+  it("5.0 Receive Maximum 16: never more than 16 unacknowledged; waiting messages go out once 2 slots are free, together, in order, none lost", async () => {
+    const topic = `cf/window/${uid()}`;
+    const sub = await client(5, { properties: { receiveMaximum: 16 } });
+    await subscribeTo(sub, topic, 1);
+    const pub = await client(4);
+    const n = 40;
+    for (let i = 0; i < n; i++) {
+      pub.send({ cmd: "publish", topic, payload: Buffer.from(`m${i}`), qos: 1, messageId: i + 1, retain: false, dup: false });
+      await pub.next("puback");
+    }
+    const publishes = (): Array<Packet & { cmd: "publish" }> => sub.packets.filter((p): p is Packet & { cmd: "publish" } => p.cmd === "publish");
+    await waitFor(() => publishes().length === 16, "the first 16");
+    await sub.pingRoundTrip();
+    expect(publishes()).toHaveLength(16); // the window is full: 24 wait
+    const ackNext = (k: number) => sub.send({ cmd: "puback", messageId: publishes()[k]!.messageId!, reasonCode: 0 });
+    ackNext(0);
+    await sub.pingRoundTrip();
+    expect(publishes()).toHaveLength(16); // one slot free: less than an eighth of the window
+    const framesBefore = sub.frames.length;
+    ackNext(1);
+    await waitFor(() => publishes().length === 18, "two more once two slots are free");
+    expect(sub.frames.slice(framesBefore)).toContain(2); // the two in one frame
+    // Acknowledging as they come, the rest follow in order, each once.
+    for (let k = 2; k < n; k++) {
+      await waitFor(() => publishes().length > k, `message ${k}`);
+      ackNext(k);
+    }
+    await sub.pingRoundTrip();
+    expect(publishes().map((p) => Buffer.from(p.payload).toString())).toEqual(Array.from({ length: n }, (_, i) => `m${i}`));
+    sub.close();
+    pub.close();
+  });
+});
+
 describe("order", () => {
   for (const version of VERSIONS) {
     it(`${NAME[version]} [MQTT-3.8.4-3]: SUBACK first, then the retained messages of a wildcard subscription in topic order`, async () => {
