@@ -150,7 +150,7 @@ export function createConnState(storage: DurableObjectStorage, config: Config): 
     att: null,
     meta: null,
     partial: new PartialPacket(storage),
-    outbox: new Outbox(storage, config.limits.maxInflight, config.limits.maxOutboxMessages, config.limits.outboxHoldMs, (err) =>
+    outbox: new Outbox(storage, config.limits.maxInflight, config.limits.maxOutboxMessages, config.limits.outboxHoldMs, config.limits.maxQueuedBytes, (err) =>
       log("warn", "mqtt.outbox_spill_failed", { error: errorMessage(err) }),
     ),
     inboundQos2: new InboundQos2(storage),

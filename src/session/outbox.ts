@@ -1,4 +1,4 @@
-import { isMessage, type Message } from "../router/messages";
+import { isMessage, messageBytes, type Message } from "../router/messages";
 import { INBOUND_PREFIX, OUT_PREFIX, inboundKey, outKey } from "./keys";
 import { deleteKeys, putEntries } from "../storage";
 import { isRecord } from "../guards";
@@ -97,6 +97,8 @@ export class Outbox {
     private readonly maxQueued = Number.POSITIVE_INFINITY,
     /** How long a clean session's waiting QoS 1 messages stay in memory only (OUTBOX_HOLD_MS). */
     private readonly holdMs = 10_000,
+    /** Bytes (topic and payload) of the messages waiting for room in the window, at most (MAX_QUEUED_BYTES). */
+    private readonly maxQueuedBytes = Number.POSITIVE_INFINITY,
     /** Called when writing held messages failed (the caller logs it). */
     private readonly onSpillError: (err: unknown) => void = () => undefined,
   ) {}
@@ -277,19 +279,25 @@ export class Outbox {
       if (record.state === "sent") actions.push({ kind: "publish", record });
       else if (record.state === "released") actions.push({ kind: "pubrel", pid: record.pid });
     }
-    // Past the bound, the oldest messages still waiting for the window are dropped (counted):
-    // a client that never acknowledges cannot grow this object without limit.
+    // Past either bound (count, bytes), the oldest messages still waiting for the window are
+    // dropped (counted): a client that never acknowledges cannot grow this object without limit.
     const deletes: string[] = [];
     let waiting = 0;
-    for (const r of records.values()) if (r.state === "queued") waiting++;
+    let waitingBytes = 0;
     for (const r of records.values()) {
-      if (waiting <= this.maxQueued) break;
+      if (r.state !== "queued") continue;
+      waiting++;
+      waitingBytes += messageBytes(r.message);
+    }
+    for (const r of records.values()) {
+      if (waiting <= this.maxQueued && waitingBytes <= this.maxQueuedBytes) break;
       if (r.state !== "queued") continue;
       records.delete(r.seq);
       if (this.byPid.get(r.pid) === r) this.byPid.delete(r.pid);
       if (this.stored.delete(r.seq)) deletes.push(outKey(r.seq));
       delete writes[outKey(r.seq)];
       waiting--;
+      waitingBytes -= messageBytes(r.message);
       this.dropped++;
     }
     // Written before anything is sent or acknowledged upstream: the output gate holds both

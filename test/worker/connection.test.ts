@@ -3,6 +3,8 @@ import { SELF, env, listDurableObjectIds, runDurableObjectAlarm, runInDurableObj
 import mqttPacket, { type Packet } from "mqtt-packet";
 import type { Env } from "../../src/env";
 import { routerStub, sessionStub } from "../../src/stubs";
+import type { MqttSession } from "../../src/session/session-store";
+import type { TopicRouter } from "../../src/router/router";
 
 const E = env as unknown as Env;
 
@@ -52,6 +54,33 @@ async function simulateWake(id: string): Promise<void> {
   });
 }
 
+/** A raw client connected with `clientId` and subscribed to `topic`, and its connection object's id. */
+async function subscribed(clientId: string, topic: string, qos: 0 | 1 | 2, clean = true): Promise<{ c: Awaited<ReturnType<typeof open>>; id: string }> {
+  const before = await connectionIds();
+  const c = await open();
+  c.ws.send(encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean, keepalive: 60, clientId }));
+  await c.next("connack");
+  c.ws.send(encode({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos }] }));
+  await c.next("suback");
+  const id = [...(await connectionIds())].find((x) => !before.has(x));
+  if (!id) throw new Error("connection object not found");
+  return { c, id };
+}
+
+/**
+ * A persistent session of `account` subscribed to `filter` whose connection object holds no
+ * socket (as after a runtime restart killed it): what the router delivers to it is queued.
+ */
+async function offlineSubscriber(account: string, clientId: string, filter: string): Promise<{ session: DurableObjectStub<MqttSession>; router: DurableObjectStub<TopicRouter> }> {
+  const deadConn = E.CONNECTION.newUniqueId().toString();
+  const session = sessionStub(E, account, clientId);
+  await session.attach(account, clientId, deadConn, { cleanStart: false, expirySeconds: 3600, identity: { kind: "anonymous", id: "anonymous" } });
+  const router = routerStub(E, account);
+  await router.attach(account, clientId, deadConn, { cleanStart: false, persistent: true });
+  await router.subscribe(clientId, [{ filter, qos: 1 }], 10);
+  return { session, router };
+}
+
 describe("MqttConnection in workerd", () => {
   for (const size of [10, 5_000]) {
     it(`reassembles a ${size}-byte PUBLISH that straddles a wake (partial bytes in the ${size > 1024 ? "storage" : "attachment"})`, async () => {
@@ -75,16 +104,9 @@ describe("MqttConnection in workerd", () => {
   }
 
   it("an inbound QoS 2 message is stored before PUBREC, survives a wake, and is routed on PUBREL", async () => {
-    const before = await connectionIds();
-    const c = await open();
     const clientId = `q2-${crypto.randomUUID()}`;
     const topic = `q2/${clientId}`;
-    c.ws.send(encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 60, clientId }));
-    await c.next("connack");
-    c.ws.send(encode({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 2 }] }));
-    await c.next("suback");
-    const id = [...(await connectionIds())].find((x) => !before.has(x));
-    if (!id) throw new Error("connection object not found");
+    const { c, id } = await subscribed(clientId, topic, 2);
     c.ws.send(encode({ cmd: "publish", topic, payload: Buffer.from("once"), qos: 2, messageId: 3, retain: false, dup: false }));
     expect(await c.next("pubrec")).toMatchObject({ messageId: 3 });
     const stored = await runInDurableObject(E.CONNECTION.get(E.CONNECTION.idFromString(id)), async (_i, state) =>
@@ -102,28 +124,15 @@ describe("MqttConnection in workerd", () => {
 
   it("a delivery to a connection whose socket is gone falls back to the session queue", async () => {
     const account = `acc-${crypto.randomUUID()}`;
-    // A connection object that holds no socket, as after a runtime restart killed it.
-    const deadConn = E.CONNECTION.newUniqueId().toString();
-    const session = sessionStub(E, account, "crashed");
-    await session.attach(account, "crashed", deadConn, { cleanStart: false, expirySeconds: 3600, identity: { kind: "anonymous", id: "anonymous" } });
-    const router = routerStub(E, account);
-    await router.attach(account, "crashed", deadConn, { cleanStart: false, persistent: true });
-    await router.subscribe("crashed", [{ filter: "c/#", qos: 1 }], 10);
+    const { session, router } = await offlineSubscriber(account, "crashed", "c/#");
     await router.publish(account, [{ topic: "c/1", payload: new Uint8Array([1]), qos: 1, retain: false }]);
     expect(await session.stats()).toEqual({ online: false, persistent: true, queued: 1, dropped: 0 });
   });
 
   for (const clean of [true, false]) {
     it(`stores an unacknowledged QoS 1 delivery only for a persistent session (clean = ${clean})`, async () => {
-      const before = await connectionIds();
-      const c = await open();
       const clientId = `store-${clean}-${crypto.randomUUID()}`;
-      c.ws.send(encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean, keepalive: 60, clientId }));
-      await c.next("connack");
-      c.ws.send(encode({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic: `store/${clientId}`, qos: 1 }] }));
-      await c.next("suback");
-      const id = [...(await connectionIds())].find((x) => !before.has(x));
-      if (!id) throw new Error("connection object not found");
+      const { c, id } = await subscribed(clientId, `store/${clientId}`, 1, clean);
       await routerStub(E, "dev").publish("dev", [{ topic: `store/${clientId}`, payload: new Uint8Array([1]), qos: 1, retain: false }]);
       const delivered = await c.next("publish"); // received, not acknowledged yet
       const keys = await runInDurableObject(E.CONNECTION.get(E.CONNECTION.idFromString(id)), async (_i, state) =>
@@ -136,16 +145,9 @@ describe("MqttConnection in workerd", () => {
   }
 
   it("a clean session's QoS 1 messages that wait for the window stay in memory, are written when the hold ends (OUTBOX_HOLD_MS), and survive a wake", async () => {
-    const before = await connectionIds();
-    const c = await open();
     const clientId = `hold-${crypto.randomUUID()}`;
     const topic = `hold/${clientId}`;
-    c.ws.send(encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 60, clientId }));
-    await c.next("connack");
-    c.ws.send(encode({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 1 }] }));
-    await c.next("suback");
-    const id = [...(await connectionIds())].find((x) => !before.has(x));
-    if (!id) throw new Error("connection object not found");
+    const { c, id } = await subscribed(clientId, topic, 1);
     const stub = E.CONNECTION.get(E.CONNECTION.idFromString(id));
     const outKeys = () => runInDurableObject(stub, async (_i, state) => [...(await state.storage.list({ prefix: "o:" })).keys()].length);
     const window = E.MAX_INFLIGHT ? Number(E.MAX_INFLIGHT) : 100;
@@ -176,6 +178,33 @@ describe("MqttConnection in workerd", () => {
     await c.next("pingresp");
     expect(await outKeys()).toBe(0);
     c.ws.close();
+  });
+
+  it("a subscriber that never acknowledges holds at most MAX_QUEUED_BYTES of waiting messages (oldest dropped); bystanders in the same and another account get theirs", async () => {
+    const hoarder = await subscribed(`hoard-${crypto.randomUUID()}`, "hoard/t", 1);
+    const bystander = await subscribed(`by-${crypto.randomUUID()}`, "by/t", 1);
+    const router = routerStub(E, "dev");
+    // 300 messages of 100 KiB (30 MiB) for a window of 100: 10 MiB in flight, the rest waits.
+    const payload = new Uint8Array(100 * 1024);
+    for (let i = 0; i < 30; i++) await router.publish("dev", Array.from({ length: 10 }, () => ({ topic: "hoard/t", payload, qos: 1 as const, retain: false })));
+    const waiting = await runInDurableObject(E.CONNECTION.get(E.CONNECTION.idFromString(hoarder.id)), (instance) => {
+      const outbox = (instance as unknown as { state: { outbox: { waiting(): number; dropped: number } } }).state.outbox;
+      return { waiting: outbox.waiting(), dropped: outbox.dropped };
+    });
+    const maxBytes = Number(E.MAX_QUEUED_BYTES ?? 8 * 1024 * 1024);
+    expect(waiting.waiting * (payload.length + "hoard/t".length)).toBeLessThanOrEqual(maxBytes);
+    expect(waiting.waiting).toBeGreaterThan(0);
+    expect(waiting.waiting + waiting.dropped).toBe(200);
+    // Bystanders: the same account, and another one, are served at once.
+    await router.publish("dev", [{ topic: "by/t", payload: new Uint8Array([1]), qos: 1, retain: false }]);
+    expect(await bystander.c.next("publish")).toMatchObject({ topic: "by/t" });
+    // Another account: its router routes to its own (offline, persistent) session as usual.
+    const other = `acc-${crypto.randomUUID()}`;
+    const { session, router: otherRouter } = await offlineSubscriber(other, "other", "x/#");
+    expect(await otherRouter.publish(other, [{ topic: "x/1", payload: new Uint8Array([1]), qos: 1, retain: false }])).toEqual(["matched"]);
+    expect(await session.stats()).toMatchObject({ queued: 1, dropped: 0 });
+    hoarder.c.ws.close();
+    bystander.c.ws.close();
   });
 
   it("one alarm per connect: the connect timeout armed at the upgrade is the first keep-alive check, and re-arms for the deadline without closing", async () => {

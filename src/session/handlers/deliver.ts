@@ -25,7 +25,13 @@ export async function deliverMessages(link: Link, messages: Message[]): Promise<
     } else durable.push(m);
   }
   if (durable.length === 0) return;
-  const actions = await link.state.outbox.add(durable);
+  const outbox = link.state.outbox;
+  const droppedBefore = outbox.dropped;
+  const actions = await outbox.add(durable);
+  if (outbox.dropped > droppedBefore) {
+    // The client does not acknowledge fast enough: its own messages go, nobody else's.
+    log("warn", "mqtt.outbox_full", { clientId: att.clientId, dropped: outbox.dropped - droppedBefore, droppedSinceWake: outbox.dropped });
+  }
   if (att.phase === "connected") await transmit(link, actions);
 }
 

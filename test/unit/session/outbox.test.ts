@@ -88,6 +88,16 @@ describe("Outbox bound", () => {
   });
 });
 
+describe("Outbox bound in bytes", () => {
+  it("past MAX_QUEUED_BYTES of waiting messages (topic and payload) the oldest waiting ones are dropped and counted, whatever their count", async () => {
+    const big = (topic: string): Message => ({ topic, payload: new Uint8Array(100), qos: 1, retain: false });
+    const box = new Outbox(new MemoryStorage().asDurableObjectStorage(), 1, 1000, 10_000, 250);
+    expect(publishedPids(await box.add([big("a"), big("b"), big("c"), big("d"), big("e")]))).toEqual([1]);
+    expect(box.dropped).toBe(2); // b, c, d, e wait: 404 bytes; two go, 202 stay
+    expect((await box.handover()).map((m) => m.topic)).toEqual(["a", "d", "e"]);
+  });
+});
+
 describe("Outbox writes", () => {
   const persistentBox = (storage: MemoryStorage, window: number) => {
     const box = new Outbox(storage.asDurableObjectStorage(), window);
