@@ -115,6 +115,13 @@ export class Outbox {
     return n;
   }
 
+  /** Bytes (topic and payload) of the messages waiting for room in the window. */
+  waitingBytes(): number {
+    let n = 0;
+    if (this.records) for (const r of this.records.values()) if (r.state === "queued") n += messageBytes(r.message);
+    return n;
+  }
+
   setEphemeral(ephemeral: boolean): void {
     this.ephemeral = ephemeral;
   }

@@ -7,7 +7,7 @@
  * acknowledgements resume a paused delivery (`acks.ts`). Nothing that grows with
  * the account's retained set travels in one call or sits in memory.
  */
-import type { Message, RetainedCursor } from "../../router/messages";
+import { PAGE_BYTES, type Message, type RetainedCursor } from "../../router/messages";
 import { errorMessage, log } from "../../log";
 import type { Limits } from "../../config";
 import type { Link } from "../link";
@@ -57,7 +57,15 @@ export function retainedPageMessages(limits: Limits): number {
   return Math.max(1, Math.floor(limits.maxOutboxMessages / 2));
 }
 
+/**
+ * Whether the next page fits beside what waits for the window, in count (MAX_OUTBOX_MESSAGES) and
+ * in bytes (MAX_QUEUED_BYTES; a page holds at most PAGE_BYTES): past either bound the outbox drops
+ * its oldest waiting messages, so the reading pauses instead. With nothing waiting a page always goes.
+ */
 function hasRoom(link: Link): boolean {
   const limits = link.config.limits;
-  return link.state.outbox.waiting() + retainedPageMessages(limits) <= limits.maxOutboxMessages;
+  const outbox = link.state.outbox;
+  if (outbox.waiting() + retainedPageMessages(limits) > limits.maxOutboxMessages) return false;
+  const bytes = outbox.waitingBytes();
+  return bytes === 0 || bytes + PAGE_BYTES <= limits.maxQueuedBytes;
 }

@@ -69,4 +69,21 @@ describe("SUBSCRIBE handler", () => {
     expect(new Set(topics).size).toBe(12);
     expect(qos1.state.outbox.dropped).toBe(0);
   });
+
+  it("QoS 1 retained reading also pauses while the next page would not fit in MAX_QUEUED_BYTES beside what waits: large messages are not dropped", async () => {
+    const meta = connMeta({ identity: { kind: "user", account: "acc", id: "u", acl, expiresAt: null } });
+    const size = 300 * 1024;
+    // Room for what waits and one more page (512 KiB) only while at most one large message waits.
+    const config = testConfig({ maxInflight: 1, maxOutboxMessages: 1000, maxQueuedBytes: size + 512 * 1024 + 1024 });
+    const link = new FakeLink(config, connectedAttachment(4), meta);
+    link.state.outbox.setWindow(1);
+    link.router.retained = Array.from({ length: 8 }, (_, i) => [{ topic: `a/${i}`, payload: new Uint8Array(size), qos: 1 as const, retain: true }]);
+    await onSubscribe(link, sub(["a/#"], 1));
+    const sentIds = () => link.sent.flatMap((p) => (p.cmd === "publish" && p.messageId ? [p.messageId] : []));
+    expect(link.state.outbox.waiting()).toBeLessThanOrEqual(2);
+    for (let round = 0; round < 20; round++) for (const id of sentIds()) await onPuback(link, { cmd: "puback", messageId: id });
+    const topics = link.sent.flatMap((p) => (p.cmd === "publish" ? [p.topic] : []));
+    expect(new Set(topics).size).toBe(8);
+    expect(link.state.outbox.dropped).toBe(0);
+  });
 });
