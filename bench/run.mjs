@@ -432,6 +432,8 @@ try {
   console.error(`bench failed: ${err instanceof Error ? err.stack : err}`);
   for (const peer of peers) {
     if (peer.output) console.error(`--- last output of ${peer.name}:\n${peer.output().split("\n").slice(-30).join("\n")}`);
+    // The bridge logs one line per connection with why it ended (a refused upgrade, the broker's close code).
+    if (peer.bridge?.output) console.error(`--- last output of ${peer.name}'s bridge:\n${peer.bridge.output().split("\n").slice(-10).join("\n")}`);
   }
   process.exitCode = 1;
 } finally {
