@@ -12,7 +12,7 @@ import { listeningPorts, treeStats } from "./proc.mjs";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const WRANGLER = join(ROOT, "node_modules/.bin/wrangler");
-/** The open-file limit the broker's runtime asks for (see startBroker). */
+/** The open-file limit `wrangler dev` asks for (see wranglerDev). */
 const FD_LIMIT = 262144;
 
 /** A free TCP port on 127.0.0.1. */

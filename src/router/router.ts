@@ -183,7 +183,7 @@ export class TopicRouter extends DurableObject<Env> {
     // Shared-subscription messages the leaving member never finished go to another member.
     if (orphans.length > 0) {
       const perClient = new Map<string, Message[]>();
-      for (const m of orphans) if (m.share) this.routeShared(m.share, { ...m, dup: false }, perClient, clientId);
+      for (const m of orphans) if (m.share) this.routeShared(m.share, { ...m, dup: false }, perClient, { exclude: clientId });
       await this.deliverAll(account, perClient);
     }
   }
@@ -307,7 +307,7 @@ export class TopicRouter extends DurableObject<Env> {
       outcomes.push(subscriptions.length > 0 ? "matched" : "unmatched");
       for (const { key, value } of subscriptions) {
         if (isSharedKey(key)) {
-          this.routeShared(key, message, perClient, undefined, runs);
+          this.routeShared(key, message, perClient, { runs });
           continue;
         }
         if (value.nl && key === message.from) continue; // no local [MQTT-3.8.3-3]
@@ -355,7 +355,7 @@ export class TopicRouter extends DurableObject<Env> {
    * in round-robin order. With no member online, QoS 1/2 messages wait in the group's queue
    * if a member has a persistent session (bounded like a session's queue), else are dropped.
    */
-  private routeShared(key: string, message: Message, perClient: Map<string, Message[]>, exclude?: string, runs?: SharedRuns): void {
+  private routeShared(key: string, message: Message, perClient: Map<string, Message[]>, { exclude, runs }: { exclude?: string; runs?: SharedRuns } = {}): void {
     const online = (id: string): boolean => this.isOnline(id);
     const member = runs ? this.shared.pickInRun(key, online, runs) : this.shared.pick(key, online, exclude);
     if (member) {

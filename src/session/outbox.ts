@@ -45,6 +45,9 @@ function isOutRecord(v: unknown): v is OutRecord {
   );
 }
 
+/** Waiting messages are admitted once this fraction of the window is free ({@link Outbox.admitChunk}). */
+const ADMIT_CHUNK_DIVISOR = 8;
+
 /**
  * The outbound QoS 1 and QoS 2 flows of one connection [MQTT-4.3.2, MQTT-4.3.3]: packet
  * identifiers, the in-flight window, and the state of each message, written to storage
@@ -52,9 +55,6 @@ function isOutRecord(v: unknown): v is OutRecord {
  * storage. Packet ids survive a hand-over to the next connection of the session, so
  * redelivery uses the original ids [MQTT-4.4.0-1].
  */
-/** Waiting messages are admitted once this fraction of the window is free ({@link Outbox.admitChunk}). */
-const ADMIT_CHUNK_DIVISOR = 8;
-
 export class Outbox {
   private records: Map<number, OutRecord> | null = null;
   private readonly byPid = new Map<number, OutRecord>();
@@ -87,7 +87,7 @@ export class Outbox {
    */
   private holdTimer: ReturnType<typeof setTimeout> | null = null;
 
-  /** Messages dropped past `maxQueued` since this object woke. */
+  /** Waiting messages dropped past `maxQueued` or `maxQueuedBytes` since this object woke. */
   dropped = 0;
 
   constructor(
@@ -170,8 +170,7 @@ export class Outbox {
 
   /** Writes the waiting messages held in memory only, so they survive hibernation. */
   async spill(): Promise<void> {
-    if (this.holdTimer !== null) clearTimeout(this.holdTimer);
-    this.holdTimer = null;
+    this.cancelHold();
     const writes: Record<string, OutRecord> = {};
     for (const r of this.records?.values() ?? []) {
       if (r.state !== "queued" || this.stored.has(r.seq)) continue;

@@ -36,16 +36,16 @@ function packet(first: number, body: Uint8Array): Uint8Array {
 
 function publishPacket(topic: string, payload: Uint8Array, qos: number, pid: number): Uint8Array {
   const t = enc.encode(topic);
-  const head = qos > 0 ? 4 : 2;
-  const body = new Uint8Array(2 + t.length + (head - 2) + payload.length);
+  const at = 2 + t.length; // after the topic: the packet id (QoS > 0), then the payload
+  const body = new Uint8Array(at + (qos > 0 ? 2 : 0) + payload.length);
   body[0] = t.length >> 8;
   body[1] = t.length & 255;
   body.set(t, 2);
   if (qos > 0) {
-    body[2 + t.length] = pid >> 8;
-    body[3 + t.length] = pid & 255;
+    body[at] = pid >> 8;
+    body[at + 1] = pid & 255;
   }
-  body.set(payload, 2 + t.length + (head - 2));
+  body.set(payload, qos > 0 ? at + 2 : at);
   return packet(0x30 | (qos << 1), body);
 }
 
