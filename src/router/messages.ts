@@ -106,7 +106,13 @@ export interface RouterAttach {
   cleanStart: boolean;
   /** The session outlives the connection: deliveries go to its session object while offline. */
   persistent: boolean;
-  /** Published after the attach, in the same call (the monitoring Connect event). */
+  /**
+   * The monitoring Connect event. Published after the attach, in the same call; when it is
+   * retained, it is kept in the target's row as its presence (no retained row of its own)
+   * and stays the topic's retained message while this connection is the target.
+   */
+  presence?: Message;
+  /** Published after the presence, in the same call (a monitoring limit event). */
   announce?: Message[];
   /** The connecting identity's ACL: a resumed session keeps only the subscriptions it still covers. */
   acl?: Acl;

@@ -7,11 +7,20 @@
  * Bounds: the account's quota (MAX_RETAINED_MESSAGES, MAX_RETAINED_BYTES) for what clients
  * retain; the retained `$SYS/mon` events have their own cap (MAX_MONITOR_RETAINED, oldest
  * first out) and do not count against the quota.
+ *
+ * A live connection's Connect event is not a row here: it is its target's presence
+ * (`tables.ts`), written with the target at the attach. Reads merge the two in topic order;
+ * where both hold a topic, the newer (`seq`) is the retained message, so a Disconnect stored
+ * after the Connect wins, and a Connect after an earlier Disconnect costs no write here.
  */
 import { MONITOR_PREFIX } from "../monitoring/events";
 import { topicMatches } from "../topics/topic";
 import { messageBytes, type Message, type QoS } from "./messages";
 import { blob, decodeProps, encodeProps, qosOf, readCounters, writeCounters, type RetainedCounters } from "./schema";
+import type { PresenceRow } from "./tables";
+
+/** Where the presences come from (the targets table), read in client id order. */
+export type PresenceSource = (q: { after?: string; from?: string; below?: string; exact?: string; limit: number }) => PresenceRow[];
 
 export interface RetainedLimits {
   maxMessages: number;
@@ -38,7 +47,8 @@ const SCAN_ROWS = 2000;
 /** Rows per query. */
 const CHUNK = 200;
 
-interface Row extends Record<string, SqlStorageValue> {
+// A type, not an interface: `sql.exec` needs an indexable row shape.
+type Row = {
   topic: string;
   payload: ArrayBuffer;
   qos: number;
@@ -46,7 +56,13 @@ interface Row extends Record<string, SqlStorageValue> {
   expires_at: number | null;
   bytes: number;
   monitor: number;
-}
+  seq: number;
+};
+
+/** A row as reads see it: stored, or made from a presence (never deleted here: it goes with its target). */
+type ViewRow = Row | (Row & { presence: true });
+
+const isPresence = (row: ViewRow): boolean => "presence" in row;
 
 export class RetainedStore {
   private counters: RetainedCounters;
@@ -57,9 +73,16 @@ export class RetainedStore {
   constructor(
     private readonly sql: SqlStorage,
     private readonly limits: () => RetainedLimits,
+    private readonly presences: PresenceSource = () => [],
   ) {
     this.counters = readCounters(sql);
     this.saved = { ...this.counters };
+  }
+
+  /** The next place in the retained order (a presence takes one as it is written). */
+  nextSeq(now: number): number {
+    this.lastSeq = Math.max(now, this.lastSeq + 1);
+    return this.lastSeq;
   }
 
   /** Retained messages stored (quota-counted and monitoring events). */
@@ -97,10 +120,9 @@ export class RetainedStore {
       const grows = !prev || size > prev.bytes;
       if (grows && (count > limits.maxMessages || bytes > limits.maxBytes)) return "quota";
     }
-    this.lastSeq = Math.max(now, this.lastSeq + 1);
     this.sql.exec(
       "INSERT OR REPLACE INTO retained (topic, payload, qos, props, expires_at, bytes, monitor, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-      topic, message.payload, message.qos, message.props ? encodeProps(message.props) : null, message.expiresAt ?? null, size, monitor ? 1 : 0, this.lastSeq,
+      topic, message.payload, message.qos, message.props ? encodeProps(message.props) : null, message.expiresAt ?? null, size, monitor ? 1 : 0, this.nextSeq(now),
     );
     if (prev) {
       if (size !== prev.bytes && !monitor) {
@@ -127,11 +149,14 @@ export class RetainedStore {
     let bytes = 0;
     let scanned = 0;
     let after = from?.after ?? "";
-    const expired: Row[] = [];
+    const expired: ViewRow[] = [];
     try {
       if (range.exact !== undefined) {
         if (from) return { messages, next: null };
-        const row = this.sql.exec<Row>("SELECT * FROM retained WHERE topic = ?", range.exact).toArray()[0];
+        const stored = this.sql.exec<Row>("SELECT * FROM retained WHERE topic = ?", range.exact).toArray()[0];
+        const id = range.exact.startsWith(MONITOR_PREFIX) ? range.exact.slice(MONITOR_PREFIX.length) : undefined;
+        const live = id === undefined ? undefined : this.presences({ exact: id, limit: 1 }).map(presenceRow)[0];
+        const row = newer(stored, live);
         if (row) {
           if (isExpired(row, opts.now)) expired.push(row);
           else messages.push(toMessage(row, opts.qos, opts.subId));
@@ -139,13 +164,7 @@ export class RetainedStore {
         return { messages, next: null };
       }
       for (;;) {
-        // One lower bound, so the index seeks straight to it (two would scan from the smaller).
-        const rows =
-          range.hi === undefined
-            ? this.sql.exec<Row>("SELECT * FROM retained WHERE topic > ? ORDER BY topic LIMIT ?", after, CHUNK).toArray()
-            : after >= range.lo
-              ? this.sql.exec<Row>("SELECT * FROM retained WHERE topic > ? AND topic < ? ORDER BY topic LIMIT ?", after, range.hi, CHUNK).toArray()
-              : this.sql.exec<Row>("SELECT * FROM retained WHERE topic >= ? AND topic < ? ORDER BY topic LIMIT ?", range.lo, range.hi, CHUNK).toArray();
+        const { rows, end } = this.chunk(filter, range, after);
         for (const row of rows) {
           after = row.topic;
           scanned++;
@@ -159,12 +178,52 @@ export class RetainedStore {
           bytes += messageBytes(m);
           if (bytes >= opts.maxBytes || messages.length >= opts.maxMessages) return { messages, next: { after } };
         }
-        if (rows.length < CHUNK) return { messages, next: null };
+        if (end) return { messages, next: null };
         if (scanned >= SCAN_ROWS) return { messages, next: { after } };
       }
     } finally {
       this.purge(expired);
     }
+  }
+
+  /**
+   * The next rows after `after` in topic order within the filter's range: stored rows, and
+   * presences when the range reaches `$SYS/mon/` (a filter starting with a wildcard never
+   * matches a `$` topic [MQTT-4.7.2-1]). `end`: nothing follows. Where both hold a topic, the
+   * newer is the row. Each source gives at most CHUNK rows; the merge stops at the first
+   * source's last row when that source may have more.
+   */
+  private chunk(filter: string, range: { lo: string; hi?: string }, after: string): { rows: ViewRow[]; end: boolean } {
+    // One lower bound, so the index seeks straight to it (two would scan from the smaller).
+    const stored =
+      range.hi === undefined
+        ? this.sql.exec<Row>("SELECT * FROM retained WHERE topic > ? ORDER BY topic LIMIT ?", after, CHUNK).toArray()
+        : after >= range.lo
+          ? this.sql.exec<Row>("SELECT * FROM retained WHERE topic > ? AND topic < ? ORDER BY topic LIMIT ?", after, range.hi, CHUNK).toArray()
+          : this.sql.exec<Row>("SELECT * FROM retained WHERE topic >= ? AND topic < ? ORDER BY topic LIMIT ?", range.lo, range.hi, CHUNK).toArray();
+    const ids = filter.startsWith("$") ? monitorIds(range, after) : null;
+    const live = ids ? this.presences({ ...ids, limit: CHUNK }).map(presenceRow) : [];
+    if (live.length === 0) return { rows: stored, end: stored.length < CHUNK };
+    const storedFull = stored.length === CHUNK;
+    const liveFull = live.length === CHUNK;
+    const lastOf = (rows: ViewRow[]): string => rows[rows.length - 1]?.topic ?? "";
+    let bound: string | null = null;
+    if (storedFull) bound = lastOf(stored);
+    if (liveFull && (bound === null || lastOf(live) < bound)) bound = lastOf(live);
+    const rows: ViewRow[] = [];
+    let i = 0;
+    let j = 0;
+    for (;;) {
+      const a = stored[i];
+      const b = live[j];
+      if (!a && !b) break;
+      const next = a && b && a.topic === b.topic ? newer(a, b) : a && (!b || a.topic < b.topic) ? a : b;
+      if (!next || (bound !== null && next.topic > bound)) break;
+      if (a && next.topic === a.topic) i++;
+      if (b && next.topic === b.topic) j++;
+      rows.push(next);
+    }
+    return { rows, end: bound === null };
   }
 
   /** Deletes the retained messages whose MQTT 5 expiry has passed; the earliest expiry left, if any. */
@@ -175,9 +234,10 @@ export class RetainedStore {
     return next;
   }
 
-  private purge(rows: Array<Pick<Row, "topic" | "bytes" | "monitor">>): void {
+  private purge(rows: ViewRow[]): void {
     if (rows.length === 0) return;
     for (const row of rows) {
+      if (isPresence(row)) continue;
       this.sql.exec("DELETE FROM retained WHERE topic = ?", row.topic);
       this.count(row.monitor === 1, -1, -row.bytes);
     }
@@ -210,11 +270,41 @@ export class RetainedStore {
   }
 }
 
-function isExpired(row: Row, now: number): boolean {
+/** A presence as a retained row of its topic (QoS 0, no expiry, as `connectEvent` makes it). */
+function presenceRow(p: PresenceRow): ViewRow {
+  const topic = `${MONITOR_PREFIX}${p.clientId}`;
+  return { topic, payload: p.payload.buffer as ArrayBuffer, qos: 0, props: null, expires_at: null, bytes: p.payload.byteLength + topic.length, monitor: 1, seq: p.seq, presence: true };
+}
+
+/** Of a stored row and a presence of the same topic, the one written last. */
+function newer(a: ViewRow | undefined, b: ViewRow | undefined): ViewRow | undefined {
+  if (!a || !b) return a ?? b;
+  return b.seq > a.seq ? b : a;
+}
+
+/**
+ * The client ids whose `$SYS/mon/<id>` topics fall in the range and after `after`, as bounds
+ * on `targets.client_id`; null when none can. A superset is enough: rows are matched again.
+ */
+export function monitorIds(range: { lo: string; hi?: string }, after: string): { after?: string; from?: string; below?: string } | null {
+  const P = MONITOR_PREFIX;
+  const top = `${P.slice(0, -1)}0`; // above every topic that starts with the prefix
+  const lo = after >= range.lo ? after : range.lo;
+  if (lo >= top || (range.hi !== undefined && range.hi <= P)) return null;
+  const out: { after?: string; from?: string; below?: string } = {};
+  if (lo.startsWith(P)) {
+    if (after >= range.lo) out.after = lo.slice(P.length);
+    else out.from = lo.slice(P.length);
+  }
+  if (range.hi !== undefined && range.hi.startsWith(P)) out.below = range.hi.slice(P.length);
+  return out;
+}
+
+function isExpired(row: ViewRow, now: number): boolean {
   return row.expires_at !== null && row.expires_at <= now;
 }
 
-function toMessage(row: Row, granted: QoS, subId: number | undefined): Message {
+function toMessage(row: ViewRow, granted: QoS, subId: number | undefined): Message {
   const qos = qosOf(row.qos);
   const m: Message = { topic: row.topic, payload: blob(row.payload), qos: qos < granted ? qos : granted, retain: true };
   const props = decodeProps(row.props);

@@ -25,7 +25,8 @@ import { meterStorage } from "../metrics";
 import { canSubscribe } from "../topics/acl";
 import { fullBucket, take, type Bucket } from "../limits/rate";
 import { RetainedStore } from "./retained";
-import { RouterTables } from "./tables";
+import { RouterTables, type Presence } from "./tables";
+import { MONITOR_PREFIX, monitorTopic } from "../monitoring/events";
 import { checkShardCount, migrate } from "./schema";
 import { COUNTER_ROW_PREFIX, RouterCounters, counterRows, rowsToCounters, type CounterValues } from "./counters";
 import { batchPoint, connectionPoint, type AnalyticsPoint } from "../monitoring/analytics";
@@ -83,10 +84,14 @@ export class TopicRouter extends DurableObject<Env> {
     if (loaded.ok) this.refusal = checkShardCount(sql, loaded.config.limits.routerShards);
     if (this.refusal) log("error", "router.shard_count_changed", { reason: this.refusal });
     this.tables = new RouterTables(sql);
-    this.retained = new RetainedStore(sql, () => {
-      const limits = getConfig(this.env).limits;
-      return { maxMessages: limits.maxRetainedMessages, maxBytes: limits.maxRetainedBytes, maxMonitor: limits.maxMonitorRetained };
-    });
+    this.retained = new RetainedStore(
+      sql,
+      () => {
+        const limits = getConfig(this.env).limits;
+        return { maxMessages: limits.maxRetainedMessages, maxBytes: limits.maxRetainedBytes, maxMonitor: limits.maxMonitorRetained };
+      },
+      (q) => this.tables.presences(q),
+    );
     for (const { clientId, filter, options } of this.tables.subscriptions()) this.addSubscription(clientId, filter, options);
     for (const [clientId, target] of this.tables.targets()) this.targets.set(clientId, target);
     this.groupQueued = this.tables.groupCounts();
@@ -114,12 +119,12 @@ export class TopicRouter extends DurableObject<Env> {
 
   /**
    * A connection took over a session: route its messages to `conn`. A clean start begins
-   * with no subscriptions; `persistent` says whether the session outlives the connection. `announce` (the monitoring Connect event) is published after,
-   * in the same call.
+   * with no subscriptions; `persistent` says whether the session outlives the connection. `presence` (the monitoring Connect event)
+   * and `announce` are published after, in the same call; a retained presence is written with the target, not as a retained row.
    */
   async attach(account: string, clientId: string, conn: string, opts: RouterAttach): Promise<RouterAttached> {
     this.refuseIfResharded();
-    const { cleanStart, persistent, announce = [], acl, rated = true } = opts;
+    const { cleanStart, persistent, presence, announce = [], acl, rated = true } = opts;
     // Every connect of the account passes here: its connect rate costs no request of its own.
     const limits = getConfig(this.env).limits;
     const now = Date.now();
@@ -139,10 +144,13 @@ export class TopicRouter extends DurableObject<Env> {
         }
       }
     }
-    this.setTarget(clientId, { conn, persistent });
+    // The Connect event rides in the target's row, which this attach writes anyway.
+    const kept = presence?.retain && presence.topic === monitorTopic(clientId) ? presence : null;
+    this.setTarget(clientId, { conn, persistent }, kept ? { payload: kept.payload, seq: this.retained.nextSeq(now) } : null);
     // Counted where the account's connect rate is (shard 0): every shard sees each attach.
     if (rated) this.countConnection("connect", account, clientId);
-    if (announce.length > 0) await this.publish(account, announce);
+    const events = presence ? [presence, ...announce] : announce;
+    if (events.length > 0) await this.route(account, events, kept);
     // A member coming back takes what its shared groups queued while no member was online.
     for (const key of this.shared.keysOf(clientId)) {
       // In pages; each forgotten only once handed on (delivered, or queued for the member's session).
@@ -286,13 +294,18 @@ export class TopicRouter extends DurableObject<Env> {
    */
   async publish(account: string, messages: Message[]): Promise<Routed[]> {
     this.refuseIfResharded();
+    return this.route(account, messages, null);
+  }
+
+  /** `publish`, where `kept` (a presence, already written with its target) is delivered as retained but not stored. */
+  private async route(account: string, messages: Message[], kept: Message | null): Promise<Routed[]> {
     const perClient = new Map<string, Message[]>();
     const outcomes: Routed[] = [];
     const now = Date.now();
     const before = this.env.ANALYTICS ? this.counters.snapshot() : null;
     const runs: SharedRuns = new Map();
     for (const message of messages) {
-      if (message.retain) {
+      if (message.retain && message !== kept) {
         if (this.retained.store(message, now) === "quota") {
           log("warn", "router.retained_quota_exceeded", { account, topic: message.topic, from: message.from, ...this.retained.usage });
           outcomes.push("quota");
@@ -396,7 +409,7 @@ export class TopicRouter extends DurableObject<Env> {
 
   /** Number of subscriptions and retained messages: for tests and the admin API. */
   async stats(): Promise<{ subscriptions: number; sessions: number; retained: number; dropped: number }> {
-    return { subscriptions: this.trie.size, sessions: this.targets.size, retained: this.retained.size, dropped: this.dropped };
+    return { subscriptions: this.trie.size, sessions: this.targets.size, retained: this.retained.size + this.tables.presencesAlone(MONITOR_PREFIX), dropped: this.dropped };
   }
 
   /**
@@ -479,9 +492,10 @@ export class TopicRouter extends DurableObject<Env> {
       });
   }
 
-  private setTarget(clientId: string, target: TargetRecord): void {
+  /** Every write of a target sets its presence: none unless given (a presence lasts one attach). */
+  private setTarget(clientId: string, target: TargetRecord, presence: Presence | null = null): void {
     this.targets.set(clientId, target);
-    this.tables.putTarget(clientId, target);
+    this.tables.putTarget(clientId, target, presence);
   }
 
   private addSubscription(clientId: string, filter: string, options: SubOptions): void {
@@ -558,6 +572,7 @@ export class TopicRouter extends DurableObject<Env> {
     const found = this.retained.page(topic, null, { qos: 2, maxBytes: Number.MAX_SAFE_INTEGER, maxMessages: 1, now });
     if (!found.messages.some((m) => m.topic === topic)) return false;
     this.retained.store({ topic, payload: new Uint8Array(0), qos: 0, retain: true }, now);
+    if (topic.startsWith(MONITOR_PREFIX)) this.tables.clearPresence(topic.slice(MONITOR_PREFIX.length));
     return true;
   }
 
@@ -582,7 +597,7 @@ export class TopicRouter extends DurableObject<Env> {
     return { items, cursor: null };
   }
 
-  /** This router's counters and sizes (GET .../stats, GET /admin/v1/metrics): no storage read. */
+  /** This router's counters and sizes (GET .../stats, GET /admin/v1/metrics): one count of the presences, no other read. */
   async adminStats(): Promise<RouterAdminStats> {
     let online = 0;
     let offline = 0;
@@ -593,7 +608,7 @@ export class TopicRouter extends DurableObject<Env> {
     const usage = this.retained.usage;
     return {
       counters: this.counters.snapshot(),
-      retained: { count: usage.count, bytes: usage.bytes, monitorEvents: this.retained.size - usage.count },
+      retained: { count: usage.count, bytes: usage.bytes, monitorEvents: this.retained.size - usage.count + this.tables.presencesAlone(MONITOR_PREFIX) },
       subscriptions: this.trie.size,
       sessions: { online, offline },
     };

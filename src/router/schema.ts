@@ -9,7 +9,9 @@
  *   wake reads no retained message).
  *
  * Version 1 moves an object written by the key-value layout before it (`s:`, `t:`, `r:`, `g:`
- * keys) into the tables, once, on its first wake.
+ * keys) into the tables, once, on its first wake. Version 2 gives a target its presence: the
+ * retained `$SYS/mon` Connect event of the connection it names, kept in the target's row
+ * (`presence`, `presence_seq`) instead of a retained row of its own (retained.ts reads both).
  */
 import { isRecord } from "../guards";
 import { MONITOR_PREFIX } from "../monitoring/events";
@@ -17,7 +19,7 @@ import { deleteKeys } from "../storage";
 import { isMessage, messageBytes, type ForwardedProps, type Message, type QoS } from "./messages";
 import { isTarget, readSubOptions } from "./records";
 
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
 
 const V1 = `
 CREATE TABLE IF NOT EXISTS router_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -52,6 +54,12 @@ CREATE TABLE IF NOT EXISTS group_queue (
 CREATE INDEX IF NOT EXISTS group_queue_share ON group_queue (share, seq);
 `;
 
+/** Version 2: the Connect event of a target's live connection, and its place in the retained order (`retained.seq`). */
+const V2 = `
+ALTER TABLE targets ADD COLUMN presence BLOB;
+ALTER TABLE targets ADD COLUMN presence_seq INTEGER;
+`;
+
 /** The key-value prefixes of the layout before version 1. */
 const LEGACY = { subscription: "s:", target: "t:", retained: "r:", groupQueue: "g:" } as const;
 
@@ -59,10 +67,24 @@ const LEGACY = { subscription: "s:", target: "t:", retained: "r:", groupQueue: "
 export async function migrate(storage: DurableObjectStorage): Promise<void> {
   const sql = storage.sql;
   // A current schema is the usual wake: one read, no CREATE script.
-  if ((schemaVersion(sql) ?? 0) >= SCHEMA_VERSION) return;
-  sql.exec(V1);
-  await moveLegacy(storage);
+  const version = schemaVersion(sql) ?? 0;
+  if (version >= SCHEMA_VERSION) return;
+  if (version < 1) {
+    sql.exec(V1);
+    await moveLegacy(storage);
+  }
+  if (!hasColumn(sql, "targets", "presence")) sql.exec(V2);
   sql.exec("INSERT OR REPLACE INTO router_meta (key, value) VALUES ('schema', ?)", SCHEMA_VERSION);
+}
+
+/** Whether `table` has `column` (a schema marker lost, or written by a newer version, must not add it twice). */
+function hasColumn(sql: SqlStorage, table: string, column: string): boolean {
+  try {
+    sql.exec(`SELECT ${column} FROM ${table} LIMIT 0`);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** The stored schema version; null before the tables exist. */

@@ -248,11 +248,15 @@ export function accountRouter(env: Env, account: string, sharding: Sharding): Ac
     },
 
     async attach(clientId, conn, opts) {
+      const { presence, ...rest } = opts;
       const announce = byShard(opts.announce ?? []);
+      // The presence goes to the shard of its topic, where its retained reads go.
+      const home = presence ? shardOfTopic(presence.topic, sharding) : -1;
+      const on = (i: number): RouterAttach => ({ ...rest, announce: announceFor(announce, i), ...(presence && i === home ? { presence } : {}), ...(i === 0 ? {} : { rated: false }) });
       // Shard 0 first: it counts the account's connect rate; a refusal attaches nowhere.
-      const first = await stub(0).attach(account, clientId, conn, { ...opts, announce: announceFor(announce, 0) });
+      const first = await stub(0).attach(account, clientId, conn, on(0));
       if (!first.ok) return first;
-      await Promise.all(all.slice(1).map((i) => stub(i).attach(account, clientId, conn, { ...opts, announce: announceFor(announce, i), rated: false })));
+      await Promise.all(all.slice(1).map((i) => stub(i).attach(account, clientId, conn, on(i))));
       return first;
     },
 

@@ -7,6 +7,21 @@ import { messageBytes, type Message } from "./messages";
 import { blob, decodeProps, insertGroupMessage, qosOf } from "./schema";
 import { readSubOptions, type SubOptions, type TargetRecord } from "./records";
 
+/**
+ * A target's presence: the retained `$SYS/mon/<clientId>` Connect event of its live
+ * connection, kept in the target's row (written at the attach anyway) instead of a retained
+ * row of its own, and gone with the connection. `seq` orders it against a stored event of the
+ * same topic (`retained.seq`): the newer one is the retained message.
+ */
+export interface Presence {
+  payload: Uint8Array;
+  seq: number;
+}
+
+export interface PresenceRow extends Presence {
+  clientId: string;
+}
+
 export class RouterTables {
   private nextGroupSeq: number;
 
@@ -45,8 +60,56 @@ export class RouterTables {
     }
   }
 
-  putTarget(clientId: string, target: TargetRecord): void {
-    this.sql.exec("INSERT OR REPLACE INTO targets (client_id, conn, persistent) VALUES (?, ?, ?)", clientId, target.conn, target.persistent ? 1 : 0);
+  /** Writes the target; its presence goes with it (null: none, as for every target without a live connection). */
+  putTarget(clientId: string, target: TargetRecord, presence: Presence | null = null): void {
+    this.sql.exec(
+      "INSERT OR REPLACE INTO targets (client_id, conn, persistent, presence, presence_seq) VALUES (?, ?, ?, ?, ?)",
+      clientId, target.conn, target.persistent ? 1 : 0, target.conn === null ? null : (presence?.payload ?? null), target.conn === null ? null : (presence?.seq ?? null),
+    );
+  }
+
+  /** Forgets a target's presence (the admin deleted its retained event). */
+  clearPresence(clientId: string): void {
+    this.sql.exec("UPDATE targets SET presence = NULL, presence_seq = NULL WHERE client_id = ? AND presence IS NOT NULL", clientId);
+  }
+
+  /**
+   * Presences in client id order: those after `after` (or from `from` on, inclusive), below
+   * `below` when given, at most `limit`; one client id's when `exact` is given.
+   */
+  presences(q: { after?: string; from?: string; below?: string; exact?: string; limit: number }): PresenceRow[] {
+    const where = ["presence IS NOT NULL", "conn IS NOT NULL"];
+    const args: SqlStorageValue[] = [];
+    if (q.exact !== undefined) {
+      where.push("client_id = ?");
+      args.push(q.exact);
+    } else if (q.after !== undefined) {
+      where.push("client_id > ?");
+      args.push(q.after);
+    } else if (q.from !== undefined) {
+      where.push("client_id >= ?");
+      args.push(q.from);
+    }
+    if (q.below !== undefined) {
+      where.push("client_id < ?");
+      args.push(q.below);
+    }
+    args.push(q.limit);
+    return this.sql
+      .exec<{ client_id: string; presence: ArrayBuffer; presence_seq: number }>(
+        `SELECT client_id, presence, presence_seq FROM targets WHERE ${where.join(" AND ")} ORDER BY client_id LIMIT ?`,
+        ...args,
+      )
+      .toArray()
+      .map((r) => ({ clientId: r.client_id, payload: blob(r.presence), seq: r.presence_seq }));
+  }
+
+  /** Presences whose topic has no stored retained row (each is a retained event of its own in the counts). */
+  presencesAlone(monitorPrefix: string): number {
+    return this.sql.exec<{ n: number }>(
+      "SELECT count(*) AS n FROM targets t WHERE t.presence IS NOT NULL AND t.conn IS NOT NULL AND NOT EXISTS (SELECT 1 FROM retained r WHERE r.topic = ? || t.client_id)",
+      monitorPrefix,
+    ).one().n;
   }
 
   deleteTarget(clientId: string): void {

@@ -184,14 +184,14 @@ async function attachSession(link: Link, meta: ConnMeta, params: SessionParamete
     // Taken over while the session answered: a closing connection must not become the delivery target.
     if (link.state.closing) return null;
     const facts = connectionFacts(meta);
-    const announce: Message[] = [connectEvent(facts, meta.connectedAt)];
+    const announce: Message[] = [];
     if (att.keepAlive !== params.requestedKeepAlive) {
       const raised = att.keepAlive > params.requestedKeepAlive || params.requestedKeepAlive === 0;
       announce.push(limitEvent(facts, meta.connectedAt, raised ? "KEEPALIVE_MIN_SECONDS" : "KEEPALIVE_MAX_SECONDS", `keep alive ${params.requestedKeepAlive} s clamped to ${att.keepAlive} s`));
     }
     // The session object decides whether a session was present; the router follows it.
     const routed = await link.services.router(account).attach(clientId, link.connId, {
-      cleanStart: params.cleanStart || !attached.sessionPresent, persistent: params.expirySeconds > 0, announce, acl: identity.acl,
+      cleanStart: params.cleanStart || !attached.sessionPresent, persistent: params.expirySeconds > 0, presence: connectEvent(facts, meta.connectedAt), announce, acl: identity.acl,
     });
     if (!routed.ok) {
       // The account connects too often. The session was attached: the close detaches it again
