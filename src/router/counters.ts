@@ -1,7 +1,7 @@
 /**
  * The topic router's traffic counters (GET /admin/v1/accounts/<id>/stats, GET /admin/v1/metrics).
  * Pure: the router bumps them in memory as batches pass and persists a snapshot at most once
- * a second (`due`), so they cost no request and at most one storage row per second of traffic.
+ * a second (`due`), as one row, so they cost no request and at most one storage row per second of traffic.
  */
 import { isRecord } from "../guards";
 
@@ -45,18 +45,22 @@ export interface CounterValues {
   since: number;
 }
 
-/** Rows of the router's `router_meta` table (schema.ts) hold the snapshot: `counter.<field>`, `counter.drops.<reason>`. */
-export const COUNTER_ROW_PREFIX = "counter.";
+/** The `router_state` row (schema.ts) that holds the snapshot, as JSON. */
+export const COUNTERS_KEY = "counters";
 
-/** The snapshot as `router_meta` rows: key -> integer value. */
-export function counterRows(v: CounterValues): Map<string, number> {
-  const rows = new Map<string, number>();
-  for (const field of NUMBER_FIELDS) rows.set(`${COUNTER_ROW_PREFIX}${field}`, v[field]);
-  for (const reason of DROP_REASONS) rows.set(`${COUNTER_ROW_PREFIX}drops.${reason}`, v.drops[reason]);
-  return rows;
+/** The stored snapshot's JSON, parsed (null when it does not parse: the counters start again). */
+export function parseSnapshot(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
 }
 
-/** `router_meta` rows read back into the shape `readCounters` takes. */
+/** The snapshot's rows before `router_state`: `counter.<field>` and `counter.drops.<reason>` in `router_meta`, read once. */
+export const COUNTER_ROW_PREFIX = "counter.";
+
+/** Old `router_meta` counter rows read back into the shape `readCounters` takes. */
 export function rowsToCounters(rows: Iterable<{ key: string; value: unknown }>): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   const drops: Record<string, unknown> = {};

@@ -28,7 +28,7 @@ import { RetainedStore } from "./retained";
 import { RouterTables, type Presence } from "./tables";
 import { MONITOR_PREFIX, monitorTopic } from "../monitoring/events";
 import { checkShardCount, migrate } from "./schema";
-import { COUNTER_ROW_PREFIX, RouterCounters, counterRows, rowsToCounters, type CounterValues } from "./counters";
+import { COUNTERS_KEY, COUNTER_ROW_PREFIX, RouterCounters, parseSnapshot, rowsToCounters, type CounterValues } from "./counters";
 import { batchPoint, connectionPoint, type AnalyticsPoint } from "../monitoring/analytics";
 import { base64 } from "../encoding";
 import type { SubOptions, TargetRecord } from "./records";
@@ -63,10 +63,10 @@ export class TopicRouter extends DurableObject<Env> {
   private refusal: string | null = null;
   /** Deliveries dropped since the object woke (a clean target that failed, QoS 0 to a failed target). */
   private dropped = 0;
-  /** Traffic counters for the admin stats and metrics (counters.ts), persisted at most once a second. */
+  /** Traffic counters for the admin stats and metrics (counters.ts), persisted at most once a second, in one row. */
   private readonly counters = new RouterCounters(Date.now());
-  /** The counter rows as last written: a snapshot writes only the rows that changed. */
-  private persistedRows = new Map<string, number>();
+  /** Whether the counters were read from the `counter.*` rows of before `router_state` (deleted with the first snapshot). */
+  private legacyCounterRows = false;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -95,9 +95,13 @@ export class TopicRouter extends DurableObject<Env> {
     for (const { clientId, filter, options } of this.tables.subscriptions()) this.addSubscription(clientId, filter, options);
     for (const [clientId, target] of this.tables.targets()) this.targets.set(clientId, target);
     this.groupQueued = this.tables.groupCounts();
-    const rows = sql.exec<{ key: string; value: number }>("SELECT key, value FROM router_meta WHERE key >= ? AND key < ?", COUNTER_ROW_PREFIX, `${COUNTER_ROW_PREFIX}\uffff`).toArray();
-    this.counters.load(rowsToCounters(rows), Date.now());
-    this.persistedRows = new Map(rows.map((r) => [r.key, r.value]));
+    const snapshot = sql.exec<{ value: string }>("SELECT value FROM router_state WHERE key = ?", COUNTERS_KEY).toArray()[0];
+    if (snapshot) this.counters.load(parseSnapshot(snapshot.value), Date.now());
+    else {
+      const rows = sql.exec<{ key: string; value: number }>("SELECT key, value FROM router_meta WHERE key >= ? AND key < ?", COUNTER_ROW_PREFIX, `${COUNTER_ROW_PREFIX}\uffff`).toArray();
+      this.counters.load(rowsToCounters(rows), Date.now());
+      this.legacyCounterRows = rows.length > 0;
+    }
   }
 
   /** Background purge of expired retained messages (they are also purged as reads meet them). */
@@ -654,13 +658,15 @@ export class TopicRouter extends DurableObject<Env> {
     }
   }
 
+  /** The snapshot, when due: one row, whatever changed. */
   private persistCounters(): void {
     if (!this.counters.due(Date.now())) return;
-    const rows = counterRows(this.counters.values);
-    for (const [key, value] of rows) {
-      if (this.persistedRows.get(key) !== value) this.ctx.storage.sql.exec("INSERT OR REPLACE INTO router_meta (key, value) VALUES (?, ?)", key, value);
+    const sql = this.ctx.storage.sql;
+    sql.exec("INSERT OR REPLACE INTO router_state (key, value) VALUES (?, ?)", COUNTERS_KEY, JSON.stringify(this.counters.values));
+    if (this.legacyCounterRows) {
+      sql.exec("DELETE FROM router_meta WHERE key >= ? AND key < ?", COUNTER_ROW_PREFIX, `${COUNTER_ROW_PREFIX}\uffff`);
+      this.legacyCounterRows = false;
     }
-    this.persistedRows = rows;
   }
 }
 

@@ -7,11 +7,14 @@
  * - `group_queue`: shared-subscription messages waiting for a member.
  * - `router_meta`: the schema version, the shard count and the retained quota counters (so a
  *   wake reads no retained message).
+ * - `router_state`: the traffic counters' snapshot (counters.ts), one JSON row.
  *
  * Version 1 moves an object written by the key-value layout before it (`s:`, `t:`, `r:`, `g:`
  * keys) into the tables, once, on its first wake. Version 2 gives a target its presence: the
  * retained `$SYS/mon` Connect event of the connection it names, kept in the target's row
  * (`presence`, `presence_seq`) instead of a retained row of its own (retained.ts reads both).
+ * Version 3 adds `router_state` for the traffic counters' snapshot: one row, where the
+ * `counter.*` rows of `router_meta` were one per counter (read once more, then deleted).
  */
 import { isRecord } from "../guards";
 import { MONITOR_PREFIX } from "../monitoring/events";
@@ -19,7 +22,7 @@ import { deleteKeys } from "../storage";
 import { isMessage, messageBytes, type ForwardedProps, type Message, type QoS } from "./messages";
 import { isTarget, readSubOptions } from "./records";
 
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 const V1 = `
 CREATE TABLE IF NOT EXISTS router_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -60,6 +63,9 @@ ALTER TABLE targets ADD COLUMN presence BLOB;
 ALTER TABLE targets ADD COLUMN presence_seq INTEGER;
 `;
 
+/** Version 3: values that are not integers (the traffic counters' snapshot, one JSON row). */
+const V3 = `CREATE TABLE IF NOT EXISTS router_state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;`;
+
 /** The key-value prefixes of the layout before version 1. */
 const LEGACY = { subscription: "s:", target: "t:", retained: "r:", groupQueue: "g:" } as const;
 
@@ -74,6 +80,7 @@ export async function migrate(storage: DurableObjectStorage): Promise<void> {
     await moveLegacy(storage);
   }
   if (!hasColumn(sql, "targets", "presence")) sql.exec(V2);
+  sql.exec(V3);
   sql.exec("INSERT OR REPLACE INTO router_meta (key, value) VALUES ('schema', ?)", SCHEMA_VERSION);
 }
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { prometheusText, type AccountStats } from "../../src/monitoring/prometheus";
-import { RouterCounters, counterRows, emptyCounters, readCounters, rowsToCounters, PERSIST_INTERVAL_MS } from "../../src/router/counters";
+import { RouterCounters, emptyCounters, parseSnapshot, readCounters, rowsToCounters, PERSIST_INTERVAL_MS } from "../../src/router/counters";
 import { batchPoint, connectionPoint } from "../../src/monitoring/analytics";
 
 function stats(accountId: string): AccountStats {
@@ -53,16 +53,26 @@ describe("RouterCounters", () => {
   });
 });
 
-describe("counter rows (the router_meta snapshot)", () => {
-  it("round-trip every field and drop reason as integer rows", () => {
+describe("the counters' snapshot (one router_state row)", () => {
+  it("round-trips every field and drop reason through its JSON", () => {
     const v = emptyCounters(1234);
     v.messagesIn = 9;
     v.drops.sharedQueueFull = 4;
-    const rows = counterRows(v);
-    expect(rows.get("counter.messagesIn")).toBe(9);
-    expect(rows.get("counter.drops.sharedQueueFull")).toBe(4);
-    const back = readCounters(rowsToCounters([...rows].map(([key, value]) => ({ key, value }))), 0);
-    expect(back).toEqual(v);
+    expect(readCounters(parseSnapshot(JSON.stringify(v)), 0)).toEqual(v);
+    expect(readCounters(parseSnapshot("{not json"), 7)).toEqual(emptyCounters(7));
+  });
+
+  it("reads the per-counter router_meta rows written before it", () => {
+    const rows = [
+      { key: "counter.messagesIn", value: 9 },
+      { key: "counter.since", value: 1234 },
+      { key: "counter.drops.sharedQueueFull", value: 4 },
+      { key: "schema", value: 3 },
+    ];
+    const v = emptyCounters(1234);
+    v.messagesIn = 9;
+    v.drops.sharedQueueFull = 4;
+    expect(readCounters(rowsToCounters(rows), 0)).toEqual(v);
   });
 });
 
