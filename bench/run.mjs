@@ -44,6 +44,7 @@ const { values: flags } = parseArgs({
     "cost-messages": { type: "string" },
     "cost-fan-out": { type: "string" },
     "idle-checks": { type: "string" },
+    "idle-clock": { type: "string" },
     "idle-connections": { type: "string" },
     "idle-periods": { type: "string" },
     "timeout-ms": { type: "string" },
@@ -103,6 +104,8 @@ const params = {
     idleKeepalive: 3,
     // KEEPALIVE_CHECK_SECONDS as a multiple of the keep alive: 0 (exact), and 5 × (300 s at keep alive 60 s) on a broker of its own.
     idleChecks: (flags["idle-checks"] ?? "0,5").split(",").map(Number),
+    // And the exact setting with the account's keep-alive clock (KEEPALIVE_CLOCK = shared), on a broker of its own.
+    idleClock: (flags["idle-clock"] ?? "1") !== "0",
   },
   // The flood stays just inside the default budgets of wrangler.toml, which its broker keeps.
   bystander: {
@@ -344,6 +347,25 @@ async function costModel(broker, connectRuns) {
       }
     } finally {
       if (target !== broker) await target.stop();
+    }
+  }
+  if (params.cost.idleClock) {
+    const target = await startBroker({ vars: { KEEPALIVE_CLOCK: "shared" } });
+    try {
+      const r = await costIdle(target, { connections: params.cost.idleConnections, keepalive: params.cost.idleKeepalive, periods: params.cost.idlePeriods }, "clock");
+      if (r.counters && r.pings > 0) {
+        const perPing = unitsPer(r.counters, r.pings);
+        const perDay = Object.fromEntries(Object.entries(perPing).map(([k, v]) => [k, v * 1440]));
+        // The connections' backstop alarm (every 300 s, CLOCK_BACKSTOP_SECONDS) does not come in so short a run:
+        // counted here, one run, one request and one row each.
+        const backstopPerDay = 86_400 / 300;
+        for (const k of ["alarmRun", "doRequests", "billedRequests", "rowsWritten", "alarmSet"]) perDay[k] += backstopPerDay;
+        const cpuMsPerDay = (r.serverCpuMs / r.pings) * 1440;
+        idle.push({ clock: true, checkRatio: 0, checkSeconds: 0, backstopPerDay, pings: r.pings, keepalive: r.keepalive, connections: r.connections, counters: r.counters, unitsPerPing: perPing, unitsPerDay: perDay, serverCpuMsPerPing: r.serverCpuMs / r.pings, dollarsPerDay: doDollars(perDay, cpuMsPerDay, prices) });
+        log(`cost idle (KEEPALIVE_CLOCK shared): per PINGREQ ${perPing.wsIn.toFixed(2)} WS messages in, ${perPing.doRpc.toFixed(2)} RPCs, ${perPing.alarmRun.toFixed(2)} alarms, ${perPing.rowsWritten.toFixed(2)} rows written`);
+      }
+    } finally {
+      await target.stop();
     }
   }
   // Connects: from the connect storm's counters (CONNECT → CONNACK, clean session), median round by CPU.

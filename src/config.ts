@@ -7,6 +7,7 @@ export interface ConfigVars {
   KEEPALIVE_MAX_SECONDS?: string;
   KEEPALIVE_MIN_SECONDS?: string;
   KEEPALIVE_CHECK_SECONDS?: string;
+  KEEPALIVE_CLOCK?: string;
   CONNECT_TIMEOUT_SECONDS?: string;
   MAX_CLIENT_ID_BYTES?: string;
   MAX_FILTERS_PER_SUBSCRIBE?: string;
@@ -77,6 +78,7 @@ export const CONFIG_SCHEMA = {
   KEEPALIVE_MIN_SECONDS: { kind: "int", default: 0, min: 0 },
   KEEPALIVE_MAX_SECONDS: { kind: "int", default: 3600, min: 1 },
   KEEPALIVE_CHECK_SECONDS: { kind: "int", default: 0, min: 0 },
+  KEEPALIVE_CLOCK: { kind: "choice", default: "alarm", values: ["alarm", "shared"] },
   CONNECT_TIMEOUT_SECONDS: { kind: "int", default: 30, min: 1 },
   MAX_QUEUED_MESSAGES: { kind: "int", default: 1000, min: 1 },
   MAX_INFLIGHT: { kind: "int", default: 100, min: 1 },
@@ -153,6 +155,12 @@ export interface Limits {
    * then closed up to this much later than its deadline.
    */
   keepAliveCheckSeconds: number;
+  /**
+   * Who keeps the exact keep-alive deadlines: each connection's own alarm ("alarm"), or the
+   * account's keep-alive clock object ("shared": one request per period instead of an alarm run
+   * and a row; the connection's alarm becomes a coarse backstop).
+   */
+  keepAliveClock: "alarm" | "shared";
   /** A socket that sends no CONNECT within this time is closed. */
   connectTimeoutSeconds: number;
   maxQueuedMessages: number;
@@ -303,6 +311,7 @@ export function parseConfig(vars: ConfigVars): ConfigResult {
     keepAliveMinSeconds: r.int("KEEPALIVE_MIN_SECONDS"),
     keepAliveMaxSeconds: r.int("KEEPALIVE_MAX_SECONDS"),
     keepAliveCheckSeconds: r.int("KEEPALIVE_CHECK_SECONDS"),
+    keepAliveClock: r.choice("KEEPALIVE_CLOCK") === "shared" ? "shared" : "alarm",
     connectTimeoutSeconds: r.int("CONNECT_TIMEOUT_SECONDS"),
     maxQueuedMessages: r.int("MAX_QUEUED_MESSAGES"),
     maxQueuedBytes: r.int("MAX_QUEUED_BYTES"),

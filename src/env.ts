@@ -2,6 +2,7 @@ import type { MqttConnection } from "./session/connection";
 import type { MqttSession } from "./session/session-store";
 import type { TopicRouter } from "./router/router";
 import type { ConnectionLimiter } from "./limits/connection-limiter";
+import type { KeepAliveClock } from "./session/clock";
 
 /** Bindings and vars from wrangler.toml (vars arrive as strings; config.ts parses them). */
 export interface Env {
@@ -9,6 +10,7 @@ export interface Env {
   SESSION: DurableObjectNamespace<MqttSession>;
   ROUTER: DurableObjectNamespace<TopicRouter>;
   LIMITER: DurableObjectNamespace<ConnectionLimiter>;
+  CLOCK: DurableObjectNamespace<KeepAliveClock>;
   DB: D1Database;
   /** The deployed Worker version (`[version_metadata]`), reported by GET /health. */
   CF_VERSION_METADATA: WorkerVersionMetadata;
@@ -40,6 +42,7 @@ export interface Env {
   KEEPALIVE_MIN_SECONDS?: string;
   KEEPALIVE_MAX_SECONDS?: string;
   KEEPALIVE_CHECK_SECONDS?: string;
+  KEEPALIVE_CLOCK?: string;
   CONNECT_TIMEOUT_SECONDS?: string;
   MAX_QUEUED_MESSAGES?: string;
   MAX_QUEUED_BYTES?: string;

@@ -8,5 +8,6 @@ export { MqttConnection } from "./session/connection";
 export { MqttSession } from "./session/session-store";
 export { TopicRouter } from "./router/router";
 export { ConnectionLimiter } from "./limits/connection-limiter";
+export { KeepAliveClock } from "./session/clock";
 
 export default app;

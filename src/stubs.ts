@@ -1,5 +1,5 @@
 /**
- * Typed stubs of the four Durable Object classes, by the names that address them. Input
+ * Typed stubs of the five Durable Object classes, by the names that address them. Input
  * names (account ids, client ids) are only ever passed to `idFromName`, never used as keys.
  */
 import type { Env } from "./env";
@@ -7,6 +7,7 @@ import type { MqttConnection } from "./session/connection";
 import type { MqttSession } from "./session/session-store";
 import type { TopicRouter } from "./router/router";
 import type { ConnectionLimiter } from "./limits/connection-limiter";
+import type { KeepAliveClock } from "./session/clock";
 import { meterStub } from "./metrics";
 
 /** The connection object that terminates one WebSocket, by its hex id. */
@@ -27,6 +28,11 @@ export function routerStub(env: Env, account: string): DurableObjectStub<TopicRo
 /** The connection-limit object of one identity (account + device id or JWT subject). */
 export function limiterStub(env: Env, account: string, identity: string): DurableObjectStub<ConnectionLimiter> {
   return meterStub(env, env.LIMITER.get(env.LIMITER.idFromName(sessionName(account, identity))), "limiter");
+}
+
+/** The keep-alive clock of one account (KEEPALIVE_CLOCK = "shared"); the NUL keeps it apart from every identity's name. */
+export function clockStub(env: Env, account: string): DurableObjectStub<KeepAliveClock> {
+  return meterStub(env, env.CLOCK.get(env.CLOCK.idFromName(`${account}\u0000clock`)), "clock");
 }
 
 /** The connection-limit object GET /health asks; its name has no NUL, so no identity's object is it. */

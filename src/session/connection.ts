@@ -1,6 +1,6 @@
 import { DurableObject } from "cloudflare:workers";
 import type { Env } from "../env";
-import { limiterStub, sessionStub } from "../stubs";
+import { clockStub, limiterStub, sessionStub } from "../stubs";
 import { accountRouter, shardingOf } from "../router/shards";
 import { DEFAULT_CONFIG, loadConfig, type Config, type ConfigError } from "../config";
 import { configInvalidResponse } from "../http/errors";
@@ -13,7 +13,7 @@ import { PAGE_BYTES, pagesOf, type DeliverResult, type Message, type TakenOver }
 import { count, meterStorage } from "../metrics";
 import { authenticateConnect } from "./authenticate";
 import { fullBucket } from "../limits/rate";
-import { alarmVerdict } from "./keepalive";
+import { alarmVerdict, keepAliveDeadline } from "./keepalive";
 import { connectionFacts, type Attachment, type ConnectionDescription } from "./state";
 import { BROWSER_KEY } from "./keys";
 import { createConnState, type ConnState, type RouterPort, type Services } from "./link";
@@ -257,6 +257,26 @@ export class MqttConnection extends DurableObject<Env> {
     };
   }
 
+  /**
+   * The keep-alive clock's check at this connection's deadline (KEEPALIVE_CLOCK = "shared"):
+   * closes a client silent for 1.5 × its keep alive (Disconnect 160, the will), and answers the
+   * next deadline, or null when there is nothing more to watch.
+   */
+  async keepAliveCheck(): Promise<number | null> {
+    const att = this.link.attachment();
+    if (!att || this.state.closing) {
+      // The socket went without a close event (a runtime restart): the alarm ends the session now.
+      if (!att && !this.state.closing && (await this.link.readMeta())) await this.ctx.storage.setAlarm(Date.now());
+      return null;
+    }
+    if (att.phase !== "connected") return null;
+    if (alarmVerdict(att, Date.now(), this.config.limits.connectTimeoutSeconds * 1000) === "keepAliveTimeout") {
+      await this.link.close("keepAliveTimeout");
+      return null;
+    }
+    return keepAliveDeadline(att.lastSeen, att.keepAlive);
+  }
+
   /** For the connection limiter: does this object still hold the socket of `clientId`? */
   async isAlive(clientId: string): Promise<boolean> {
     const att = this.link.attachment();
@@ -352,6 +372,10 @@ function stubServices(env: Env, config: Config): Services {
       };
     },
     limiter: (account, identity) => limiterStub(env, account, identity),
+    clock: (account) => {
+      const stub = clockStub(env, account);
+      return { watch: (conn, deadline) => stub.watch(conn, deadline) };
+    },
     authenticate: (packet, browser) => authenticateConnect(packet, env, config, browser),
   };
 }

@@ -13,6 +13,18 @@ export function clampKeepAlive(requested: number, limits: Pick<Limits, "keepAliv
   return Math.min(Math.max(requested, limits.keepAliveMinSeconds), limits.keepAliveMaxSeconds);
 }
 
+/**
+ * With the shared keep-alive clock (KEEPALIVE_CLOCK = "shared") the clock closes a silent client
+ * at its deadline; the connection's own alarm runs at most this often, to find a socket a
+ * restart took and to watch the connection again after the clock lost its memory.
+ */
+export const CLOCK_BACKSTOP_SECONDS = LIVENESS_CHECK_MS / 1000;
+
+/** How often, at most, the connection's alarm runs: `KEEPALIVE_CHECK_SECONDS`, or the backstop's grain when the clock watches it. */
+export function alarmGrain(att: Pick<Attachment, "clocked">, checkSeconds: number): number {
+  return att.clocked ? Math.max(checkSeconds, CLOCK_BACKSTOP_SECONDS) : checkSeconds;
+}
+
 /** [MQTT-3.1.2-24]: the server disconnects after one and a half keep-alive periods of silence. */
 export function keepAliveDeadline(lastSeen: number, keepAliveSeconds: number): number | null {
   if (keepAliveSeconds <= 0) return null;

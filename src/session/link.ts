@@ -86,9 +86,16 @@ export interface LimiterPort {
   release(conn: string, clientId: string): Promise<void>;
 }
 
+/** The account's keep-alive clock (`clock.ts`). */
+export interface ClockPort {
+  /** Asks to be checked at `deadline`; false when the clock is full (the connection keeps its exact alarm). */
+  watch(conn: string, deadline: number): Promise<boolean>;
+}
+
 /** The other objects a connection talks to, and the credential check. */
 export interface Services {
   router(account: string): RouterPort;
+  clock(account: string): ClockPort;
   session(account: string, clientId: string): SessionPort;
   limiter(account: string, identity: string): LimiterPort;
   authenticate(packet: IConnectPacket, browser: BrowserCredentials | null): Promise<ConnectDecision>;

@@ -7,7 +7,7 @@ import { readAttachment, readBrowserCredentials, readConnMeta, type Attachment, 
 import { isRecord } from "../guards";
 import { isMessage } from "../router/messages";
 import { BROWSER_KEY, META_KEY, PENDING_DETACH_KEY } from "./keys";
-import { alarmAfterConnack, nextAlarm } from "./keepalive";
+import { alarmAfterConnack, alarmGrain, keepAliveDeadline, nextAlarm } from "./keepalive";
 import type { ConnState, Link, PendingDetach, Services, SessionDetach } from "./link";
 import { closeConnection } from "./handlers/teardown";
 
@@ -168,12 +168,32 @@ export class SocketLink implements Link {
   }
 
   async scheduleAlarm(att: Attachment): Promise<void> {
-    await this.armAlarm(att, nextAlarm(att, this.now(), this.config.limits.keepAliveCheckSeconds));
+    // Watched again at every backstop run: the clock keeps nothing across a restart of its own.
+    if (att.clocked) await this.watchOnClock(att);
+    await this.armAlarm(att, nextAlarm(att, this.now(), alarmGrain(att, this.config.limits.keepAliveCheckSeconds)));
   }
 
   async scheduleFirstCheck(att: Attachment): Promise<void> {
-    const at = alarmAfterConnack(att, this.now(), this.config.limits.keepAliveCheckSeconds);
+    if (this.config.limits.keepAliveClock === "shared" && att.keepAlive > 0) await this.watchOnClock(att);
+    const at = alarmAfterConnack(att, this.now(), alarmGrain(att, this.config.limits.keepAliveCheckSeconds));
     if (at !== null) await this.armAlarm(att, at);
+  }
+
+  /** Asks the account's keep-alive clock to check this connection at its deadline; without it (full, unreachable) the alarm stays exact. */
+  private async watchOnClock(att: Attachment): Promise<void> {
+    const deadline = keepAliveDeadline(att.lastSeen, att.keepAlive);
+    const watched =
+      deadline !== null &&
+      (await this.services
+        .clock(att.account)
+        .watch(this.connId, deadline)
+        .catch((err: unknown) => {
+          log("warn", "mqtt.clock_unavailable", { clientId: att.clientId, error: errorMessage(err) });
+          return false;
+        }));
+    if (watched) att.clocked = true;
+    else delete att.clocked;
+    this.saveAttachment(att);
   }
 
   /** Sets the alarm (one row written) and notes its time in the attachment, which costs nothing. */

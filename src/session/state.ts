@@ -34,6 +34,8 @@ export interface Attachment {
   browser?: true;
   /** When the object's one alarm is armed for, as this object last set it (absent in attachments written before it existed). */
   alarmAt?: number;
+  /** The account's keep-alive clock watches this connection's deadline; the alarm is its backstop (KEEPALIVE_CLOCK = "shared"). */
+  clocked?: true;
   addr: string;
   /** "tcp" when the client came through the trusted TCP bridge. */
   transport: "ws" | "tcp";
@@ -97,6 +99,7 @@ export function readAttachment(v: unknown): Attachment | null {
     ...(typeof v.alarmAt === "number" ? { alarmAt: v.alarmAt } : {}),
     ...(typeof v.outAdmitted === "number" ? { outAdmitted: v.outAdmitted } : {}),
     ...(v.browser === true ? { browser: true as const } : {}),
+    ...(v.clocked === true ? { clocked: true as const } : {}),
     ...(isRecord(v.packets) && typeof v.packets.tokens === "number" && typeof v.packets.at === "number" ? { packets: { tokens: v.packets.tokens, at: v.packets.at } } : {}),
   };
 }

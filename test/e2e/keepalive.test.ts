@@ -2,9 +2,10 @@
  * Keep alive and the connect timeout, in each enforcement setting (KEEPALIVE_CHECK_SECONDS): a
  * silent client is closed and its will published within the documented bound, a client that
  * talks is never cut, a socket without CONNECT is closed, and the monitoring events follow.
- * Two dedicated brokers (exact, and a coarse 4 s grain), both with a 2 s connect timeout, so
- * the connect-timeout alarm runs while the connections are up: it is also their first
- * keep-alive check.
+ * Three dedicated brokers (exact, a coarse 4 s grain, and the shared keep-alive clock), each with
+ * a 2 s connect timeout, so the connect-timeout alarm runs while the connections are up: it is
+ * also their first keep-alive check. The clock's broker has a 60 s grain for the connections'
+ * own alarms (their backstop: 5 min), so a close within the exact bound there is the clock's.
  */
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import { RawClient } from "../helpers/raw";
@@ -18,18 +19,25 @@ const KEEPALIVE = 2;
 const MARGIN_MS = 5_000;
 
 const settings = [
-  { name: "exact (KEEPALIVE_CHECK_SECONDS=0)", checkSeconds: 0 },
-  { name: "coarse (KEEPALIVE_CHECK_SECONDS=4)", checkSeconds: 4 },
+  { name: "exact (KEEPALIVE_CHECK_SECONDS=0)", checkSeconds: 0, clock: "alarm", lateMs: 0 },
+  { name: "coarse (KEEPALIVE_CHECK_SECONDS=4)", checkSeconds: 4, clock: "alarm", lateMs: 4_000 },
+  // The clock checks at the start of the second after a deadline.
+  { name: "shared clock (KEEPALIVE_CLOCK=shared, KEEPALIVE_CHECK_SECONDS=60)", checkSeconds: 60, clock: "shared", lateMs: 1_000 },
 ];
 
-describe.each(settings)("keep alive, $name", ({ checkSeconds }) => {
+describe.each(settings)("keep alive, $name", ({ checkSeconds, clock, lateMs }) => {
   let broker: Broker;
-  /** README: closed 1.5 × keep alive + 1 s after the last packet, plus up to one grain. */
-  const boundMs = KEEPALIVE * 1500 + 1000 + checkSeconds * 1000;
+  /** README: closed 1.5 × keep alive + 1 s after the last packet, plus up to one grain (the clock: up to a second). */
+  const boundMs = KEEPALIVE * 1500 + 1000 + lateMs;
 
   beforeAll(async () => {
     broker = await startBroker({
-      vars: { ...TEST_VARS, KEEPALIVE_CHECK_SECONDS: String(checkSeconds), CONNECT_TIMEOUT_SECONDS: String(CONNECT_TIMEOUT_SECONDS) },
+      vars: {
+        ...TEST_VARS,
+        KEEPALIVE_CHECK_SECONDS: String(checkSeconds),
+        KEEPALIVE_CLOCK: clock,
+        CONNECT_TIMEOUT_SECONDS: String(CONNECT_TIMEOUT_SECONDS),
+      },
     });
   });
 

@@ -70,6 +70,7 @@ describe("parseConfig", () => {
       keepAliveMinSeconds: 0,
       keepAliveMaxSeconds: 3600,
       keepAliveCheckSeconds: 0,
+      keepAliveClock: "alarm",
       connectTimeoutSeconds: 30,
       maxQueuedMessages: 1000,
       maxQueuedBytes: 8 * 1024 * 1024,

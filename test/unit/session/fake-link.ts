@@ -177,6 +177,7 @@ export class FakeLink implements Link {
       router: () => this.router,
       session: () => ({ attach: async () => ({ ok: true, sessionPresent: false, inboundQos2: [] }), detach: async () => undefined }),
       limiter: () => ({ claim: async () => ({ ok: true }), release: async () => undefined }),
+      clock: () => ({ watch: async () => true }),
       authenticate: async (): Promise<ConnectDecision> => ({ ok: false, code: 5, cause: "notAuthorized", reason: "fake" }),
     };
   }

@@ -1,0 +1,64 @@
+/**
+ * The shared keep-alive clock (KEEPALIVE_CLOCK = "shared") against real connection objects: at a
+ * watched deadline it asks the connection; an ended connection is forgotten at no cost, and a
+ * connection whose socket vanished (a runtime restart) gets its alarm at once, which ends its
+ * session. The silent and the talking client over MQTT are in test/e2e/keepalive.test.ts.
+ */
+import { describe, it, expect } from "vitest";
+import { env, runInDurableObject } from "cloudflare:test";
+import type { Env } from "../../src/env";
+import { clockStub, connectionStub } from "../../src/stubs";
+import { META_KEY } from "../../src/session/keys";
+import type { ConnMeta } from "../../src/session/state";
+
+const E = env as unknown as Env;
+
+async function until(what: string, check: () => Promise<boolean>, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const meta = (account: string, clientId: string): ConnMeta => ({
+  account, clientId, cleanStart: true, expirySeconds: 0, willDelaySeconds: 0, will: null, protocolVersion: 4,
+  identity: { kind: "anonymous", account, id: "anonymous", acl: { pub: ["#"], sub: ["#"] }, expiresAt: null },
+  addr: "127.0.0.1", transport: "ws", connectedAt: Date.now(),
+});
+
+describe("KeepAliveClock in workerd", () => {
+  it("asks a connection at its deadline: an ended one is forgotten without an alarm; one whose socket vanished gets its alarm now", async () => {
+    const account = `acc-${crypto.randomUUID()}`;
+    const clock = clockStub(E, account);
+    const ended = E.CONNECTION.newUniqueId().toString();
+    const vanished = E.CONNECTION.newUniqueId().toString();
+    // Connected when the runtime restarted: its meta is stored, its socket is gone.
+    await runInDurableObject(connectionStub(E, vanished), async (_instance, state) => {
+      await state.storage.put(META_KEY, meta(account, "vanished"));
+    });
+    const now = Date.now();
+    expect(await clock.watch(ended, now)).toBe(true);
+    expect(await clock.watch(vanished, now + 500)).toBe(true);
+    expect(await clock.size()).toBe(2);
+    await until("both checks", async () => (await clock.size()) === 0);
+    const alarmOf = (id: string): Promise<number | null> => runInDurableObject(connectionStub(E, id), (_instance, state) => state.storage.getAlarm());
+    const metaOf = (id: string): Promise<unknown> => runInDurableObject(connectionStub(E, id), (_instance, state) => state.storage.get(META_KEY));
+    expect(await alarmOf(ended)).toBeNull();
+    expect(await metaOf(ended)).toBeUndefined();
+    // The vanished one's alarm ran at once and ended its session: its storage is empty.
+    await until("the vanished connection's teardown", async () => (await metaOf(vanished)) === undefined && (await alarmOf(vanished)) === null);
+    // A bystander account's clock is its own object, untouched.
+    expect(await clockStub(E, `${account}-other`).size()).toBe(0);
+  });
+
+  it("moves a watched deadline instead of checking twice, and forgets an unwatched one", async () => {
+    const clock = clockStub(E, `acc-${crypto.randomUUID()}`);
+    const conn = E.CONNECTION.newUniqueId().toString();
+    await clock.watch(conn, Date.now() + 60_000);
+    await clock.watch(conn, Date.now() + 120_000);
+    expect(await clock.size()).toBe(1);
+    await clock.unwatch(conn);
+    expect(await clock.size()).toBe(0);
+  });
+});
