@@ -356,12 +356,8 @@ async function costModel(broker, connectRuns) {
       if (r.counters && r.pings > 0) {
         const perPing = unitsPer(r.counters, r.pings);
         const perDay = Object.fromEntries(Object.entries(perPing).map(([k, v]) => [k, v * 1440]));
-        // The connections' backstop alarm (every 300 s, CLOCK_BACKSTOP_SECONDS) does not come in so short a run:
-        // counted here, one run, one request and one row each.
-        const backstopPerDay = 86_400 / 300;
-        for (const k of ["alarmRun", "doRequests", "billedRequests", "rowsWritten", "alarmSet"]) perDay[k] += backstopPerDay;
         const cpuMsPerDay = (r.serverCpuMs / r.pings) * 1440;
-        idle.push({ clock: true, checkRatio: 0, checkSeconds: 0, backstopPerDay, pings: r.pings, keepalive: r.keepalive, connections: r.connections, counters: r.counters, unitsPerPing: perPing, unitsPerDay: perDay, serverCpuMsPerPing: r.serverCpuMs / r.pings, dollarsPerDay: doDollars(perDay, cpuMsPerDay, prices) });
+        idle.push({ clock: true, checkRatio: 0, checkSeconds: 0, pings: r.pings, keepalive: r.keepalive, connections: r.connections, counters: r.counters, unitsPerPing: perPing, unitsPerDay: perDay, serverCpuMsPerPing: r.serverCpuMs / r.pings, dollarsPerDay: doDollars(perDay, cpuMsPerDay, prices) });
         log(`cost idle (KEEPALIVE_CLOCK shared): per PINGREQ ${perPing.wsIn.toFixed(2)} WS messages in, ${perPing.doRpc.toFixed(2)} RPCs, ${perPing.alarmRun.toFixed(2)} alarms, ${perPing.rowsWritten.toFixed(2)} rows written`);
       }
     } finally {

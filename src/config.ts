@@ -158,7 +158,7 @@ export interface Limits {
   /**
    * Who keeps the exact keep-alive deadlines: each connection's own alarm ("alarm"), or the
    * account's keep-alive clock object ("shared": one request per period instead of an alarm run
-   * and a row; the connection's alarm becomes a coarse backstop).
+   * and a row; the connection keeps no keep-alive alarm).
    */
   keepAliveClock: "alarm" | "shared";
   /** A socket that sends no CONNECT within this time is closed. */

@@ -20,11 +20,19 @@ export class ClockSchedule {
     return this.at.size;
   }
 
-  /** Schedules (or moves) `conn`'s check for `atMs`; false when the schedule is full and `conn` was not in it. */
-  set(conn: string, atMs: number): boolean {
+  has(conn: string): boolean {
+    return this.at.has(conn);
+  }
+
+  /**
+   * Schedules (or moves) `conn`'s check for `atMs`; false when the schedule is full and `conn`
+   * was not in it. `force`: past the bound too (a connection the clock already watches, whose
+   * entry was taken out for its check, is never dropped for a newcomer).
+   */
+  set(conn: string, atMs: number, force = false): boolean {
     const bucket = bucketOf(atMs);
     const prev = this.at.get(conn);
-    if (prev === undefined && this.at.size >= this.max) return false;
+    if (prev === undefined && !force && this.at.size >= this.max) return false;
     if (prev === bucket) return true;
     if (prev !== undefined) this.leave(conn, prev);
     this.at.set(conn, bucket);

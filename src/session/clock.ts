@@ -11,6 +11,8 @@ export const MAX_CLOCK_ENTRIES = 100_000;
 const CHECKS_AT_ONCE = 64;
 /** A connection that could not be asked is asked again this much later. */
 const RETRY_MS = 5_000;
+/** How often the alarm looks for a lost memory while the clock watches anything. */
+export const SWEEP_MS = 60_000;
 
 /**
  * The account's keep-alive clock (`KEEPALIVE_CLOCK` = "shared"): the exact keep-alive deadline
@@ -18,8 +20,13 @@ const RETRY_MS = 5_000;
  * connection's deadline it asks the connection (`keepAliveCheck`), which closes itself if it
  * has been silent for 1.5 × keep alive, or answers its next deadline. A talking connection then
  * costs one request per keep-alive period, where its own alarm costs a run and a `setAlarm`
- * row. Nothing is stored: the connections keep a coarse alarm of their own (`CLOCK_BACKSTOP_SECONDS`)
- * that watches them again here after this object lost its memory, and finds sockets a restart took.
+ * row, and the connection keeps no alarm of its own.
+ *
+ * Which connections it watches is also stored, one row per connection (written when it is first
+ * watched, deleted when its check finds it ended), not their deadlines. While it watches any,
+ * its alarm runs every SWEEP_MS: after a restart took its memory (a deploy, which also takes every
+ * socket), that alarm checks every stored connection at once, so a socket that vanished is ended
+ * and its will published within a minute, and a live one is watched again.
  *
  * Its pending timer keeps it active (billed duration) while it watches anything.
  */
@@ -29,24 +36,56 @@ export class KeepAliveClock extends DurableObject<Env> {
   private timerAt = Number.POSITIVE_INFINITY;
   private readonly queue: string[] = [];
   private running = 0;
+  /** Connections taken out of the schedule for their check (queued or asked). */
+  private readonly checking = new Set<string>();
+  /** Whether this instance armed the sweep alarm (memory only: after a restart the next watch arms it again). */
+  private sweeping = false;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     loadConfig(env); // LOG_LEVEL for this isolate
+    ctx.storage.sql.exec("CREATE TABLE IF NOT EXISTS watched (conn TEXT PRIMARY KEY) WITHOUT ROWID");
   }
 
   /** Watches (or moves) `conn`'s deadline; false when the clock is full (the connection then keeps its exact alarm). */
   async watch(conn: string, deadline: number): Promise<boolean> {
+    const known = this.schedule.has(conn);
     const ok = this.schedule.set(conn, deadline);
-    if (!ok) log("warn", "clock.full", { watched: this.schedule.size, max: MAX_CLOCK_ENTRIES });
+    if (!ok) {
+      log("warn", "clock.full", { watched: this.schedule.size, max: MAX_CLOCK_ENTRIES });
+      return false;
+    }
+    // One row per connection, when it is first watched (a moved deadline writes nothing).
+    if (!known) this.ctx.storage.sql.exec("INSERT OR IGNORE INTO watched (conn) VALUES (?)", conn);
+    await this.armSweep();
     this.arm();
-    return ok;
+    return true;
   }
 
   /** Stops watching `conn` (its connection ended). */
   async unwatch(conn: string): Promise<void> {
     this.schedule.delete(conn);
+    this.forget(conn);
     this.arm();
+  }
+
+  /**
+   * The sweep: a stored connection this instance does not know (its memory was lost) is checked
+   * now; re-armed while any is stored.
+   */
+  override async alarm(): Promise<void> {
+    this.sweeping = false;
+    const stored = this.ctx.storage.sql.exec<{ conn: string }>("SELECT conn FROM watched").toArray();
+    const now = Date.now();
+    let lost = 0;
+    for (const { conn } of stored) {
+      if (this.schedule.has(conn) || this.checking.has(conn)) continue;
+      this.schedule.set(conn, now, true);
+      lost++;
+    }
+    if (lost > 0) log("info", "clock.reload", { connections: lost });
+    this.arm();
+    if (stored.length > 0) await this.armSweep();
   }
 
   /** How many connections it watches (tests, operators). */
@@ -71,7 +110,10 @@ export class KeepAliveClock extends DurableObject<Env> {
   private fire(): void {
     this.timer = null;
     this.timerAt = Number.POSITIVE_INFINITY;
-    this.queue.push(...this.schedule.takeDue(Date.now()));
+    for (const conn of this.schedule.takeDue(Date.now())) {
+      this.checking.add(conn);
+      this.queue.push(conn);
+    }
     this.drain();
     this.arm();
   }
@@ -91,11 +133,24 @@ export class KeepAliveClock extends DurableObject<Env> {
   private async check(conn: string): Promise<void> {
     try {
       const next = await connectionStub(this.env, conn).keepAliveCheck();
-      if (next !== null) this.schedule.set(conn, next);
+      if (next !== null) this.schedule.set(conn, next, true);
+      else this.forget(conn);
     } catch (err) {
       log("warn", "clock.check_failed", { conn, error: errorMessage(err) });
-      this.schedule.set(conn, Date.now() + RETRY_MS);
+      this.schedule.set(conn, Date.now() + RETRY_MS, true);
+    } finally {
+      this.checking.delete(conn);
     }
     this.arm();
+  }
+
+  private forget(conn: string): void {
+    this.ctx.storage.sql.exec("DELETE FROM watched WHERE conn = ?", conn);
+  }
+
+  private async armSweep(): Promise<void> {
+    if (this.sweeping) return;
+    this.sweeping = true;
+    await this.ctx.storage.setAlarm(Date.now() + SWEEP_MS);
   }
 }

@@ -13,18 +13,6 @@ export function clampKeepAlive(requested: number, limits: Pick<Limits, "keepAliv
   return Math.min(Math.max(requested, limits.keepAliveMinSeconds), limits.keepAliveMaxSeconds);
 }
 
-/**
- * With the shared keep-alive clock (KEEPALIVE_CLOCK = "shared") the clock closes a silent client
- * at its deadline; the connection's own alarm runs at most this often, to find a socket a
- * restart took and to watch the connection again after the clock lost its memory.
- */
-export const CLOCK_BACKSTOP_SECONDS = LIVENESS_CHECK_MS / 1000;
-
-/** How often, at most, the connection's alarm runs: `KEEPALIVE_CHECK_SECONDS`, or the backstop's grain when the clock watches it. */
-export function alarmGrain(att: Pick<Attachment, "clocked">, checkSeconds: number): number {
-  return att.clocked ? Math.max(checkSeconds, CLOCK_BACKSTOP_SECONDS) : checkSeconds;
-}
-
 /** [MQTT-3.1.2-24]: the server disconnects after one and a half keep-alive periods of silence. */
 export function keepAliveDeadline(lastSeen: number, keepAliveSeconds: number): number | null {
   if (keepAliveSeconds <= 0) return null;
@@ -50,6 +38,15 @@ export function nextAlarm(att: Pick<Attachment, "lastSeen" | "keepAlive" | "expi
   return next;
 }
 
+/**
+ * When the connection's alarm must next run, or null for never: with the shared keep-alive
+ * clock watching it (KEEPALIVE_CLOCK = "shared"), only at its token's expiry (the clock keeps the
+ * keep-alive deadline, and its sweep finds a socket a restart took); otherwise `nextAlarm`.
+ */
+export function alarmFor(att: Pick<Attachment, "lastSeen" | "keepAlive" | "expiresAt" | "clocked">, now: number, checkSeconds = 0): number | null {
+  return att.clocked ? att.expiresAt : nextAlarm(att, now, checkSeconds);
+}
+
 /** Why the alarm ends a connection now, if it does. */
 export type AlarmVerdict = "connectTimeout" | "keepAliveTimeout" | "tokenExpired" | null;
 
@@ -71,7 +68,9 @@ export function alarmVerdict(
  * (the connect timeout, `alarmAt`) runs early enough to take over as the first keep-alive
  * check. It then re-arms itself, so a clean connect costs one `setAlarm`, not two.
  */
-export function alarmAfterConnack(att: Pick<Attachment, "lastSeen" | "keepAlive" | "expiresAt" | "alarmAt">, now: number, checkSeconds = 0): number | null {
-  const next = nextAlarm(att, now, checkSeconds);
+export function alarmAfterConnack(att: Pick<Attachment, "lastSeen" | "keepAlive" | "expiresAt" | "alarmAt" | "clocked">, now: number, checkSeconds = 0): number | null {
+  const next = alarmFor(att, now, checkSeconds);
+  // Nothing to check (a clock watches it, no token expiry): the connect-timeout alarm runs once and is not re-armed.
+  if (next === null) return null;
   return att.alarmAt !== undefined && att.alarmAt <= next ? null : next;
 }

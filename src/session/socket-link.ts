@@ -7,7 +7,7 @@ import { readAttachment, readBrowserCredentials, readConnMeta, type Attachment, 
 import { isRecord } from "../guards";
 import { isMessage } from "../router/messages";
 import { BROWSER_KEY, META_KEY, PENDING_DETACH_KEY } from "./keys";
-import { alarmAfterConnack, alarmGrain, keepAliveDeadline, nextAlarm } from "./keepalive";
+import { alarmAfterConnack, alarmFor, keepAliveDeadline } from "./keepalive";
 import type { ConnState, Link, PendingDetach, Services, SessionDetach } from "./link";
 import { closeConnection } from "./handlers/teardown";
 
@@ -168,14 +168,13 @@ export class SocketLink implements Link {
   }
 
   async scheduleAlarm(att: Attachment): Promise<void> {
-    // Watched again at every backstop run: the clock keeps nothing across a restart of its own.
-    if (att.clocked) await this.watchOnClock(att);
-    await this.armAlarm(att, nextAlarm(att, this.now(), alarmGrain(att, this.config.limits.keepAliveCheckSeconds)));
+    const at = alarmFor(att, this.now(), this.config.limits.keepAliveCheckSeconds);
+    if (at !== null) await this.armAlarm(att, at);
   }
 
   async scheduleFirstCheck(att: Attachment): Promise<void> {
     if (this.config.limits.keepAliveClock === "shared" && att.keepAlive > 0) await this.watchOnClock(att);
-    const at = alarmAfterConnack(att, this.now(), alarmGrain(att, this.config.limits.keepAliveCheckSeconds));
+    const at = alarmAfterConnack(att, this.now(), this.config.limits.keepAliveCheckSeconds);
     if (at !== null) await this.armAlarm(att, at);
   }
 

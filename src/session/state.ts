@@ -34,7 +34,7 @@ export interface Attachment {
   browser?: true;
   /** When the object's one alarm is armed for, as this object last set it (absent in attachments written before it existed). */
   alarmAt?: number;
-  /** The account's keep-alive clock watches this connection's deadline; the alarm is its backstop (KEEPALIVE_CLOCK = "shared"). */
+  /** The account's keep-alive clock watches this connection's deadline: the alarm runs only for a token's expiry (KEEPALIVE_CLOCK = "shared"). */
   clocked?: true;
   addr: string;
   /** "tcp" when the client came through the trusted TCP bridge. */

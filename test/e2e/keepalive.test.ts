@@ -4,8 +4,8 @@
  * talks is never cut, a socket without CONNECT is closed, and the monitoring events follow.
  * Three dedicated brokers (exact, a coarse 4 s grain, and the shared keep-alive clock), each with
  * a 2 s connect timeout, so the connect-timeout alarm runs while the connections are up: it is
- * also their first keep-alive check. The clock's broker has a 60 s grain for the connections'
- * own alarms (their backstop: 5 min), so a close within the exact bound there is the clock's.
+ * also their first keep-alive check. With the clock, the connections keep no keep-alive alarm
+ * (and their broker a 60 s grain besides), so a close within the exact bound there is the clock's.
  */
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import { RawClient } from "../helpers/raw";

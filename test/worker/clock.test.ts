@@ -5,7 +5,7 @@
  * session. The silent and the talking client over MQTT are in test/e2e/keepalive.test.ts.
  */
 import { describe, it, expect } from "vitest";
-import { env, runInDurableObject } from "cloudflare:test";
+import { abortAllDurableObjects, env, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import type { Env } from "../../src/env";
 import { clockStub, connectionStub } from "../../src/stubs";
 import { META_KEY } from "../../src/session/keys";
@@ -26,6 +26,9 @@ const meta = (account: string, clientId: string): ConnMeta => ({
   identity: { kind: "anonymous", account, id: "anonymous", acl: { pub: ["#"], sub: ["#"] }, expiresAt: null },
   addr: "127.0.0.1", transport: "ws", connectedAt: Date.now(),
 });
+
+const watchedRows = (clock: ReturnType<typeof clockStub>): Promise<string[]> =>
+  runInDurableObject(clock, (_instance, state) => state.storage.sql.exec<{ conn: string }>("SELECT conn FROM watched").toArray().map((r) => r.conn));
 
 describe("KeepAliveClock in workerd", () => {
   it("asks a connection at its deadline: an ended one is forgotten without an alarm; one whose socket vanished gets its alarm now", async () => {
@@ -48,8 +51,29 @@ describe("KeepAliveClock in workerd", () => {
     expect(await metaOf(ended)).toBeUndefined();
     // The vanished one's alarm ran at once and ended its session: its storage is empty.
     await until("the vanished connection's teardown", async () => (await metaOf(vanished)) === undefined && (await alarmOf(vanished)) === null);
+    // Both rows went with their checks.
+    expect(await watchedRows(clock)).toEqual([]);
     // A bystander account's clock is its own object, untouched.
     expect(await clockStub(E, `${account}-other`).size()).toBe(0);
+  });
+
+  it("after a restart took its memory, its sweep alarm checks every connection it stored at once", async () => {
+    const account = `acc-${crypto.randomUUID()}`;
+    const clock = clockStub(E, account);
+    const vanished = E.CONNECTION.newUniqueId().toString();
+    await runInDurableObject(connectionStub(E, vanished), async (_instance, state) => {
+      await state.storage.put(META_KEY, meta(account, "vanished"));
+    });
+    // Due in ten minutes: only the sweep can find it sooner.
+    expect(await clock.watch(vanished, Date.now() + 600_000)).toBe(true);
+    expect(await watchedRows(clock)).toEqual([vanished]);
+    await abortAllDurableObjects();
+    const woke = clockStub(E, account);
+    expect(await woke.size()).toBe(0);
+    expect(await runDurableObjectAlarm(woke)).toBe(true);
+    const metaOf = (): Promise<unknown> => runInDurableObject(connectionStub(E, vanished), (_instance, state) => state.storage.get(META_KEY));
+    await until("the vanished connection's teardown", async () => (await metaOf()) === undefined);
+    await until("the clock forgetting it", async () => (await watchedRows(woke)).length === 0 && (await woke.size()) === 0);
   });
 
   it("moves a watched deadline instead of checking twice, and forgets an unwatched one", async () => {
@@ -58,7 +82,9 @@ describe("KeepAliveClock in workerd", () => {
     await clock.watch(conn, Date.now() + 60_000);
     await clock.watch(conn, Date.now() + 120_000);
     expect(await clock.size()).toBe(1);
+    expect(await watchedRows(clock)).toEqual([conn]);
     await clock.unwatch(conn);
     expect(await clock.size()).toBe(0);
+    expect(await watchedRows(clock)).toEqual([]);
   });
 });

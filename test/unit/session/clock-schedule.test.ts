@@ -1,6 +1,6 @@
 import { describe, it, expect } from "vitest";
 import { ClockSchedule } from "../../../src/session/clock-schedule";
-import { alarmGrain, CLOCK_BACKSTOP_SECONDS, nextAlarm } from "../../../src/session/keepalive";
+import { alarmAfterConnack, alarmFor } from "../../../src/session/keepalive";
 
 describe("ClockSchedule: the keep-alive clock's deadlines", () => {
   it("gives the connections due at a time, earliest first, never before their deadline, each once", () => {
@@ -31,13 +31,16 @@ describe("ClockSchedule: the keep-alive clock's deadlines", () => {
     expect(s.takeDue(9_000)).toEqual(["a"]);
   });
 
-  it("is bounded: past `max` a new connection is refused (it keeps its own exact alarm), a known one still moves", () => {
+  it("is bounded: past `max` a new connection is refused (it keeps its own exact alarm), a known one still moves, a forced one enters", () => {
     const s = new ClockSchedule(2);
     expect(s.set("a", 1_000)).toBe(true);
     expect(s.set("b", 2_000)).toBe(true);
     expect(s.set("c", 3_000)).toBe(false);
+    expect(s.has("c")).toBe(false);
     expect(s.set("a", 4_000)).toBe(true);
     expect(s.size).toBe(2);
+    expect(s.set("d", 5_000, true)).toBe(true);
+    s.delete("d");
     expect(s.takeDue(10_000).sort()).toEqual(["a", "b"]);
     expect(s.set("c", 3_000)).toBe(true);
   });
@@ -63,14 +66,14 @@ describe("ClockSchedule: the keep-alive clock's deadlines", () => {
 });
 
 describe("the connection's alarm when the clock watches it", () => {
-  it("runs as a backstop every CLOCK_BACKSTOP_SECONDS (or KEEPALIVE_CHECK_SECONDS if longer); exact without the clock", () => {
-    expect(alarmGrain({}, 0)).toBe(0);
-    expect(alarmGrain({ clocked: true }, 0)).toBe(CLOCK_BACKSTOP_SECONDS);
-    expect(alarmGrain({ clocked: true }, 3_600)).toBe(3_600);
+  it("runs only for a token's expiry; without the clock, at the keep-alive deadline", () => {
     const att = { lastSeen: 0, keepAlive: 60, expiresAt: null };
-    expect(nextAlarm(att, 0, alarmGrain({}, 0))).toBe(91_000);
-    expect(nextAlarm(att, 0, alarmGrain({ clocked: true }, 0))).toBe(CLOCK_BACKSTOP_SECONDS * 1000);
-    // A token's expiry stays exact.
-    expect(nextAlarm({ ...att, expiresAt: 42_000 }, 0, alarmGrain({ clocked: true }, 0))).toBe(42_000);
+    expect(alarmFor(att, 0)).toBe(91_000);
+    expect(alarmFor({ ...att, clocked: true }, 0)).toBeNull();
+    expect(alarmFor({ ...att, clocked: true, expiresAt: 42_000 }, 0)).toBe(42_000);
+    // After CONNACK nothing is armed for it: the connect-timeout alarm of the upgrade runs once and is not re-armed.
+    expect(alarmAfterConnack({ ...att, clocked: true, alarmAt: 30_000 }, 0)).toBeNull();
+    expect(alarmAfterConnack({ ...att, clocked: true, alarmAt: 30_000, expiresAt: 42_000 }, 0)).toBeNull();
+    expect(alarmAfterConnack({ ...att, clocked: true, alarmAt: 30_000, expiresAt: 10_000 }, 0)).toBe(10_000);
   });
 });
