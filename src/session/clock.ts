@@ -24,9 +24,10 @@ export const SWEEP_MS = 60_000;
  *
  * Which connections it watches is also stored, one row per connection (written when it is first
  * watched, deleted when its check finds it ended), not their deadlines. While it watches any,
- * its alarm runs every SWEEP_MS: after a restart took its memory (a deploy, which also takes every
- * socket), that alarm checks every stored connection at once, so a socket that vanished is ended
- * and its will published within a minute, and a live one is watched again.
+ * its alarm runs every SWEEP_MS. The first run of a new instance (after a restart took the
+ * memory, e.g. a deploy, which also takes every socket) checks every stored connection at once,
+ * so a socket that vanished is ended and its will published within a minute, and a live one is
+ * watched again; later runs read one row.
  *
  * Its pending timer keeps it active (billed duration) while it watches anything.
  */
@@ -40,6 +41,8 @@ export class KeepAliveClock extends DurableObject<Env> {
   private readonly checking = new Set<string>();
   /** Whether this instance armed the sweep alarm (memory only: after a restart the next watch arms it again). */
   private sweeping = false;
+  /** Whether this instance has read the stored list: memory is lost only with the instance, so once is enough. */
+  private swept = false;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -70,22 +73,26 @@ export class KeepAliveClock extends DurableObject<Env> {
   }
 
   /**
-   * The sweep: a stored connection this instance does not know (its memory was lost) is checked
-   * now; re-armed while any is stored.
+   * The sweep: the first alarm of an instance checks now every stored connection it does not
+   * know (a restart took the memory of the one before); later ones only look whether any is
+   * still stored, and re-arm while one is.
    */
   override async alarm(): Promise<void> {
     this.sweeping = false;
-    const stored = this.ctx.storage.sql.exec<{ conn: string }>("SELECT conn FROM watched").toArray();
-    const now = Date.now();
-    let lost = 0;
-    for (const { conn } of stored) {
-      if (this.schedule.has(conn) || this.checking.has(conn)) continue;
-      this.schedule.set(conn, now, true);
-      lost++;
+    const sql = this.ctx.storage.sql;
+    if (!this.swept) {
+      this.swept = true;
+      const now = Date.now();
+      let lost = 0;
+      for (const { conn } of sql.exec<{ conn: string }>("SELECT conn FROM watched")) {
+        if (this.schedule.has(conn) || this.checking.has(conn)) continue;
+        this.schedule.set(conn, now, true);
+        lost++;
+      }
+      if (lost > 0) log("info", "clock.reload", { connections: lost });
+      this.arm();
     }
-    if (lost > 0) log("info", "clock.reload", { connections: lost });
-    this.arm();
-    if (stored.length > 0) await this.armSweep();
+    if (sql.exec("SELECT 1 FROM watched LIMIT 1").toArray().length > 0) await this.armSweep();
   }
 
   /** How many connections it watches (tests, operators). */
