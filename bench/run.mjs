@@ -330,38 +330,27 @@ async function costModel(broker, connectRuns) {
     log(`cost QoS ${qos} ${mode}${persistent ? " persistent" : ""} 1 → ${subscribers}: ${units.doRequests.toFixed(2)} DO requests, ${units.wsIn.toFixed(2)} WS messages in, ${units.rowsWritten.toFixed(2)} rows written per message`);
   }
   const idle = [];
-  for (const ratio of params.cost.idleChecks) {
+  // Each KEEPALIVE_CHECK_SECONDS ratio, then the exact setting with the shared keep-alive clock.
+  const settings = [...params.cost.idleChecks.map((ratio) => ({ ratio, clock: false })), ...(params.cost.idleClock ? [{ ratio: 0, clock: true }] : [])];
+  for (const { ratio, clock } of settings) {
     const checkSeconds = ratio * params.cost.idleKeepalive;
-    // The exact setting runs on the main broker; a coarser one needs a broker with its own KEEPALIVE_CHECK_SECONDS.
-    const target = ratio === 0 ? broker : await startBroker({ vars: { KEEPALIVE_CHECK_SECONDS: String(checkSeconds) } });
+    const name = clock ? "KEEPALIVE_CLOCK shared" : `KEEPALIVE_CHECK_SECONDS ${checkSeconds}`;
+    // The exact setting runs on the main broker; a coarser one, or the clock, needs a broker with its own vars.
+    const vars = clock ? { KEEPALIVE_CLOCK: "shared" } : ratio > 0 ? { KEEPALIVE_CHECK_SECONDS: String(checkSeconds) } : null;
+    const target = vars ? await startBroker({ vars }) : broker;
     try {
       // At least two grains counted, so the coarse alarm's runs are sampled over whole grains.
       const periods = Math.max(params.cost.idlePeriods, 2 * ratio);
-      const r = await costIdle(target, { connections: params.cost.idleConnections, keepalive: params.cost.idleKeepalive, periods }, `c${ratio}`);
+      const r = await costIdle(target, { connections: params.cost.idleConnections, keepalive: params.cost.idleKeepalive, periods }, clock ? "clock" : `c${ratio}`);
       if (r.counters && r.pings > 0) {
         const perPing = unitsPer(r.counters, r.pings);
         const perDay = Object.fromEntries(Object.entries(perPing).map(([k, v]) => [k, v * 1440]));
         const cpuMsPerDay = (r.serverCpuMs / r.pings) * 1440;
-        idle.push({ checkRatio: ratio, checkSeconds, pings: r.pings, keepalive: r.keepalive, connections: r.connections, counters: r.counters, unitsPerPing: perPing, unitsPerDay: perDay, serverCpuMsPerPing: r.serverCpuMs / r.pings, dollarsPerDay: doDollars(perDay, cpuMsPerDay, prices) });
-        log(`cost idle (KEEPALIVE_CHECK_SECONDS ${checkSeconds}): per PINGREQ ${perPing.wsIn.toFixed(2)} WS messages in, ${perPing.alarmRun.toFixed(2)} alarms, ${perPing.rowsWritten.toFixed(2)} rows written`);
+        idle.push({ ...(clock ? { clock: true } : {}), checkRatio: ratio, checkSeconds, pings: r.pings, keepalive: r.keepalive, connections: r.connections, counters: r.counters, unitsPerPing: perPing, unitsPerDay: perDay, serverCpuMsPerPing: r.serverCpuMs / r.pings, dollarsPerDay: doDollars(perDay, cpuMsPerDay, prices) });
+        log(`cost idle (${name}): per PINGREQ ${perPing.wsIn.toFixed(2)} WS messages in, ${perPing.doRpc.toFixed(2)} RPCs, ${perPing.alarmRun.toFixed(2)} alarms, ${perPing.rowsWritten.toFixed(2)} rows written`);
       }
     } finally {
       if (target !== broker) await target.stop();
-    }
-  }
-  if (params.cost.idleClock) {
-    const target = await startBroker({ vars: { KEEPALIVE_CLOCK: "shared" } });
-    try {
-      const r = await costIdle(target, { connections: params.cost.idleConnections, keepalive: params.cost.idleKeepalive, periods: params.cost.idlePeriods }, "clock");
-      if (r.counters && r.pings > 0) {
-        const perPing = unitsPer(r.counters, r.pings);
-        const perDay = Object.fromEntries(Object.entries(perPing).map(([k, v]) => [k, v * 1440]));
-        const cpuMsPerDay = (r.serverCpuMs / r.pings) * 1440;
-        idle.push({ clock: true, checkRatio: 0, checkSeconds: 0, pings: r.pings, keepalive: r.keepalive, connections: r.connections, counters: r.counters, unitsPerPing: perPing, unitsPerDay: perDay, serverCpuMsPerPing: r.serverCpuMs / r.pings, dollarsPerDay: doDollars(perDay, cpuMsPerDay, prices) });
-        log(`cost idle (KEEPALIVE_CLOCK shared): per PINGREQ ${perPing.wsIn.toFixed(2)} WS messages in, ${perPing.doRpc.toFixed(2)} RPCs, ${perPing.alarmRun.toFixed(2)} alarms, ${perPing.rowsWritten.toFixed(2)} rows written`);
-      }
-    } finally {
-      await target.stop();
     }
   }
   // Connects: from the connect storm's counters (CONNECT → CONNACK, clean session), median round by CPU.

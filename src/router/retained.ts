@@ -17,10 +17,10 @@ import { MONITOR_PREFIX } from "../monitoring/events";
 import { topicMatches } from "../topics/topic";
 import { messageBytes, type Message, type QoS } from "./messages";
 import { blob, decodeProps, encodeProps, qosOf, readCounters, writeCounters, type RetainedCounters } from "./schema";
-import type { PresenceRow } from "./tables";
+import type { PresenceQuery, PresenceRow } from "./tables";
 
 /** Where the presences come from (the targets table), read in client id order. */
-export type PresenceSource = (q: { after?: string; from?: string; below?: string; exact?: string; limit: number }) => PresenceRow[];
+export type PresenceSource = (q: PresenceQuery) => PresenceRow[];
 
 export interface RetainedLimits {
   maxMessages: number;
@@ -273,7 +273,7 @@ export class RetainedStore {
 /** A presence as a retained row of its topic (QoS 0, no expiry, as `connectEvent` makes it). */
 function presenceRow(p: PresenceRow): ViewRow {
   const topic = `${MONITOR_PREFIX}${p.clientId}`;
-  return { topic, payload: p.payload.buffer as ArrayBuffer, qos: 0, props: null, expires_at: null, bytes: p.payload.byteLength + topic.length, monitor: 1, seq: p.seq, presence: true };
+  return { topic, payload: p.payload, qos: 0, props: null, expires_at: null, bytes: p.payload.byteLength + topic.length, monitor: 1, seq: p.seq, presence: true };
 }
 
 /** Of a stored row and a presence of the same topic, the one written last. */

@@ -413,7 +413,12 @@ export class TopicRouter extends DurableObject<Env> {
 
   /** Number of subscriptions and retained messages: for tests and the admin API. */
   async stats(): Promise<{ subscriptions: number; sessions: number; retained: number; dropped: number }> {
-    return { subscriptions: this.trie.size, sessions: this.targets.size, retained: this.retained.size + this.tables.presencesAlone(MONITOR_PREFIX), dropped: this.dropped };
+    return { subscriptions: this.trie.size, sessions: this.targets.size, retained: this.retainedTopics(), dropped: this.dropped };
+  }
+
+  /** Retained messages, one per topic: the stored rows, and the presences whose topic has none. */
+  private retainedTopics(): number {
+    return this.retained.size + this.tables.presencesAlone();
   }
 
   /**
@@ -612,7 +617,7 @@ export class TopicRouter extends DurableObject<Env> {
     const usage = this.retained.usage;
     return {
       counters: this.counters.snapshot(),
-      retained: { count: usage.count, bytes: usage.bytes, monitorEvents: this.retained.size - usage.count + this.tables.presencesAlone(MONITOR_PREFIX) },
+      retained: { count: usage.count, bytes: usage.bytes, monitorEvents: this.retainedTopics() - usage.count },
       subscriptions: this.trie.size,
       sessions: { online, offline },
     };

@@ -6,6 +6,7 @@
 import { messageBytes, type Message } from "./messages";
 import { blob, decodeProps, insertGroupMessage, qosOf } from "./schema";
 import { readSubOptions, type SubOptions, type TargetRecord } from "./records";
+import { MONITOR_PREFIX } from "../monitoring/events";
 
 /**
  * A target's presence: the retained `$SYS/mon/<clientId>` Connect event of its live
@@ -18,8 +19,23 @@ export interface Presence {
   seq: number;
 }
 
-export interface PresenceRow extends Presence {
+/** A presence as read back (the payload as the column gives it). */
+export interface PresenceRow {
   clientId: string;
+  payload: ArrayBuffer;
+  seq: number;
+}
+
+/**
+ * Which presences to read, in client id order: those after `after` (or from `from` on,
+ * inclusive), below `below` when given, at most `limit`; one client id's when `exact` is given.
+ */
+export interface PresenceQuery {
+  after?: string;
+  from?: string;
+  below?: string;
+  exact?: string;
+  limit: number;
 }
 
 export class RouterTables {
@@ -73,11 +89,7 @@ export class RouterTables {
     this.sql.exec("UPDATE targets SET presence = NULL, presence_seq = NULL WHERE client_id = ? AND presence IS NOT NULL", clientId);
   }
 
-  /**
-   * Presences in client id order: those after `after` (or from `from` on, inclusive), below
-   * `below` when given, at most `limit`; one client id's when `exact` is given.
-   */
-  presences(q: { after?: string; from?: string; below?: string; exact?: string; limit: number }): PresenceRow[] {
+  presences(q: PresenceQuery): PresenceRow[] {
     const where = ["presence IS NOT NULL", "conn IS NOT NULL"];
     const args: SqlStorageValue[] = [];
     if (q.exact !== undefined) {
@@ -101,14 +113,14 @@ export class RouterTables {
         ...args,
       )
       .toArray()
-      .map((r) => ({ clientId: r.client_id, payload: blob(r.presence), seq: r.presence_seq }));
+      .map((r) => ({ clientId: r.client_id, payload: r.presence, seq: r.presence_seq }));
   }
 
   /** Presences whose topic has no stored retained row (each is a retained event of its own in the counts). */
-  presencesAlone(monitorPrefix: string): number {
+  presencesAlone(): number {
     return this.sql.exec<{ n: number }>(
       "SELECT count(*) AS n FROM targets t WHERE t.presence IS NOT NULL AND t.conn IS NOT NULL AND NOT EXISTS (SELECT 1 FROM retained r WHERE r.topic = ? || t.client_id)",
-      monitorPrefix,
+      MONITOR_PREFIX,
     ).one().n;
   }
 

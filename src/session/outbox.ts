@@ -110,16 +110,24 @@ export class Outbox {
 
   /** Messages waiting for room in the window (0 before the outbox is loaded). */
   waiting(): number {
-    let n = 0;
-    if (this.records) for (const r of this.records.values()) if (r.state === "queued") n++;
-    return n;
+    return this.waitingTotals().count;
   }
 
   /** Bytes (topic and payload) of the messages waiting for room in the window. */
   waitingBytes(): number {
-    let n = 0;
-    if (this.records) for (const r of this.records.values()) if (r.state === "queued") n += messageBytes(r.message);
-    return n;
+    return this.waitingTotals().bytes;
+  }
+
+  /** The messages waiting for room in the window, counted and in bytes (topic and payload). */
+  private waitingTotals(): { count: number; bytes: number } {
+    let count = 0;
+    let bytes = 0;
+    for (const r of this.records?.values() ?? []) {
+      if (r.state !== "queued") continue;
+      count++;
+      bytes += messageBytes(r.message);
+    }
+    return { count, bytes };
   }
 
   setEphemeral(ephemeral: boolean): void {
@@ -288,13 +296,7 @@ export class Outbox {
     // Past either bound (count, bytes), the oldest messages still waiting for the window are
     // dropped (counted): a client that never acknowledges cannot grow this object without limit.
     const deletes: string[] = [];
-    let waiting = 0;
-    let waitingBytes = 0;
-    for (const r of records.values()) {
-      if (r.state !== "queued") continue;
-      waiting++;
-      waitingBytes += messageBytes(r.message);
-    }
+    let { count: waiting, bytes: waitingBytes } = this.waitingTotals();
     for (const r of records.values()) {
       if (waiting <= this.maxQueued && waitingBytes <= this.maxQueuedBytes) break;
       if (r.state !== "queued") continue;

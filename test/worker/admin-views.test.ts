@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { SELF } from "cloudflare:test";
 import { subscribe } from "../helpers/bytes";
 import { ADMIN_TOKEN, admin, expectError, json, newAccount, provision, type Json } from "./admin-client";
-import { connectDevice, within, type RawConnection } from "./mqtt";
+import { connectDevice, eventually, within, type RawConnection } from "./mqtt";
 
 const devTopic = (account: string, deviceId: string, channel: string): string => `xi/blue/v1/${account}/d/${deviceId}/${channel}`;
 
@@ -23,18 +23,6 @@ async function subscribeTo(conn: RawConnection, filter: string, qos: 0 | 1): Pro
   conn.ws.send(subscribe(1, [[filter, qos]]));
   const suback = await conn.next("suback");
   expect(suback.cmd === "suback" ? suback.granted : null).toEqual([qos]);
-}
-
-/** Polls `read` until `done` holds for its value, or fails naming `what`. */
-async function eventually<T>(read: () => Promise<T>, done: (v: T) => boolean, what: string): Promise<T> {
-  const loop = async (): Promise<T> => {
-    for (;;) {
-      const v = await read();
-      if (done(v)) return v;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  };
-  return within(loop(), 5_000, what);
 }
 
 const list = (body: Json, key: string): Json[] => body[key] as Json[];

@@ -9,17 +9,13 @@ import { abortAllDurableObjects, env, runDurableObjectAlarm, runInDurableObject 
 import type { Env } from "../../src/env";
 import { clockStub, connectionStub } from "../../src/stubs";
 import { META_KEY } from "../../src/session/keys";
+import { eventually } from "./mqtt";
 import type { ConnMeta } from "../../src/session/state";
 
 const E = env as unknown as Env;
 
-async function until(what: string, check: () => Promise<boolean>, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+/** Polls `check` until it holds (10 s at most). */
+const until = (what: string, check: () => Promise<boolean>): Promise<boolean> => eventually(check, (ok) => ok, what, 10_000);
 
 const meta = (account: string, clientId: string): ConnMeta => ({
   account, clientId, cleanStart: true, expirySeconds: 0, willDelaySeconds: 0, will: null, protocolVersion: 4,

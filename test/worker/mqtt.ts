@@ -55,3 +55,15 @@ export function connectDevice(deviceId: string, password: string, opts: { clean?
 export function within<T>(p: Promise<T>, ms = 5_000, what = "timed out"): Promise<T> {
   return Promise.race([p, new Promise<T>((_, reject) => setTimeout(() => reject(new Error(what)), ms))]);
 }
+
+/** Polls `read` until `done` holds for its value, or fails naming `what` after `ms`. */
+export async function eventually<T>(read: () => Promise<T>, done: (v: T) => boolean, what: string, ms = 5_000): Promise<T> {
+  const loop = async (): Promise<T> => {
+    for (;;) {
+      const v = await read();
+      if (done(v)) return v;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+  return within(loop(), ms, what);
+}
