@@ -54,11 +54,11 @@ export async function monitor(account: string, opts: MonitorOptions = {}): Promi
       .map((m) => JSON.parse(m.payload) as MonitorEvent)
       .filter((e) => clientId === undefined || e.ClientID === clientId);
   const waitEvent = async (clientId: string, action: string, ms = 10_000): Promise<MonitorEvent> => {
-    const deadline = Date.now() + ms;
+    const deadline = performance.now() + ms;
     for (;;) {
       const found = events(clientId).find((e) => e.Action === action);
       if (found) return found;
-      if (Date.now() > deadline) {
+      if (performance.now() > deadline) {
         throw new Error(`timed out waiting for the ${action} event of ${clientId}; its events: ${JSON.stringify(events(clientId))}`);
       }
       await new Promise((r) => setTimeout(r, 20));

@@ -76,9 +76,9 @@ export function collect(client: MqttClient): Received[] {
 
 /** Waits until `predicate` holds, polling; fails with `what` after `ms`. */
 export async function waitFor(predicate: () => boolean, what: string, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
+  const deadline = performance.now() + ms;
   while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }

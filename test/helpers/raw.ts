@@ -85,12 +85,12 @@ export class RawClient {
 
   /** Waits for the next packet matching `cmd` (already received ones count once). */
   async next(cmd: Packet["cmd"], ms = 10_000): Promise<Packet> {
-    const deadline = Date.now() + ms;
+    const deadline = performance.now() + ms;
     for (;;) {
       const i = this.packets.findIndex((p) => p.cmd === cmd);
       if (i >= 0) return this.packets.splice(i, 1)[0] as Packet;
       if (this.closed) throw new Error(`closed (${this.closed.code}) while waiting for ${cmd}`);
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${cmd}`);
+      if (performance.now() > deadline) throw new Error(`timed out waiting for ${cmd}`);
       await new Promise((r) => setTimeout(r, 10));
     }
   }
@@ -108,9 +108,9 @@ export class RawClient {
   }
 
   async waitClosed(ms = 10_000): Promise<{ code: number; reason: string }> {
-    const deadline = Date.now() + ms;
+    const deadline = performance.now() + ms;
     while (!this.closed) {
-      if (Date.now() > deadline) throw new Error("timed out waiting for the broker to close the socket");
+      if (performance.now() > deadline) throw new Error("timed out waiting for the broker to close the socket");
       await new Promise((r) => setTimeout(r, 10));
     }
     return this.closed;
