@@ -66,6 +66,8 @@ export class MqttConnection extends DurableObject<Env> {
 
   /** The in-memory state and the port, as the constructor builds them after every wake (tests simulate one with it). */
   private wake(): void {
+    // A real wake follows hibernation, which waits for a deferred attachment write; a simulated one writes it first.
+    this.link?.flushAttachment();
     this.state = createConnState(this.ctx.storage, this.config);
     this.link = new SocketLink(this.ctx, this.ctx.id.toString(), this.config, this.state, stubServices(this.env, this.config));
   }
@@ -196,7 +198,7 @@ export class MqttConnection extends DurableObject<Env> {
     }
     if (att.phase === "closing" || att.clientId !== clientId) return "gone";
     await deliverMessages(this.link, messages);
-    this.link.saveAttachment(att); // traffic counters
+    this.link.noteAttachment(att); // traffic counters
     return "ok";
   }
 
@@ -306,9 +308,11 @@ export class MqttConnection extends DurableObject<Env> {
     att.lastSeen = Date.now();
     att.traffic.readBytes += data.byteLength;
     att.traffic.readMsg += frames.length;
-    if (error === undefined && (rest.byteLength > 0 || prev.byteLength > 0)) await this.state.partial.save(att, rest);
-    // The attachment carries the keep-alive clock and the counters across hibernation.
-    link.saveAttachment(att);
+    // The attachment carries the keep-alive clock and the counters across hibernation (a partial packet is written at once).
+    if (error === undefined && (rest.byteLength > 0 || prev.byteLength > 0)) {
+      await this.state.partial.save(att, rest);
+      link.saveAttachment(att);
+    } else link.noteAttachment(att);
 
     if (frames.length > this.config.limits.maxPacketsPerFrame) {
       // One frame holding a flood (524,288 PINGREQs in 1 MiB) is refused whole, before any work.

@@ -103,6 +103,38 @@ describe("MqttConnection in workerd", () => {
     });
   }
 
+  it("writes the keep-alive clock and counters of a burst of frames to the attachment, once the burst is read and before a wake", async () => {
+    const before = await connectionIds();
+    const c = await open();
+    c.ws.send(encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 60, clientId: `burst-${crypto.randomUUID()}` }));
+    await c.next("connack");
+    const id = [...(await connectionIds())].find((x) => !before.has(x));
+    if (!id) throw new Error("connection object not found");
+    const stub = E.CONNECTION.get(E.CONNECTION.idFromString(id));
+    const stored = () =>
+      runInDurableObject(stub, (_i, state) => {
+        const att = state.getWebSockets()[0]?.deserializeAttachment() as { traffic: { readMsg: number }; lastSeen: number } | undefined;
+        return att ? { readMsg: att.traffic.readMsg, lastSeen: att.lastSeen } : null;
+      });
+    const burst = async (n: number) => {
+      for (let i = 0; i < n; i++) c.ws.send(encode({ cmd: "pingreq" }));
+      for (let i = 0; i < n; i++) await c.next("pingresp");
+    };
+    const sentAt = Date.now();
+    await burst(5);
+    await new Promise((r) => setTimeout(r, 100));
+    const written = await stored();
+    expect(written?.readMsg).toBe(1 + 5); // CONNECT and the five PINGREQs
+    expect(written?.lastSeen).toBeGreaterThanOrEqual(sentAt);
+    // A wake right after a burst (hibernation waits for the write; the simulated one writes first).
+    await burst(3);
+    await simulateWake(id);
+    expect((await stored())?.readMsg).toBe(1 + 5 + 3);
+    c.ws.send(encode({ cmd: "pingreq" }));
+    await c.next("pingresp");
+    c.ws.close();
+  });
+
   it("an inbound QoS 2 message is stored before PUBREC, survives a wake, and is routed on PUBREL", async () => {
     const clientId = `q2-${crypto.randomUUID()}`;
     const topic = `q2/${clientId}`;
