@@ -28,6 +28,7 @@ const { values: flags } = parseArgs({
     scenarios: { type: "string", default: "fan-in,fan-in-qos1,fan-in-tcp,fan-out,fan-out-qos1,shared,qos1,connect,retained,floor,bystander,cost,scale,storm" },
     publishers: { type: "string" },
     "duration-ms": { type: "string" },
+    "qos1-duration-ms": { type: "string" },
     "max-messages": { type: "string" },
     subscribers: { type: "string" },
     members: { type: "string" },
@@ -88,6 +89,8 @@ const params = {
   payload: num("payload", 64, 64),
   timeoutMs: num("timeout-ms", 60_000, 20_000),
   durationMs: num("duration-ms", 5000, 1000),
+  // The QoS 1 rows swing most between short rounds (0.70x to 1.19x aedes in 1 s quick rounds of the same code): 3 s even when quick.
+  qos1DurationMs: num("qos1-duration-ms", 5000, 3000),
   maxMessages: num("max-messages", 1_000_000, 200_000),
   fanIn: { publishers: num("publishers", 50, 10), window: num("window", 1000, 500) },
   fanOut: { subscribers: num("subscribers", 100, 20), window: num("window", 2000, 1000) },
@@ -205,9 +208,9 @@ async function main() {
     shared: (peer, tag) => (unsupported.shared?.[peer.name] ? null : shared(peer, { ...common, ...params.shared }, tag)),
     "fan-out": (peer, tag) => fanOut(peer, { ...common, ...params.fanOut }, tag),
     // QoS 1 end to end: publishes and subscriptions at QoS 1 (the publishers' PUBACKs, the subscribers' acknowledgements).
-    "fan-in-qos1": (peer, tag) => fanIn(peer, { ...common, ...params.fanIn, window: params.fanIn.publishers * 20, qos: 1 }, `${tag}q1`),
+    "fan-in-qos1": (peer, tag) => fanIn(peer, { ...common, durationMs: params.qos1DurationMs, ...params.fanIn, window: params.fanIn.publishers * 20, qos: 1 }, `${tag}q1`),
     "fan-out-qos1": (peer, tag) => fanOut(peer, { ...common, ...params.fanOut, qos: 1 }, `${tag}q1`),
-    qos1: (peer, tag) => qos1RoundTrip(peer, { ...common, ...params.qos1 }, tag),
+    qos1: (peer, tag) => qos1RoundTrip(peer, { ...common, durationMs: params.qos1DurationMs, ...params.qos1 }, tag),
     connect: (peer, tag) => connectStorm(peer, { ...common, ...params.connect }, tag),
     retained: (peer, tag) => (unsupported.retained?.[peer.name] ? null : retainedOnSubscribe(peer, { ...common, ...params.retained }, tag)),
     // The naive peer's do-nothing socket: what a frame costs before any broker's work.
@@ -386,7 +389,7 @@ function markdown(r) {
       `Medians of ${p.rounds} interleaved rounds, ${r.durationS.toFixed(0)} s in all. Peers: ${peerList}. ` +
       `Server CPU and RSS: the whole process tree of each server, from /proc. Ratios are broker ÷ peer (↑: higher is better, ↓: lower is better).`,
     "",
-    `Parameters: each timed run lasts ${p.durationMs / 1000} s (at most ${p.maxMessages.toLocaleString("en-US")} messages). Fan-in: ${p.fanIn.publishers} publishers, QoS 0, each to its own topic → 1 \`bench/in/#\` subscriber, ` +
+    `Parameters: each timed run lasts ${p.durationMs / 1000} s (the QoS 1 fan-in and round trip ${p.qos1DurationMs / 1000} s; at most ${p.maxMessages.toLocaleString("en-US")} messages). Fan-in: ${p.fanIn.publishers} publishers, QoS 0, each to its own topic → 1 \`bench/in/#\` subscriber, ` +
       `at most ${p.fanIn.window} deliveries outstanding; fan-in over TCP: the same, every client on plain TCP (the broker through the bridge, \`bridge/cli.mjs\`, its CPU measured apart; aedes and mosquitto on their own TCP listeners); ` +
       `fan-out: 1 publisher, QoS 0 → ${p.fanOut.subscribers} subscribers, at most ${p.fanOut.window} deliveries outstanding; ` +
       `shared: 1 publisher, QoS ${p.shared.qos} → a \`$share/bench/bench/shared\` group of ${p.shared.members} members, at most ${p.shared.window} deliveries outstanding, each message checked to arrive exactly once across the group; ` +
