@@ -54,16 +54,22 @@ async function simulateWake(id: string): Promise<void> {
   });
 }
 
-/** A raw client connected with `clientId` and subscribed to `topic`, and its connection object's id. */
-async function subscribed(clientId: string, topic: string, qos: 0 | 1 | 2, clean = true): Promise<{ c: Awaited<ReturnType<typeof open>>; id: string }> {
+/** A raw client connected with `clientId` (3.1.1), its CONNACK, and its connection object's id. */
+async function connected(clientId: string, opts: { clean?: boolean; keepalive?: number } = {}): Promise<{ c: Awaited<ReturnType<typeof open>>; id: string; connack: Packet }> {
   const before = await connectionIds();
   const c = await open();
-  c.ws.send(encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean, keepalive: 60, clientId }));
-  await c.next("connack");
-  c.ws.send(encode({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos }] }));
-  await c.next("suback");
+  c.ws.send(encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: opts.clean ?? true, keepalive: opts.keepalive ?? 60, clientId }));
+  const connack = await c.next("connack");
   const id = [...(await connectionIds())].find((x) => !before.has(x));
   if (!id) throw new Error("connection object not found");
+  return { c, id, connack };
+}
+
+/** A raw client connected with `clientId` and subscribed to `topic`, and its connection object's id. */
+async function subscribed(clientId: string, topic: string, qos: 0 | 1 | 2, clean = true): Promise<{ c: Awaited<ReturnType<typeof open>>; id: string }> {
+  const { c, id } = await connected(clientId, { clean });
+  c.ws.send(encode({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos }] }));
+  await c.next("suback");
   return { c, id };
 }
 
@@ -84,12 +90,8 @@ async function offlineSubscriber(account: string, clientId: string, filter: stri
 describe("MqttConnection in workerd", () => {
   for (const size of [10, 5_000]) {
     it(`reassembles a ${size}-byte PUBLISH that straddles a wake (partial bytes in the ${size > 1024 ? "storage" : "attachment"})`, async () => {
-      const before = await connectionIds();
-      const c = await open();
-      c.ws.send(encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 60, clientId: "straddle" }));
-      expect(await c.next("connack")).toMatchObject({ returnCode: 0 });
-      const id = [...(await connectionIds())].find((x) => !before.has(x));
-      if (!id) throw new Error("connection object not found");
+      const { c, id, connack } = await connected("straddle");
+      expect(connack).toMatchObject({ returnCode: 0 });
 
       const publish = encode({ cmd: "publish", topic: "s/t", payload: Buffer.alloc(size, 7), qos: 1, messageId: 9, retain: false, dup: false });
       const cut = Math.floor(publish.length / 2);
@@ -104,12 +106,7 @@ describe("MqttConnection in workerd", () => {
   }
 
   it("writes the keep-alive clock and counters of a burst of frames to the attachment, once the burst is read and before a wake", async () => {
-    const before = await connectionIds();
-    const c = await open();
-    c.ws.send(encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 60, clientId: `burst-${crypto.randomUUID()}` }));
-    await c.next("connack");
-    const id = [...(await connectionIds())].find((x) => !before.has(x));
-    if (!id) throw new Error("connection object not found");
+    const { c, id } = await connected(`burst-${crypto.randomUUID()}`);
     const stub = E.CONNECTION.get(E.CONNECTION.idFromString(id));
     const stored = () =>
       runInDurableObject(stub, (_i, state) => {
@@ -264,12 +261,7 @@ describe("MqttConnection in workerd", () => {
   });
 
   it("a keep alive whose deadline comes before the connect timeout is armed at CONNACK", async () => {
-    const before = await connectionIds();
-    const c = await open();
-    c.ws.send(encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 10, clientId: `alarm10-${crypto.randomUUID()}` }));
-    await c.next("connack");
-    const id = [...(await connectionIds())].find((x) => !before.has(x));
-    if (!id) throw new Error("connection object not found");
+    const { c, id } = await connected(`alarm10-${crypto.randomUUID()}`, { keepalive: 10 });
     const armed = await runInDurableObject(E.CONNECTION.get(E.CONNECTION.idFromString(id)), (_i, state) => state.storage.getAlarm());
     expect(armed).toBeLessThanOrEqual(Date.now() + 16_000);
     c.ws.close();
