@@ -35,7 +35,7 @@ function run(cmd, args) {
   return r.status ?? 1;
 }
 
-const results = []; // { name, passed, failed, note }
+const results = []; // { name, passed, failed, note, failures }
 const tmp = mkdtempSync(join(tmpdir(), "mqtt-broker-test-"));
 
 try {
@@ -99,6 +99,7 @@ try {
     let passed = 0;
     let failed = 0;
     let note = "";
+    const failures = []; // "file > test: first line of the error", for the summary
     if (report) {
       passed = report.numPassedTests ?? 0;
       failed = report.numFailedTests ?? 0;
@@ -106,6 +107,17 @@ try {
       const unloaded = files.filter(
         (f) => f.status === "failed" && (!Array.isArray(f.assertionResults) || f.assertionResults.length === 0),
       );
+      for (const f of files) {
+        const file = typeof f.name === "string" ? f.name.replace(`${ROOT}/`, "") : "?";
+        for (const a of Array.isArray(f.assertionResults) ? f.assertionResults : []) {
+          if (a.status !== "failed") continue;
+          const message = String((a.failureMessages ?? [])[0] ?? "").split("\n")[0].slice(0, 300);
+          failures.push(`${file} > ${a.fullName ?? a.title}: ${message}`);
+        }
+        if (f.status === "failed" && (!Array.isArray(f.assertionResults) || f.assertionResults.length === 0)) {
+          failures.push(`${file}: ${String(f.message ?? "failed to load").split("\n")[0].slice(0, 300)}`);
+        }
+      }
       if (unloaded.length > 0) {
         failed += unloaded.length;
         note = `${unloaded.length} file(s) failed to load`;
@@ -121,7 +133,7 @@ try {
       failed = 1;
       note = [note, `vitest exited ${code} with no failed test`].filter(Boolean).join("; ");
     }
-    results.push({ name: project, passed, failed, note });
+    results.push({ name: project, passed, failed, note, failures });
   }
 } finally {
   rmSync(tmp, { recursive: true, force: true });
@@ -132,6 +144,8 @@ const failed = results.reduce((n, r) => n + r.failed, 0);
 console.log("\n=== summary ===");
 for (const r of results) {
   console.log(`  ${r.name.padEnd(10)} passed ${r.passed}, failed ${r.failed}${r.note ? `  (${r.note})` : ""}`);
+  // Failed tests are named here too, so that the tail of the output says which ones.
+  for (const f of r.failures ?? []) console.log(`    failed: ${f}`);
 }
 console.log(`${passed} passed, ${failed} failed`);
 process.exitCode = failed === 0 && passed > 0 ? 0 : 1;
