@@ -86,16 +86,22 @@ describe("sessions", () => {
     await old.connect(clientId, { clean: false });
     old.send({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 1 }] });
     await old.next("suback");
+    // A delivery before the takeover: the router then knows (and keeps the stub of) the old connection.
+    const pub = await connect({ clientId: uid() });
+    await pub.publishAsync(topic, "to-old", { qos: 1 });
+    const first = await old.next("publish");
+    expect(first).toMatchObject({ payload: Buffer.from("to-old") });
+    old.send({ cmd: "puback", messageId: first.messageId });
 
     const fresh = await RawClient.open();
     const ack = await fresh.connect(clientId, { clean: false });
     expect(ack.sessionPresent).toBe(true);
     await old.waitClosed();
 
-    const pub = await connect({ clientId: uid() });
     await pub.publishAsync(topic, "to-new", { qos: 1 });
     const msg = await fresh.next("publish");
     expect(msg).toMatchObject({ payload: Buffer.from("to-new") });
+    // Nothing more reached the old connection (`next` took "to-old" off its list).
     expect(old.packets.filter((p) => p.cmd === "publish")).toEqual([]);
     fresh.send({ cmd: "disconnect" });
     await end(pub);
