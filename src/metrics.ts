@@ -86,15 +86,22 @@ export function resetCounters(): void {
  */
 export function meterStub<T extends object>(env: MetricsBindings, stub: T, name: string): T {
   if (!countersEnabled(env)) return stub;
+  // One counting wrapper per method, made at its first call: the bench's counting should cost
+  // the measured broker as little as it can (the router keeps its stubs).
+  const wrappers = new Map<string, (...args: unknown[]) => unknown>();
   return new Proxy(stub, {
     get(target, prop) {
+      const kept = typeof prop === "string" ? wrappers.get(prop) : undefined;
+      if (kept) return kept;
       const value: unknown = Reflect.get(target, prop, target);
       if (typeof prop !== "string" || prop === "fetch" || prop === "then" || typeof value !== "function") return value;
       const where = `${name}.${prop}`;
-      return (...args: unknown[]): unknown => {
+      const wrapper = (...args: unknown[]): unknown => {
         add("doRpc", 1, where);
         return Reflect.apply(value, target, args);
       };
+      wrappers.set(prop, wrapper);
+      return wrapper;
     },
   });
 }
