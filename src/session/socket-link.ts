@@ -248,8 +248,8 @@ export class SocketLink implements Link {
     await this.ctx.storage.setAlarm(this.now() + retryMs);
   }
 
+  /** Everything this object stored, the alarm included (deleteAll clears it since compatibility date 2026-02-24). */
   async clearStorage(): Promise<void> {
-    await this.ctx.storage.deleteAlarm();
     await this.ctx.storage.deleteAll();
   }
 }

@@ -260,6 +260,22 @@ describe("MqttConnection in workerd", () => {
     c.ws.close();
   });
 
+  it("a connection that ends leaves no alarm and no stored key behind (deleteAll clears the alarm too)", async () => {
+    const { c, id } = await connected(`ends-${crypto.randomUUID()}`, { clean: true, keepalive: 60 });
+    const stub = E.CONNECTION.get(E.CONNECTION.idFromString(id));
+    const during = await runInDurableObject(stub, async (_i, state) => ({ alarm: await state.storage.getAlarm(), keys: (await state.storage.list()).size }));
+    expect(during.alarm).not.toBeNull();
+    expect(during.keys).toBeGreaterThan(0); // the connection's meta
+    c.ws.send(encode({ cmd: "disconnect" }));
+    const deadline = Date.now() + 5_000;
+    for (;;) {
+      const after = await runInDurableObject(stub, async (_i, state) => ({ alarm: await state.storage.getAlarm(), keys: (await state.storage.list()).size }));
+      if (after.alarm === null && after.keys === 0) break;
+      if (Date.now() > deadline) throw new Error(`storage left after the close: ${JSON.stringify(after)}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  });
+
   it("a keep alive whose deadline comes before the connect timeout is armed at CONNACK", async () => {
     const { c, id } = await connected(`alarm10-${crypto.randomUUID()}`, { keepalive: 10 });
     const armed = await runInDurableObject(E.CONNECTION.get(E.CONNECTION.idFromString(id)), (_i, state) => state.storage.getAlarm());
