@@ -35,7 +35,7 @@ function run(cmd, args) {
   return r.status ?? 1;
 }
 
-const results = []; // { name, passed, failed, note, failures }
+const results = []; // { name, passed, failed, note, failures, flaky }
 const tmp = mkdtempSync(join(tmpdir(), "mqtt-broker-test-"));
 
 try {
@@ -100,6 +100,7 @@ try {
     let failed = 0;
     let note = "";
     const failures = []; // "file > test: first line of the error", for the summary
+    const flaky = []; // the same, for tests that passed on a retry
     if (report) {
       passed = report.numPassedTests ?? 0;
       failed = report.numFailedTests ?? 0;
@@ -110,9 +111,10 @@ try {
       for (const f of files) {
         const file = typeof f.name === "string" ? f.name.replace(`${ROOT}/`, "") : "?";
         for (const a of Array.isArray(f.assertionResults) ? f.assertionResults : []) {
-          if (a.status !== "failed") continue;
           const message = String((a.failureMessages ?? [])[0] ?? "").split("\n")[0].slice(0, 300);
-          failures.push(`${file} > ${a.fullName ?? a.title}: ${message}`);
+          if (a.status === "failed") failures.push(`${file} > ${a.fullName ?? a.title}: ${message}`);
+          // Passed, but only on a retry (the e2e projects retry once): its first error is kept.
+          else if (a.status === "passed" && (a.failureMessages ?? []).length > 0) flaky.push(`${file} > ${a.fullName ?? a.title}: ${message}`);
         }
         if (f.status === "failed" && (!Array.isArray(f.assertionResults) || f.assertionResults.length === 0)) {
           failures.push(`${file}: ${String(f.message ?? "failed to load").split("\n")[0].slice(0, 300)}`);
@@ -133,7 +135,7 @@ try {
       failed = 1;
       note = [note, `vitest exited ${code} with no failed test`].filter(Boolean).join("; ");
     }
-    results.push({ name: project, passed, failed, note, failures });
+    results.push({ name: project, passed, failed, note, failures, flaky });
   }
 } finally {
   rmSync(tmp, { recursive: true, force: true });
@@ -146,6 +148,7 @@ for (const r of results) {
   console.log(`  ${r.name.padEnd(10)} passed ${r.passed}, failed ${r.failed}${r.note ? `  (${r.note})` : ""}`);
   // Failed tests are named here too, so that the tail of the output says which ones.
   for (const f of r.failures ?? []) console.log(`    failed: ${f}`);
+  for (const f of r.flaky ?? []) console.log(`    passed on retry: ${f}`);
 }
 console.log(`${passed} passed, ${failed} failed`);
 process.exitCode = failed === 0 && passed > 0 ? 0 : 1;
