@@ -5,6 +5,7 @@ import type { Env } from "../../src/env";
 import { routerStub, sessionStub } from "../../src/stubs";
 import type { MqttSession } from "../../src/session/session-store";
 import type { TopicRouter } from "../../src/router/router";
+import { eventually } from "./mqtt";
 
 const E = env as unknown as Env;
 
@@ -263,17 +264,12 @@ describe("MqttConnection in workerd", () => {
   it("a connection that ends leaves no alarm and no stored key behind (deleteAll clears the alarm too)", async () => {
     const { c, id } = await connected(`ends-${crypto.randomUUID()}`, { clean: true, keepalive: 60 });
     const stub = E.CONNECTION.get(E.CONNECTION.idFromString(id));
-    const during = await runInDurableObject(stub, async (_i, state) => ({ alarm: await state.storage.getAlarm(), keys: (await state.storage.list()).size }));
+    const stored = () => runInDurableObject(stub, async (_i, state) => ({ alarm: await state.storage.getAlarm(), keys: (await state.storage.list()).size }));
+    const during = await stored();
     expect(during.alarm).not.toBeNull();
     expect(during.keys).toBeGreaterThan(0); // the connection's meta
     c.ws.send(encode({ cmd: "disconnect" }));
-    const deadline = Date.now() + 5_000;
-    for (;;) {
-      const after = await runInDurableObject(stub, async (_i, state) => ({ alarm: await state.storage.getAlarm(), keys: (await state.storage.list()).size }));
-      if (after.alarm === null && after.keys === 0) break;
-      if (Date.now() > deadline) throw new Error(`storage left after the close: ${JSON.stringify(after)}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await eventually(stored, (after) => after.alarm === null && after.keys === 0, "no alarm and no key after the close", 3_000);
   });
 
   it("a keep alive whose deadline comes before the connect timeout is armed at CONNACK", async () => {
