@@ -108,18 +108,17 @@ try {
       const unloaded = files.filter(
         (f) => f.status === "failed" && (!Array.isArray(f.assertionResults) || f.assertionResults.length === 0),
       );
+      const fileName = (f) => (typeof f.name === "string" ? f.name.replace(`${ROOT}/`, "") : "?");
+      const firstLine = (text) => String(text ?? "").split("\n")[0].slice(0, 300);
       for (const f of files) {
-        const file = typeof f.name === "string" ? f.name.replace(`${ROOT}/`, "") : "?";
         for (const a of Array.isArray(f.assertionResults) ? f.assertionResults : []) {
-          const message = String((a.failureMessages ?? [])[0] ?? "").split("\n")[0].slice(0, 300);
-          if (a.status === "failed") failures.push(`${file} > ${a.fullName ?? a.title}: ${message}`);
+          const line = `${fileName(f)} > ${a.fullName ?? a.title}: ${firstLine((a.failureMessages ?? [])[0])}`;
+          if (a.status === "failed") failures.push(line);
           // Passed, but only on a retry (the e2e projects retry once): its first error is kept.
-          else if (a.status === "passed" && (a.failureMessages ?? []).length > 0) flaky.push(`${file} > ${a.fullName ?? a.title}: ${message}`);
-        }
-        if (f.status === "failed" && (!Array.isArray(f.assertionResults) || f.assertionResults.length === 0)) {
-          failures.push(`${file}: ${String(f.message ?? "failed to load").split("\n")[0].slice(0, 300)}`);
+          else if (a.status === "passed" && (a.failureMessages ?? []).length > 0) flaky.push(line);
         }
       }
+      for (const f of unloaded) failures.push(`${fileName(f)}: ${firstLine(f.message ?? "failed to load")}`);
       if (unloaded.length > 0) {
         failed += unloaded.length;
         note = `${unloaded.length} file(s) failed to load`;
