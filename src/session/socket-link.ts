@@ -101,9 +101,8 @@ export class SocketLink implements Link {
   /** Writes a deferred attachment now (before a simulated wake drops this port). */
   flushAttachment(): void {
     if (this.saveTimer === null) return;
-    this.cancelSave();
-    const att = this.state.att;
-    if (att) this.socket()?.serializeAttachment(att);
+    if (this.state.att) this.saveAttachment(this.state.att);
+    else this.cancelSave();
   }
 
   private cancelSave(): void {
