@@ -14,12 +14,20 @@ const PROTOCOL_SUITES = [
   "test/e2e/identity.test.ts",
 ];
 
-/**
- * The end-to-end projects run real clients against a real runtime over sockets, on machines that
- * may be loaded: a failed test runs once more. A test that passes only on its second run is still
- * reported, by name and first error, in `npm test`'s summary ("passed on retry"), so a flake stays visible.
- */
-const E2E_RETRY = 1;
+/** What the four end-to-end projects share: real MQTT clients against `wrangler dev` (one per project). */
+const E2E = {
+  environment: "node" as const,
+  globalSetup: ["test/helpers/global-setup.ts"],
+  testTimeout: 30_000,
+  hookTimeout: 60_000,
+  // Real sockets against a real runtime, on machines that may be loaded: a failed test runs once more.
+  // A test that passes only on its second run is still reported, by name and first error, in
+  // `npm test`'s summary ("passed on retry"), so a flake stays visible.
+  retry: 1,
+  // One wrangler dev serves every file of a project; run files one at a time so the
+  // single-threaded local runtime is not the flake source.
+  fileParallelism: false,
+};
 
 export default defineConfig({
   test: {
@@ -82,59 +90,37 @@ export default defineConfig({
       },
       {
         test: {
+          ...E2E,
           name: "e2e",
-          environment: "node",
           include: ["test/e2e/**/*.test.ts"],
-          globalSetup: ["test/helpers/global-setup.ts"],
-          testTimeout: 30_000,
-          retry: E2E_RETRY,
-          hookTimeout: 60_000,
-          // One wrangler dev serves every e2e file; run files one at a time so the
-          // single-threaded local runtime is not the flake source.
-          fileParallelism: false,
         },
       },
       // The protocol suites again with MQTT.js speaking MQTT 5 (test/helpers/mqtt.ts reads MQTT_VERSION).
       {
         test: {
+          ...E2E,
           name: "e2e-v5",
-          environment: "node",
           include: PROTOCOL_SUITES,
           env: { MQTT_VERSION: "5" },
-          globalSetup: ["test/helpers/global-setup.ts"],
-          testTimeout: 30_000,
-          retry: E2E_RETRY,
-          hookTimeout: 60_000,
-          fileParallelism: false,
         },
       },
       // The protocol suites again on a broker whose accounts route over 4 router shards, keyed on
       // topic level 1 (the tests' topics vary there), so filters and topics spread over shards.
       {
         test: {
+          ...E2E,
           name: "e2e-shards",
-          environment: "node",
           include: [...PROTOCOL_SUITES, "test/e2e/mqtt5.test.ts", "test/e2e/admin-views.test.ts"],
           env: { ROUTER_SHARDS: "4", ROUTER_SHARD_LEVEL: "1" },
-          globalSetup: ["test/helpers/global-setup.ts"],
-          testTimeout: 30_000,
-          retry: E2E_RETRY,
-          hookTimeout: 60_000,
-          fileParallelism: false,
         },
       },
       // The protocol suites again with MQTT.js speaking MQTT 3 (test/helpers/mqtt.ts reads MQTT_VERSION).
       {
         test: {
+          ...E2E,
           name: "e2e-v3",
-          environment: "node",
           include: PROTOCOL_SUITES,
           env: { MQTT_VERSION: "3" },
-          globalSetup: ["test/helpers/global-setup.ts"],
-          testTimeout: 30_000,
-          retry: E2E_RETRY,
-          hookTimeout: 60_000,
-          fileParallelism: false,
         },
       },
     ],
