@@ -29,6 +29,48 @@ const E2E = {
   fileParallelism: false,
 };
 
+/**
+ * The Worker in workerd through @cloudflare/vitest-pool-workers, with the test bindings; `vars`
+ * on top (the `worker-alarm` project's KEEPALIVE_CLOCK).
+ */
+function workerPool(vars: Record<string, string> = {}) {
+  return cloudflareTest({
+    main: "./src/index.ts",
+    wrangler: { configPath: "./wrangler.toml" },
+    miniflare: {
+      bindings: {
+        TEST_MIGRATIONS: migrations,
+        ADMIN_TOKEN: "test-admin-token",
+        JWT_SECRET: "test-jwt-secret-0123456789abcdef0123456789abcdef",
+        DEVICE_PEPPER: "test-device-pepper",
+        ANONYMOUS_ACCOUNT: "dev",
+        // Small, so the eviction of retained monitoring events shows with a handful.
+        MAX_MONITOR_RETAINED: "3",
+        // Small limits for test/worker/hostile.test.ts: each is reached in a few requests.
+        HTTP_PUBLISH_RATE_PER_SECOND: "1",
+        HTTP_PUBLISH_BURST: "3",
+        MAX_MULTI_CONNECTIONS: "3",
+        // The retained quota of test/worker/router.test.ts.
+        MAX_RETAINED_MESSAGES: "20",
+        MAX_RETAINED_BYTES: "2000000",
+        // Short, so test/worker/connection.test.ts sees a clean session's held messages written.
+        OUTBOX_HOLD_MS: "1000",
+        ...vars,
+      },
+      // The optional Analytics Engine binding, so the router's data points run in the tests
+      // (Miniflare's local dataset accepts them and keeps nothing).
+      analyticsEngineDatasets: { ANALYTICS: { dataset: "mqtt_broker" } },
+    },
+  });
+}
+
+/** What the worker projects share besides the pool. */
+const WORKER = {
+  setupFiles: ["test/worker/setup.ts"],
+  // mqtt-packet's readable-stream dependency fails to load unbundled in the pool.
+  deps: { optimizer: { ssr: { enabled: true, include: ["mqtt-packet"] } } },
+};
+
 export default defineConfig({
   test: {
     projects: [
@@ -51,41 +93,21 @@ export default defineConfig({
         },
       },
       {
-        plugins: [
-          cloudflareTest({
-            main: "./src/index.ts",
-            wrangler: { configPath: "./wrangler.toml" },
-            miniflare: {
-              bindings: {
-                TEST_MIGRATIONS: migrations,
-                ADMIN_TOKEN: "test-admin-token",
-                JWT_SECRET: "test-jwt-secret-0123456789abcdef0123456789abcdef",
-                DEVICE_PEPPER: "test-device-pepper",
-                ANONYMOUS_ACCOUNT: "dev",
-                // Small, so the eviction of retained monitoring events shows with a handful.
-                MAX_MONITOR_RETAINED: "3",
-                // Small limits for test/worker/hostile.test.ts: each is reached in a few requests.
-                HTTP_PUBLISH_RATE_PER_SECOND: "1",
-                HTTP_PUBLISH_BURST: "3",
-                MAX_MULTI_CONNECTIONS: "3",
-                // The retained quota of test/worker/router.test.ts.
-                MAX_RETAINED_MESSAGES: "20",
-                MAX_RETAINED_BYTES: "2000000",
-                // Short, so test/worker/connection.test.ts sees a clean session's held messages written.
-                OUTBOX_HOLD_MS: "1000",
-              },
-              // The optional Analytics Engine binding, so the router's data points run in the tests
-              // (Miniflare's local dataset accepts them and keeps nothing).
-              analyticsEngineDatasets: { ANALYTICS: { dataset: "mqtt_broker" } },
-            },
-          }),
-        ],
+        plugins: [workerPool()],
         test: {
+          ...WORKER,
           name: "worker",
           include: ["test/worker/**/*.test.ts"],
-          setupFiles: ["test/worker/setup.ts"],
-          // mqtt-packet's readable-stream dependency fails to load unbundled in the pool.
-          deps: { optimizer: { ssr: { enabled: true, include: ["mqtt-packet"] } } },
+          exclude: ["test/worker/alarm/**"],
+        },
+      },
+      // The connection's own keep-alive alarm (the default is the account's shared clock).
+      {
+        plugins: [workerPool({ KEEPALIVE_CLOCK: "alarm" })],
+        test: {
+          ...WORKER,
+          name: "worker-alarm",
+          include: ["test/worker/alarm/**/*.test.ts"],
         },
       },
       {

@@ -337,9 +337,10 @@ async function costModel(broker, connectRuns) {
   const settings = [...params.cost.idleChecks.map((ratio) => ({ ratio, clock: false })), ...(params.cost.idleClock ? [{ ratio: 0, clock: true }] : [])];
   for (const { ratio, clock } of settings) {
     const checkSeconds = ratio * params.cost.idleKeepalive;
-    const name = clock ? "KEEPALIVE_CLOCK shared" : `KEEPALIVE_CHECK_SECONDS ${checkSeconds}`;
-    // The exact setting runs on the main broker; a coarser one, or the clock, needs a broker with its own vars.
-    const vars = clock ? { KEEPALIVE_CLOCK: "shared" } : ratio > 0 ? { KEEPALIVE_CHECK_SECONDS: String(checkSeconds) } : null;
+    const name = clock ? "KEEPALIVE_CLOCK shared" : `KEEPALIVE_CLOCK alarm, KEEPALIVE_CHECK_SECONDS ${checkSeconds}`;
+    // The clock (the default) runs on the main broker; the connection's own alarm, exact or coarser
+    // (KEEPALIVE_CHECK_SECONDS > 0 selects it), needs a broker with its own vars.
+    const vars = clock ? null : ratio > 0 ? { KEEPALIVE_CHECK_SECONDS: String(checkSeconds) } : { KEEPALIVE_CLOCK: "alarm" };
     const target = vars ? await startBroker({ vars }) : broker;
     try {
       // At least two grains counted, so the coarse alarm's runs are sampled over whole grains.

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // `npm test`: typecheck, the deploy bundle (`wrangler deploy --dry-run`), the Env types check
-// (scripts/env-types.mjs), then the vitest `unit`, `local`, `worker` and `e2e` projects, one after the other.
+// (scripts/env-types.mjs), then the vitest projects (`unit`, `local`, `worker`, `worker-alarm`, the four `e2e`), one after the other.
 // Every step runs even if an earlier one failed. Extra arguments go to vitest, e.g.
 // `npm test -- test/e2e/pubsub.test.ts`; a project that then matches no file is skipped, and so
 // are the bundle and types steps. The last line printed is `N passed, N failed` (typecheck,
@@ -15,7 +15,7 @@ import { checkEnvTypes } from "./env-types.mjs";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const BIN = join(ROOT, "node_modules/.bin");
-const PROJECTS = ["unit", "local", "worker", "e2e", "e2e-v5", "e2e-v3", "e2e-shards"];
+const PROJECTS = ["unit", "local", "worker", "worker-alarm", "e2e", "e2e-v5", "e2e-v3", "e2e-shards"];
 const extraArgs = process.argv.slice(2);
 
 const env = {

@@ -78,7 +78,7 @@ export const CONFIG_SCHEMA = {
   KEEPALIVE_MIN_SECONDS: { kind: "int", default: 0, min: 0 },
   KEEPALIVE_MAX_SECONDS: { kind: "int", default: 3600, min: 1 },
   KEEPALIVE_CHECK_SECONDS: { kind: "int", default: 0, min: 0 },
-  KEEPALIVE_CLOCK: { kind: "choice", default: "alarm", values: ["alarm", "shared"] },
+  KEEPALIVE_CLOCK: { kind: "choice", default: "shared", values: ["alarm", "shared"] },
   CONNECT_TIMEOUT_SECONDS: { kind: "int", default: 30, min: 1 },
   MAX_QUEUED_MESSAGES: { kind: "int", default: 1000, min: 1 },
   MAX_INFLIGHT: { kind: "int", default: 100, min: 1 },
@@ -241,6 +241,11 @@ class VarReader {
     return typeof value === "string" && value.trim() === "" ? undefined : value;
   }
 
+  /** Whether the var is set (not blank). */
+  isSet(name: VarName): boolean {
+    return this.raw(name) !== undefined;
+  }
+
   private invalid(name: VarName, raw: unknown): void {
     this.issues.push({ name, message: `${name} must be ${expectedForm(CONFIG_SCHEMA[name])}, got ${JSON.stringify(raw)}` });
   }
@@ -288,6 +293,7 @@ export function parseConfig(vars: ConfigVars): ConfigResult {
   const r = new VarReader(vars);
   const maxPayloadBytes = r.int("MAX_PAYLOAD_BYTES");
   const maxTopicBytes = r.int("MAX_TOPIC_BYTES");
+  const keepAliveCheckSeconds = r.int("KEEPALIVE_CHECK_SECONDS");
   const limits: Limits = {
     maxPayloadBytes,
     maxTopicBytes,
@@ -310,8 +316,9 @@ export function parseConfig(vars: ConfigVars): ConfigResult {
     httpPublishBurst: r.int("HTTP_PUBLISH_BURST"),
     keepAliveMinSeconds: r.int("KEEPALIVE_MIN_SECONDS"),
     keepAliveMaxSeconds: r.int("KEEPALIVE_MAX_SECONDS"),
-    keepAliveCheckSeconds: r.int("KEEPALIVE_CHECK_SECONDS"),
-    keepAliveClock: r.choice("KEEPALIVE_CLOCK") === "shared" ? "shared" : "alarm",
+    keepAliveCheckSeconds,
+    // The account's clock, unless asked for the alarm; a coarser check (KEEPALIVE_CHECK_SECONDS > 0) is the alarm's, so without KEEPALIVE_CLOCK it selects the alarm.
+    keepAliveClock: (r.isSet("KEEPALIVE_CLOCK") ? r.choice("KEEPALIVE_CLOCK") : keepAliveCheckSeconds > 0 ? "alarm" : "shared") === "alarm" ? "alarm" : "shared",
     connectTimeoutSeconds: r.int("CONNECT_TIMEOUT_SECONDS"),
     maxQueuedMessages: r.int("MAX_QUEUED_MESSAGES"),
     maxQueuedBytes: r.int("MAX_QUEUED_BYTES"),

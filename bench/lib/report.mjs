@@ -255,8 +255,8 @@ export function idleTable(idle, prices) {
       const u = r.unitsPerDay;
       const $ = r.dollarsPerDay;
       const setting = r.clock
-        ? "KEEPALIVE_CLOCK = shared (exact: the account's clock asks each connection at its deadline)"
-        : r.checkRatio ? `KEEPALIVE_CHECK_SECONDS = ${r.checkRatio} × keep alive (${r.checkRatio * 60} s at 60 s; ${r.checkSeconds} s here)` : "KEEPALIVE_CHECK_SECONDS = 0 (exact)";
+        ? "KEEPALIVE_CLOCK = shared, the default (exact: the account's clock asks each connection at its deadline)"
+        : r.checkRatio ? `KEEPALIVE_CHECK_SECONDS = ${r.checkRatio} × keep alive (${r.checkRatio * 60} s at 60 s; ${r.checkSeconds} s here; the connection's alarm)` : "KEEPALIVE_CLOCK = alarm, KEEPALIVE_CHECK_SECONDS = 0 (exact, the connection's alarm)";
       const counted = r.clock ? " (the clock object's own cost apart: its duration, about $0.14 a day per account, and its sweep alarm, one a minute)" : "";
       return `| ${setting}, measured over ${r.pings} PINGREQs at keep alive ${r.keepalive} s${counted} | ${fmt(u.doRequests)} | ${fmt(u.wsIn)} | ${fmt(u.billedRequests)} | ${fmt(u.rowsWritten)} | ${money($.requests + $.rows)} | ${money($.duration)} | ${money($.total * 1e6)} | ${money(awsDay * 1e6)} | ${fmt($.total / awsDay)}× |`;
     }),

@@ -16,6 +16,7 @@
  * Version 3 adds `router_state` for the traffic counters' snapshot: one row, where the
  * `counter.*` rows of `router_meta` were one per counter (read once more, then deleted).
  */
+import { base64, fromBase64 } from "../encoding";
 import { isRecord } from "../guards";
 import { MONITOR_PREFIX } from "../monitoring/events";
 import { deleteKeys } from "../storage";
@@ -188,7 +189,7 @@ export function writeCounters(sql: SqlStorage, c: RetainedCounters, before?: Ret
 /** MQTT 5 properties as a JSON column (correlation data in base64). */
 export function encodeProps(props: ForwardedProps): string {
   const { correlationData, ...rest } = props;
-  return JSON.stringify(correlationData ? { ...rest, correlationData: toBase64(correlationData) } : rest);
+  return JSON.stringify(correlationData ? { ...rest, correlationData: base64(correlationData) } : rest);
 }
 
 export function decodeProps(text: string | null): ForwardedProps | undefined {
@@ -211,18 +212,6 @@ export function decodeProps(text: string | null): ForwardedProps | undefined {
   return out;
 }
 
-function toBase64(bytes: Uint8Array): string {
-  let s = "";
-  for (const b of bytes) s += String.fromCharCode(b);
-  return btoa(s);
-}
-
-function fromBase64(text: string): Uint8Array {
-  const s = atob(text);
-  const out = new Uint8Array(s.length);
-  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
-  return out;
-}
 
 /** A BLOB column read back. */
 export function blob(v: ArrayBuffer): Uint8Array {

@@ -39,6 +39,12 @@ export class KeepAliveClock extends DurableObject<Env> {
   private running = 0;
   /** Connections taken out of the schedule for their check (queued or asked). */
   private readonly checking = new Set<string>();
+  /**
+   * Connections read back from the stored list by this instance's sweep: a restart took the memory
+   * of their watch, and their sockets with it. Only their checks may hand back a kept meta: a
+   * connection watched by this instance that has no socket has ended (its row waits for its check).
+   */
+  private readonly reloaded = new Set<string>();
   /** Whether this instance armed the sweep alarm (memory only: after a restart the next watch arms it again). */
   private sweeping = false;
   /** Whether this instance has read the stored list: memory is lost only with the instance, so once is enough. */
@@ -47,11 +53,19 @@ export class KeepAliveClock extends DurableObject<Env> {
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     loadConfig(env); // LOG_LEVEL for this isolate
-    ctx.storage.sql.exec("CREATE TABLE IF NOT EXISTS watched (conn TEXT PRIMARY KEY) WITHOUT ROWID");
+    const sql = ctx.storage.sql;
+    sql.exec("CREATE TABLE IF NOT EXISTS watched (conn TEXT PRIMARY KEY, meta TEXT) WITHOUT ROWID");
+    // A table from before the meta column gets it.
+    if (!sql.exec<{ name: string }>("PRAGMA table_info(watched)").toArray().some((c) => c.name === "meta")) sql.exec("ALTER TABLE watched ADD COLUMN meta TEXT");
   }
 
-  /** Watches (or moves) `conn`'s deadline; false when the clock is full (the connection then keeps its exact alarm). */
-  async watch(conn: string, deadline: number): Promise<boolean> {
+  /**
+   * Watches (or moves) `conn`'s deadline; false when the clock is full (the connection then keeps
+   * its exact alarm). `meta`: the connection's meta (`encodeConnMeta`), kept in its row when the
+   * connection stores none: after a restart, the check of a connection whose socket is gone hands
+   * it back so the connection can publish its will and end its session.
+   */
+  async watch(conn: string, deadline: number, meta?: string): Promise<boolean> {
     const known = this.schedule.has(conn);
     const ok = this.schedule.set(conn, deadline);
     if (!ok) {
@@ -59,7 +73,7 @@ export class KeepAliveClock extends DurableObject<Env> {
       return false;
     }
     // One row per connection, when it is first watched (a moved deadline writes nothing).
-    if (!known) this.ctx.storage.sql.exec("INSERT OR IGNORE INTO watched (conn) VALUES (?)", conn);
+    if (!known) this.ctx.storage.sql.exec("INSERT OR REPLACE INTO watched (conn, meta) VALUES (?, ?)", conn, meta ?? null);
     await this.armSweep();
     this.arm();
     return true;
@@ -70,6 +84,13 @@ export class KeepAliveClock extends DurableObject<Env> {
     this.schedule.delete(conn);
     this.forget(conn);
     this.arm();
+  }
+
+  /** Stops watching `conn` and hands over the meta its row kept (a takeover of a connection whose socket a restart took). */
+  async claim(conn: string): Promise<string | null> {
+    const meta = this.keptMeta(conn);
+    await this.unwatch(conn);
+    return meta;
   }
 
   /**
@@ -87,6 +108,7 @@ export class KeepAliveClock extends DurableObject<Env> {
       for (const { conn } of sql.exec<{ conn: string }>("SELECT conn FROM watched")) {
         if (this.schedule.has(conn) || this.checking.has(conn)) continue;
         this.schedule.set(conn, now, true);
+        this.reloaded.add(conn);
         lost++;
       }
       if (lost > 0) log("info", "clock.reload", { connections: lost });
@@ -139,9 +161,14 @@ export class KeepAliveClock extends DurableObject<Env> {
   /** One connection's check: its next deadline comes back and is watched, or null (it closed, or it is gone). */
   private async check(conn: string): Promise<void> {
     try {
-      const next = await connectionStub(this.env, conn).keepAliveCheck();
-      if (next !== null) this.schedule.set(conn, next, true);
-      else this.forget(conn);
+      const stub = connectionStub(this.env, conn);
+      let next = await stub.keepAliveCheck();
+      if (next === "meta") next = this.reloaded.has(conn) ? await stub.keepAliveCheck(this.keptMeta(conn) ?? "") : null;
+      if (next !== null && next !== "meta") {
+        // Alive: watched by this instance from now on.
+        this.reloaded.delete(conn);
+        this.schedule.set(conn, next, true);
+      } else this.forget(conn);
     } catch (err) {
       log("warn", "clock.check_failed", { conn, error: errorMessage(err) });
       this.schedule.set(conn, Date.now() + RETRY_MS, true);
@@ -152,7 +179,14 @@ export class KeepAliveClock extends DurableObject<Env> {
   }
 
   private forget(conn: string): void {
+    this.reloaded.delete(conn);
     this.ctx.storage.sql.exec("DELETE FROM watched WHERE conn = ?", conn);
+  }
+
+  /** The meta kept in `conn`'s row, if any. */
+  private keptMeta(conn: string): string | null {
+    const row = this.ctx.storage.sql.exec<{ meta: string | null }>("SELECT meta FROM watched WHERE conn = ?", conn).toArray()[0];
+    return row?.meta ?? null;
   }
 
   private async armSweep(): Promise<void> {

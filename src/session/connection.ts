@@ -14,7 +14,7 @@ import { count, meterStorage } from "../metrics";
 import { authenticateConnect } from "./authenticate";
 import { fullBucket } from "../limits/rate";
 import { alarmVerdict, keepAliveDeadline } from "./keepalive";
-import { connectionFacts, type Attachment, type ConnectionDescription } from "./state";
+import { connectionFacts, decodeConnMeta, type Attachment, type ConnectionDescription } from "./state";
 import { BROWSER_KEY } from "./keys";
 import { createConnState, type ConnState, type RouterPort, type Services } from "./link";
 import { SocketLink } from "./socket-link";
@@ -82,8 +82,6 @@ export class MqttConnection extends DurableObject<Env> {
     const [client, server] = [pair[0], pair[1]];
     this.ctx.acceptWebSocket(server);
     const now = Date.now();
-    // The one alarm: the connect timeout, which after CONNACK becomes the first keep-alive check.
-    const alarmAt = now + this.config.limits.connectTimeoutSeconds * 1000;
     const att: Attachment = {
       v: 1,
       phase: "connecting",
@@ -94,7 +92,6 @@ export class MqttConnection extends DurableObject<Env> {
       protocolVersion: 4,
       openedAt: now,
       lastSeen: now,
-      alarmAt,
       addr: request.headers.get(ADDR_HEADER) ?? "",
       transport: request.headers.get(TRANSPORT_HEADER) === "tcp" ? "tcp" : "ws",
       rx: null,
@@ -115,8 +112,13 @@ export class MqttConnection extends DurableObject<Env> {
     // Each upgrade gets a new object (a unique id): nothing is stored yet, so the CONNECT need not look.
     this.state.outbox.reset();
     this.state.inboundQos2.reset();
-    if (token && csrf) await this.ctx.storage.put(BROWSER_KEY, { token, csrf });
-    await this.ctx.storage.setAlarm(alarmAt);
+    // The connect timeout is a timer; the meta stored at CONNECT comes with the alarm (`holdMeta`).
+    this.link.armConnectTimeout(() => void this.connectTimedOut());
+    if (token && csrf) {
+      // The credentials are stored: the alarm, at the connect timeout, removes them should the runtime restart first.
+      await this.ctx.storage.put(BROWSER_KEY, { token, csrf });
+      await this.link.armAlarm(att, now + this.config.limits.connectTimeoutSeconds * 1000);
+    }
     const headers = new Headers();
     const protocol = request.headers.get(SUBPROTOCOL_HEADER);
     if (protocol) headers.set("Sec-WebSocket-Protocol", protocol);
@@ -149,6 +151,13 @@ export class MqttConnection extends DurableObject<Env> {
     } catch (err) {
       log("error", "MqttConnection:webSocketError", { error: errorMessage(err), cause: errorMessage(error) });
     }
+  }
+
+  /** No CONNECT within the connect timeout: the socket closes (`SocketLink.armConnectTimeout`). */
+  private async connectTimedOut(): Promise<void> {
+    const att = this.link.attachment();
+    if (!att || att.phase !== "connecting" || this.state.closing) return;
+    await this.link.close("protocolError").catch((err: unknown) => log("error", "MqttConnection:connectTimeout", { error: errorMessage(err) }));
   }
 
   /** Keep-alive and liveness clock: the one alarm of this object. */
@@ -193,7 +202,7 @@ export class MqttConnection extends DurableObject<Env> {
   async deliver(clientId: string, messages: Message[]): Promise<DeliverResult> {
     const att = this.link.attachment();
     if (!att || this.state.closing) {
-      if (!att && !this.state.closing) await this.ctx.storage.setAlarm(Date.now());
+      if (!att && !this.state.closing) await this.endLost();
       return "gone";
     }
     if (att.phase === "closing" || att.clientId !== clientId) return "gone";
@@ -209,8 +218,13 @@ export class MqttConnection extends DurableObject<Env> {
    * this session (`cleanStart` false, and the session outlives this connection): then the session
    * does not end (MQTT 5 §3.1.2.5; mosquitto treats 3.1.1 the same).
    */
-  async takeover(clientId: string, opts: { cleanStart?: boolean } = {}): Promise<TakenOver> {
-    const meta = await this.link.readMeta();
+  async takeover(clientId: string, opts: { cleanStart?: boolean; account?: string } = {}): Promise<TakenOver> {
+    let meta = await this.link.readMeta();
+    if (!meta && opts.account !== undefined && !this.link.attachment() && !this.state.closing) {
+      // A connection that stored nothing, its socket gone with a restart: the clock hands over the meta it kept,
+      // so the will and the Disconnect event come now, before the new connection's CONNACK.
+      meta = await this.link.claimKeptMeta(opts.account, clientId);
+    }
     if (!meta || meta.clientId !== clientId) return { messages: [], inboundQos2: [], more: false };
     const resumed = opts.cleanStart === false && meta.expirySeconds > 0;
     const handover = await closeConnection(this.link, "takenOver", { handBack: false, resumed });
@@ -262,14 +276,25 @@ export class MqttConnection extends DurableObject<Env> {
   /**
    * The keep-alive clock's check at this connection's deadline (KEEPALIVE_CLOCK = "shared"):
    * closes a client silent for 1.5 × its keep alive (Disconnect 160, the will), and answers the
-   * next deadline, or null when there is nothing more to watch.
+   * next deadline, or null when there is nothing more to watch. A socket gone without a close
+   * event (a runtime restart) ends the session; "meta" asks the clock for the meta it keeps for
+   * this connection (`holdMeta`), which then comes as `meta` (`encodeConnMeta`).
    */
-  async keepAliveCheck(): Promise<number | null> {
+  async keepAliveCheck(meta?: string): Promise<number | null | "meta"> {
     const att = this.link.attachment();
     if (!att || this.state.closing) {
-      // The socket went without a close event (a runtime restart): the alarm ends the session now.
-      if (!att && !this.state.closing && (await this.link.readMeta())) await this.ctx.storage.setAlarm(Date.now());
-      return null;
+      if (att || this.state.closing) return null;
+      const kept = meta === undefined ? null : decodeConnMeta(meta);
+      if (kept) {
+        this.state.meta = kept;
+        await closeConnection(this.link, "networkLost");
+        return null;
+      }
+      return (await this.endLost()) || meta !== undefined ? null : "meta";
+    }
+    if (att.phase === "connecting") {
+      // Watched at CONNECT, still being attached: asked again soon.
+      return Date.now() + 1_000;
     }
     if (att.phase !== "connected") return null;
     if (alarmVerdict(att, Date.now(), this.config.limits.connectTimeoutSeconds * 1000) === "keepAliveTimeout") {
@@ -279,12 +304,22 @@ export class MqttConnection extends DurableObject<Env> {
     return keepAliveDeadline(att.lastSeen, att.keepAlive);
   }
 
+  /**
+   * The socket is gone without a close event (a runtime restart): a connection whose meta is in
+   * storage ends its session by its alarm, now. False when there is no stored meta (nothing to
+   * end, or the clock keeps it).
+   */
+  private async endLost(): Promise<boolean> {
+    if (!(await this.link.readMeta())) return false;
+    await this.ctx.storage.setAlarm(Date.now());
+    return true;
+  }
+
   /** For the connection limiter: does this object still hold the socket of `clientId`? */
   async isAlive(clientId: string): Promise<boolean> {
     const att = this.link.attachment();
     if (!att || this.state.closing) {
-      // Socket gone without a close event (runtime restart): end the session now.
-      if (!att && !this.state.closing) await this.ctx.storage.setAlarm(Date.now());
+      if (!att && !this.state.closing) await this.endLost();
       return false;
     }
     return att.clientId === clientId;
@@ -378,7 +413,7 @@ function stubServices(env: Env, config: Config): Services {
     limiter: (account, identity) => limiterStub(env, account, identity),
     clock: (account) => {
       const stub = clockStub(env, account);
-      return { watch: (conn, deadline) => stub.watch(conn, deadline) };
+      return { watch: (conn, deadline, meta) => stub.watch(conn, deadline, meta), unwatch: (conn) => stub.unwatch(conn), claim: (conn) => stub.claim(conn) };
     },
     authenticate: (packet, browser) => authenticateConnect(packet, env, config, browser),
   };

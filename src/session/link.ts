@@ -88,8 +88,16 @@ export interface LimiterPort {
 
 /** The account's keep-alive clock (`clock.ts`). */
 export interface ClockPort {
-  /** Asks to be checked at `deadline`; false when the clock is full (the connection keeps its exact alarm). */
-  watch(conn: string, deadline: number): Promise<boolean>;
+  /**
+   * Asks to be checked at `deadline`; false when the clock is full (the connection keeps its exact alarm).
+   * `meta` (`encodeConnMeta`): kept in the clock's row for the clean-up after a restart, when the
+   * connection stores none of its own.
+   */
+  watch(conn: string, deadline: number, meta?: string): Promise<boolean>;
+  /** Stops watching `conn`. */
+  unwatch(conn: string): Promise<void>;
+  /** Stops watching `conn` and hands over the meta its row kept, if any (a takeover of a connection a restart took). */
+  claim(conn: string): Promise<string | null>;
 }
 
 /** The other objects a connection talks to, and the credential check. */
@@ -202,6 +210,19 @@ export interface Link {
   meta(): Promise<ConnMeta>;
   /** The stored meta, or null (an ended or never-connected object). */
   readMeta(): Promise<ConnMeta | null>;
+  /**
+   * At CONNECT: keeps the meta where the connection's end will find it. With the shared
+   * keep-alive clock and a meta that fits, in the attachment and the clock's row, so the
+   * connection writes nothing; otherwise in storage, with the alarm armed for the connect timeout.
+   */
+  holdMeta(meta: ConnMeta): Promise<void>;
+  /**
+   * The meta the account's clock kept for this connection (`holdMeta`), which it then forgets:
+   * for a takeover of a connection whose socket a restart took. Null when it kept none for
+   * `clientId`.
+   */
+  claimKeptMeta(account: string, clientId: string): Promise<ConnMeta | null>;
+  /** Writes a changed meta back where it is kept. */
   saveMeta(meta: ConnMeta): Promise<void>;
   /** Removes the stored meta: a connection refused after it was stored ends without detaching. */
   forgetMeta(): Promise<void>;
@@ -209,7 +230,7 @@ export interface Link {
   takeBrowserCredentials(): Promise<BrowserCredentials | null>;
   /** Arms the one alarm for the next keep-alive, liveness or token-expiry check. */
   scheduleAlarm(att: Attachment): Promise<void>;
-  /** After CONNACK: arms the alarm only if the connect-timeout alarm armed at the upgrade would run too late to be the first check. */
+  /** After CONNACK: arms the alarm only if the connect-timeout alarm armed at CONNECT (if any) would run too late to be the first check. */
   scheduleFirstCheck(att: Attachment): Promise<void>;
   /** Drops everything this object stored (the connection has ended). */
   clearStorage(): Promise<void>;

@@ -158,7 +158,7 @@ export class MqttSession extends DurableObject<Env> {
     if (prev?.owner && prev.owner !== conn) {
       try {
         const old = connectionStub(this.env, prev.owner);
-        const taken = await old.takeover(clientId, { cleanStart: clean });
+        const taken = await old.takeover(clientId, { cleanStart: clean, account });
         first = taken.messages;
         inboundQos2 = [...new Set([...inboundQos2, ...taken.inboundQos2])];
         if (taken.more) nextPage = () => old.nextHandoverPage();

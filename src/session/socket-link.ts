@@ -3,7 +3,7 @@ import { concatBytes, encodePacket, type Packet } from "../protocol/codec";
 import { CLOSE_CAUSES, type CloseCause } from "../protocol/codes";
 import { errorMessage, log } from "../log";
 import type { BrowserCredentials } from "./authenticate";
-import { readAttachment, readBrowserCredentials, readConnMeta, type Attachment, type ConnMeta } from "./state";
+import { ATTACHMENT_META_MAX, decodeConnMeta, encodeConnMeta, readAttachment, readBrowserCredentials, readConnMeta, type Attachment, type ConnMeta } from "./state";
 import { isRecord } from "../guards";
 import { isMessage } from "../router/messages";
 import { BROWSER_KEY, META_KEY, PENDING_DETACH_KEY } from "./keys";
@@ -26,6 +26,8 @@ export class SocketLink implements Link {
   private corked: { parts: Uint8Array[]; bytes: number; queued: boolean } = { parts: [], bytes: 0, queued: false };
   /** A deferred attachment write (`noteAttachment`), or null. */
   private saveTimer: ReturnType<typeof setTimeout> | null = null;
+  /** The connect timeout (`armConnectTimeout`), until CONNACK or the close. */
+  private connectTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(
     private readonly ctx: DurableObjectState,
@@ -155,6 +157,7 @@ export class SocketLink implements Link {
   }
 
   closeSocket(code: number, reason: string): void {
+    this.clearConnectTimeout();
     this.flush();
     try {
       this.socket()?.close(code, reason);
@@ -173,25 +176,67 @@ export class SocketLink implements Link {
   }
 
   async meta(): Promise<ConnMeta> {
-    if (this.state.meta) return this.state.meta;
-    const meta = await readConnMeta(this.ctx.storage);
+    const meta = await this.readMeta();
     if (!meta) throw new Error("connected socket without identity in storage");
+    return meta;
+  }
+
+  /** The meta: as this instance knows it, in the attachment, or in storage (one read, then kept). */
+  async readMeta(): Promise<ConnMeta | null> {
+    if (this.state.meta) return this.state.meta;
+    const meta = this.attachment()?.meta ?? (await readConnMeta(this.ctx.storage));
     this.state.meta = meta;
     return meta;
   }
 
-  readMeta(): Promise<ConnMeta | null> {
-    return readConnMeta(this.ctx.storage);
+  async holdMeta(meta: ConnMeta): Promise<void> {
+    this.state.meta = meta;
+    const att = this.att();
+    const { limits } = this.config;
+    if (limits.keepAliveClock === "shared" && att.keepAlive > 0) {
+      // Nothing else would make this connection store anything: a clean session (a persistent one stores its
+      // unfinished messages), no browser credentials, no token expiry for the alarm.
+      const encoded = meta.expirySeconds === 0 && !att.browser && meta.identity.expiresAt === null ? encodeConnMeta(meta) : undefined;
+      const carried = encoded !== undefined && encoded.length <= ATTACHMENT_META_MAX ? encoded : undefined;
+      if ((await this.watchOnClock(att, carried)) && carried !== undefined) {
+        att.meta = meta;
+        this.saveAttachment(att);
+        return;
+      }
+    }
+    await this.ctx.storage.put(META_KEY, meta);
+    // The connect timeout; it also ends the session should the runtime restart before the connection ends.
+    if (att.alarmAt === undefined) await this.armAlarm(att, att.openedAt + limits.connectTimeoutSeconds * 1000);
+  }
+
+  async claimKeptMeta(account: string, clientId: string): Promise<ConnMeta | null> {
+    const kept = await this.services
+      .clock(account)
+      .claim(this.connId)
+      .catch((err: unknown) => (log("warn", "mqtt.clock_unavailable", { clientId, error: errorMessage(err) }), null));
+    const meta = kept === null ? null : decodeConnMeta(kept);
+    if (meta?.account !== account || meta.clientId !== clientId) return null;
+    this.state.meta = meta;
+    return meta;
   }
 
   async saveMeta(meta: ConnMeta): Promise<void> {
     this.state.meta = meta;
-    await this.ctx.storage.put(META_KEY, meta);
+    const att = this.attachment();
+    if (att?.meta) {
+      att.meta = meta;
+      this.saveAttachment(att);
+    } else await this.ctx.storage.put(META_KEY, meta);
   }
 
   async forgetMeta(): Promise<void> {
     this.state.meta = null;
-    await this.ctx.storage.delete(META_KEY);
+    const att = this.attachment();
+    if (!att?.meta) return void (await this.ctx.storage.delete(META_KEY));
+    delete att.meta;
+    this.saveAttachment(att);
+    // The clock's copy must not end, after a restart, a connection that never connected.
+    await this.unwatchClock(att);
   }
 
   async takeBrowserCredentials(): Promise<BrowserCredentials | null> {
@@ -208,19 +253,22 @@ export class SocketLink implements Link {
   }
 
   async scheduleFirstCheck(att: Attachment): Promise<void> {
-    if (this.config.limits.keepAliveClock === "shared" && att.keepAlive > 0) await this.watchOnClock(att);
+    this.clearConnectTimeout();
     const at = alarmAfterConnack(att, this.now(), this.config.limits.keepAliveCheckSeconds);
     if (at !== null) await this.armAlarm(att, at);
   }
 
-  /** Asks the account's keep-alive clock to check this connection at its deadline; without it (full, unreachable) the alarm stays exact. */
-  private async watchOnClock(att: Attachment): Promise<void> {
+  /**
+   * Asks the account's keep-alive clock to check this connection at its deadline, carrying `meta`
+   * for its row when given; false when it does not (full, unreachable): the alarm then stays exact.
+   */
+  private async watchOnClock(att: Attachment, meta: string | undefined): Promise<boolean> {
     const deadline = keepAliveDeadline(att.lastSeen, att.keepAlive);
     const watched =
       deadline !== null &&
       (await this.services
         .clock(att.account)
-        .watch(this.connId, deadline)
+        .watch(this.connId, deadline, meta)
         .catch((err: unknown) => {
           log("warn", "mqtt.clock_unavailable", { clientId: att.clientId, error: errorMessage(err) });
           return false;
@@ -228,6 +276,26 @@ export class SocketLink implements Link {
     if (watched) att.clocked = true;
     else delete att.clocked;
     this.saveAttachment(att);
+    return watched;
+  }
+
+  /**
+   * The connect timeout of a socket that has not connected yet, as a timer: a connecting object is
+   * active anyway (a pending timer keeps it from hibernating), so it needs no alarm, and nothing is
+   * stored. A restart takes the socket with the timer.
+   */
+  armConnectTimeout(onTimeout: () => void): void {
+    this.clearConnectTimeout();
+    this.connectTimer = setTimeout(() => {
+      this.connectTimer = null;
+      onTimeout();
+    }, this.config.limits.connectTimeoutSeconds * 1000);
+  }
+
+  private clearConnectTimeout(): void {
+    if (this.connectTimer === null) return;
+    clearTimeout(this.connectTimer);
+    this.connectTimer = null;
   }
 
   /** Sets the alarm (one row written) and notes its time in the attachment, which costs nothing. */
@@ -247,9 +315,22 @@ export class SocketLink implements Link {
     await this.ctx.storage.setAlarm(this.now() + retryMs);
   }
 
-  /** Everything this object stored, the alarm included (deleteAll clears it since compatibility date 2026-02-24). */
+  /**
+   * Everything this object stored, the alarm included (deleteAll clears it since compatibility date
+   * 2026-02-24), and the clock's copy of a meta that rode in the attachment: after a restart the
+   * clock would otherwise hand it back and the ended connection would end a second time.
+   */
   async clearStorage(): Promise<void> {
+    const att = this.attachment() ?? this.state.att;
+    if (att?.meta) await this.unwatchClock(att);
     await this.ctx.storage.deleteAll();
+  }
+
+  private async unwatchClock(att: Attachment): Promise<void> {
+    await this.services
+      .clock(att.account)
+      .unwatch(this.connId)
+      .catch((err: unknown) => log("warn", "mqtt.clock_unavailable", { clientId: att.clientId, error: errorMessage(err) }));
   }
 }
 

@@ -10,9 +10,17 @@ import { protocolName, type ConnectionFacts, type TrafficCounters } from "../mon
 import type { Bucket } from "../limits/rate";
 import { META_KEY } from "./keys";
 import { isRecord, isStringArray } from "../guards";
+import { base64, fromBase64 } from "../encoding";
 
 /** Partial packets up to this size ride in the attachment; larger ones go to storage. */
 export const ATTACHMENT_RX_MAX = 1024;
+
+/**
+ * A connection's meta up to this size (encoded, `encodeConnMeta`) may ride in the attachment
+ * instead of storage (`SocketLink.holdMeta`). The runtime bounds an attachment at 16 KiB; with a
+ * partial packet (`ATTACHMENT_RX_MAX`) and the rest of the attachment this leaves ample room.
+ */
+export const ATTACHMENT_META_MAX = 8 * 1024;
 
 export interface Attachment {
   v: 1;
@@ -36,6 +44,12 @@ export interface Attachment {
   alarmAt?: number;
   /** The account's keep-alive clock watches this connection's deadline: the alarm runs only for a token's expiry (KEEPALIVE_CLOCK = "shared"). */
   clocked?: true;
+  /**
+   * The connection's meta, when it rides here instead of storage: the clock watches the connection
+   * and keeps a copy for the clean-up after a restart (`SocketLink.holdMeta`). Such a connection
+   * writes nothing to storage.
+   */
+  meta?: ConnMeta;
   addr: string;
   /** "tcp" when the client came through the trusted TCP bridge. */
   transport: "ws" | "tcp";
@@ -100,12 +114,22 @@ export function readAttachment(v: unknown): Attachment | null {
     ...(typeof v.outAdmitted === "number" ? { outAdmitted: v.outAdmitted } : {}),
     ...(v.browser === true ? { browser: true as const } : {}),
     ...(v.clocked === true ? { clocked: true as const } : {}),
+    ...(withMeta(v.meta)),
     ...(isRecord(v.packets) && typeof v.packets.tokens === "number" && typeof v.packets.at === "number" ? { packets: { tokens: v.packets.tokens, at: v.packets.at } } : {}),
   };
 }
 
+function withMeta(v: unknown): { meta?: ConnMeta } {
+  const meta = v === undefined ? null : parseConnMeta(v);
+  return meta ? { meta } : {};
+}
+
 export async function readConnMeta(storage: DurableObjectStorage): Promise<ConnMeta | null> {
-  const v = await storage.get(META_KEY);
+  return parseConnMeta(await storage.get(META_KEY));
+}
+
+/** A meta as stored (structured clone: storage, the attachment) or decoded, checked field by field. */
+export function parseConnMeta(v: unknown): ConnMeta | null {
   if (!isRecord(v) || typeof v.account !== "string" || typeof v.clientId !== "string" || typeof v.cleanStart !== "boolean") return null;
   if (typeof v.expirySeconds !== "number" || typeof v.willDelaySeconds !== "number") return null;
   if (!isVersion(v.protocolVersion)) return null;
@@ -118,6 +142,22 @@ export async function readConnMeta(storage: DurableObjectStorage): Promise<ConnM
     will, protocolVersion: v.protocolVersion, identity,
     addr: v.addr, transport: v.transport, connectedAt: v.connectedAt,
   };
+}
+
+/**
+ * The meta as text, for the keep-alive clock's row (SQL): JSON with every byte array (the will's
+ * payload, its correlation data) in base64. `decodeConnMeta` reads it back.
+ */
+export function encodeConnMeta(meta: ConnMeta): string {
+  return JSON.stringify(meta, (_key, value: unknown) => (value instanceof Uint8Array ? { $bytes: base64(value) } : value));
+}
+
+export function decodeConnMeta(text: string): ConnMeta | null {
+  try {
+    return parseConnMeta(JSON.parse(text, (_key, value: unknown) => (isRecord(value) && typeof value.$bytes === "string" && Object.keys(value).length === 1 ? fromBase64(value.$bytes) : value)));
+  } catch {
+    return null;
+  }
 }
 
 

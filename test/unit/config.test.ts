@@ -70,7 +70,7 @@ describe("parseConfig", () => {
       keepAliveMinSeconds: 0,
       keepAliveMaxSeconds: 3600,
       keepAliveCheckSeconds: 0,
-      keepAliveClock: "alarm",
+      keepAliveClock: "shared",
       connectTimeoutSeconds: 30,
       maxQueuedMessages: 1000,
       maxQueuedBytes: 8 * 1024 * 1024,
@@ -147,6 +147,20 @@ describe("parseConfig", () => {
     expect(issues(parseConfig({ ANONYMOUS_ACCOUNT: "no spaces" }))).toEqual([
       'ANONYMOUS_ACCOUNT must be empty (off) or an account id of 1 to 64 characters of A-Z a-z 0-9 _ . -, got "no spaces"',
     ]);
+  });
+
+  it("KEEPALIVE_CLOCK: the account's clock by default; KEEPALIVE_CHECK_SECONDS > 0 alone selects the connection's alarm; a set KEEPALIVE_CLOCK wins", () => {
+    const clock = (vars: Record<string, string>) => {
+      const parsed = parseConfig(vars);
+      if (!parsed.ok) throw new Error("config refused");
+      return parsed.config.limits.keepAliveClock;
+    };
+    expect(clock({})).toBe("shared");
+    expect(clock({ KEEPALIVE_CHECK_SECONDS: "0" })).toBe("shared");
+    expect(clock({ KEEPALIVE_CHECK_SECONDS: "300" })).toBe("alarm");
+    expect(clock({ KEEPALIVE_CHECK_SECONDS: "300", KEEPALIVE_CLOCK: "shared" })).toBe("shared");
+    expect(clock({ KEEPALIVE_CLOCK: "alarm" })).toBe("alarm");
+    expect(clock({ KEEPALIVE_CLOCK: " " })).toBe("shared");
   });
 
   it("a keep-alive minimum above the maximum is refused", () => {

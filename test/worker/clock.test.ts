@@ -7,9 +7,10 @@
 import { describe, it, expect } from "vitest";
 import { abortAllDurableObjects, env, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import type { Env } from "../../src/env";
-import { clockStub, connectionStub } from "../../src/stubs";
+import { clockStub, connectionStub, routerStub } from "../../src/stubs";
 import { META_KEY } from "../../src/session/keys";
 import { eventually } from "./mqtt";
+import { connected, encode } from "./objects";
 import type { ConnMeta } from "../../src/session/state";
 
 const E = env as unknown as Env;
@@ -72,6 +73,51 @@ describe("KeepAliveClock in workerd", () => {
     const metaOf = (): Promise<unknown> => runInDurableObject(connectionStub(E, vanished), (_instance, state) => state.storage.get(META_KEY));
     await until("the vanished connection's teardown", async () => (await metaOf()) === undefined);
     await until("the clock forgetting it", async () => (await watchedRows(woke)).length === 0 && (await woke.size()) === 0);
+  });
+
+  it("after a restart, the sweep hands a connection that stored nothing its meta back: its will is published and its session ends", async () => {
+    const clientId = `lost-${crypto.randomUUID()}`;
+    const topic = `lost/${clientId}`;
+    // The default clock: the meta rides in the attachment and the clock's row, the connection stores nothing.
+    const { id } = await connected(clientId, { keepalive: 600, will: { topic, payload: Buffer.from("gone"), qos: 0, retain: true } });
+    const stored = () => runInDurableObject(connectionStub(E, id), async (_instance, state) => (await state.storage.list()).size);
+    expect(await stored()).toBe(0);
+    expect(await watchedRows(clockStub(E, "dev"))).toContain(id);
+    await abortAllDurableObjects();
+    const woke = clockStub(E, "dev");
+    expect(await runDurableObjectAlarm(woke)).toBe(true);
+    await until("the clock forgetting it", async () => !(await watchedRows(woke)).includes(id));
+    // The will was published (retained): a new subscriber gets it.
+    const { c } = await connected(`sub-${clientId}`);
+    c.ws.send(encode({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 0 }] }));
+    await c.next("suback");
+    const will = await c.next("publish");
+    expect(will).toMatchObject({ topic, retain: true });
+    expect(will.cmd === "publish" && new TextDecoder().decode(will.payload as Uint8Array)).toBe("gone");
+    // Its session ended: the router has no target for it (a clean session's target goes with it).
+    const target = await runInDurableObject(routerStub(E, "dev"), (_instance, state) =>
+      state.storage.sql.exec<{ conn: string | null }>("SELECT conn FROM targets WHERE client_id = ?", clientId).toArray(),
+    );
+    expect(target).toEqual([]);
+    c.ws.close();
+  });
+
+  it("after a restart, a takeover of a connection that stored nothing claims its meta from the clock: the will comes before the new CONNACK", async () => {
+    const clientId = `taken-${crypto.randomUUID()}`;
+    const topic = `taken/${clientId}`;
+    const { id } = await connected(clientId, { keepalive: 600, will: { topic, payload: Buffer.from("gone"), qos: 0, retain: true } });
+    await abortAllDurableObjects();
+    // No sweep yet: the takeover alone must end the old connection.
+    const again = await connected(clientId, { keepalive: 600 });
+    expect(again.connack).toMatchObject({ returnCode: 0 });
+    expect(await watchedRows(clockStub(E, "dev"))).not.toContain(id);
+    const { c } = await connected(`sub-${clientId}`);
+    c.ws.send(encode({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 0 }] }));
+    await c.next("suback");
+    const will = await c.next("publish");
+    expect(will.cmd === "publish" && new TextDecoder().decode(will.payload as Uint8Array)).toBe("gone");
+    c.ws.close();
+    again.c.ws.close();
   });
 
   it("moves a watched deadline instead of checking twice, and forgets an unwatched one", async () => {

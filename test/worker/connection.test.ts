@@ -1,70 +1,15 @@
 import { describe, it, expect } from "vitest";
-import { SELF, env, listDurableObjectIds, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
-import mqttPacket, { type Packet } from "mqtt-packet";
+import { env, runInDurableObject } from "cloudflare:test";
 import type { Env } from "../../src/env";
-import { routerStub, sessionStub } from "../../src/stubs";
+import { clockStub, routerStub, sessionStub } from "../../src/stubs";
+import { META_KEY } from "../../src/session/keys";
+import { decodeConnMeta } from "../../src/session/state";
 import type { MqttSession } from "../../src/session/session-store";
 import type { TopicRouter } from "../../src/router/router";
 import { eventually } from "./mqtt";
+import { connected, encode, simulateWake, type open } from "./objects";
 
 const E = env as unknown as Env;
-
-function encode(packet: Packet): Uint8Array {
-  return new Uint8Array(mqttPacket.generate(packet, { protocolVersion: 4 }));
-}
-
-/** A raw MQTT client on a WebSocket from SELF.fetch, inside workerd. */
-async function open(): Promise<{ ws: WebSocket; packets: Packet[]; next: (cmd: Packet["cmd"]) => Promise<Packet>; closed: () => boolean }> {
-  const res = await SELF.fetch("http://broker/mqtt", { headers: { Upgrade: "websocket", "Sec-WebSocket-Protocol": "mqtt" } });
-  const ws = res.webSocket;
-  if (!ws) throw new Error(`no WebSocket in the upgrade answer (${res.status})`);
-  ws.accept();
-  ws.binaryType = "arraybuffer";
-  const packets: Packet[] = [];
-  let isClosed = false;
-  const parser = mqttPacket.parser({ protocolVersion: 4 });
-  parser.on("packet", (p: Packet) => packets.push(p));
-  ws.addEventListener("message", (e) => {
-    if (e.data instanceof ArrayBuffer) parser.parse(Buffer.from(e.data));
-  });
-  ws.addEventListener("close", () => (isClosed = true));
-  const next = async (cmd: Packet["cmd"]): Promise<Packet> => {
-    const deadline = Date.now() + 5_000;
-    for (;;) {
-      const i = packets.findIndex((p) => p.cmd === cmd);
-      if (i >= 0) return packets.splice(i, 1)[0] as Packet;
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${cmd}`);
-      await new Promise((r) => setTimeout(r, 5));
-    }
-  };
-  return { ws, packets, next, closed: () => isClosed };
-}
-
-async function connectionIds(): Promise<Set<string>> {
-  return new Set((await listDurableObjectIds(E.CONNECTION)).map((id) => id.toString()));
-}
-
-/**
- * Drops a connection object's in-memory state, as hibernation does: the socket attachment
- * and storage stay; the object rebuilds its state and port with the same function its
- * constructor runs after every wake.
- */
-async function simulateWake(id: string): Promise<void> {
-  await runInDurableObject(E.CONNECTION.get(E.CONNECTION.idFromString(id)), (instance) => {
-    (instance as unknown as { wake(): void }).wake();
-  });
-}
-
-/** A raw client connected with `clientId` (3.1.1), its CONNACK, and its connection object's id. */
-async function connected(clientId: string, opts: { clean?: boolean; keepalive?: number } = {}): Promise<{ c: Awaited<ReturnType<typeof open>>; id: string; connack: Packet }> {
-  const before = await connectionIds();
-  const c = await open();
-  c.ws.send(encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: opts.clean ?? true, keepalive: opts.keepalive ?? 60, clientId }));
-  const connack = await c.next("connack");
-  const id = [...(await connectionIds())].find((x) => !before.has(x));
-  if (!id) throw new Error("connection object not found");
-  return { c, id, connack };
-}
 
 /** A raw client connected with `clientId` and subscribed to `topic`, and its connection object's id. */
 async function subscribed(clientId: string, topic: string, qos: 0 | 1 | 2, clean = true): Promise<{ c: Awaited<ReturnType<typeof open>>; id: string }> {
@@ -237,45 +182,46 @@ describe("MqttConnection in workerd", () => {
     bystander.c.ws.close();
   });
 
-  it("one alarm per connect: the connect timeout armed at the upgrade is the first keep-alive check, and re-arms for the deadline without closing", async () => {
-    const before = await connectionIds();
-    const t0 = Date.now();
-    const c = await open();
-    c.ws.send(encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 60, clientId: `alarm-${crypto.randomUUID()}` }));
-    await c.next("connack");
-    const id = [...(await connectionIds())].find((x) => !before.has(x));
-    if (!id) throw new Error("connection object not found");
+  it("with the shared clock (the default), a clean connect stores nothing: its meta rides in the attachment and the clock's row, a wake reads it back, and the end leaves nothing", async () => {
+    const clientId = `light-${crypto.randomUUID()}`;
+    const will = { topic: `will/${clientId}`, payload: Buffer.from("gone"), qos: 1 as const, retain: false };
+    const { c, id } = await connected(clientId, { keepalive: 60, will });
     const stub = E.CONNECTION.get(E.CONNECTION.idFromString(id));
-    const armed = await runInDurableObject(stub, (_i, state) => state.storage.getAlarm());
-    // Still the connect timeout (30 s after the upgrade): nothing was armed at CONNACK.
-    expect(armed).toBeGreaterThanOrEqual(t0 + 30_000);
-    expect(armed).toBeLessThanOrEqual(Date.now() + 30_000);
-    expect(await runDurableObjectAlarm(stub)).toBe(true);
-    // Run early for the keep-alive deadline (1.5 × 60 s + 1 s after the last packet): re-armed for it, the client still connected.
-    const rearmed = await runInDurableObject(stub, (_i, state) => state.storage.getAlarm());
-    expect(rearmed).toBeGreaterThanOrEqual(t0 + 91_000);
-    expect(rearmed).toBeLessThanOrEqual(Date.now() + 91_000);
-    c.ws.send(encode({ cmd: "pingreq" }));
-    await c.next("pingresp");
-    expect(c.closed()).toBe(false);
-    c.ws.close();
-  });
-
-  it("a connection that ends leaves no alarm and no stored key behind (deleteAll clears the alarm too)", async () => {
-    const { c, id } = await connected(`ends-${crypto.randomUUID()}`, { clean: true, keepalive: 60 });
-    const stub = E.CONNECTION.get(E.CONNECTION.idFromString(id));
-    const stored = () => runInDurableObject(stub, async (_i, state) => ({ alarm: await state.storage.getAlarm(), keys: (await state.storage.list()).size }));
+    const stored = () =>
+      runInDurableObject(stub, async (_i, state) => ({
+        alarm: await state.storage.getAlarm(),
+        keys: (await state.storage.list()).size,
+        meta: (state.getWebSockets()[0]?.deserializeAttachment() as { meta?: unknown } | undefined)?.meta,
+      }));
     const during = await stored();
-    expect(during.alarm).not.toBeNull();
-    expect(during.keys).toBeGreaterThan(0); // the connection's meta
+    expect(during).toMatchObject({ alarm: null, keys: 0, meta: { clientId, will: { topic: will.topic } } });
+    const clock = clockStub(E, "dev");
+    const row = () => runInDurableObject(clock, (_i, state) => state.storage.sql.exec<{ meta: string | null }>("SELECT meta FROM watched WHERE conn = ?", id).toArray());
+    const [kept] = await row();
+    expect(decodeConnMeta(kept?.meta ?? "")).toMatchObject({ clientId, will: { topic: will.topic, payload: new Uint8Array(Buffer.from("gone")) } });
+    // After a wake the identity comes from the attachment: a SUBSCRIBE is checked against its ACL and granted.
+    await simulateWake(id);
+    c.ws.send(encode({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic: `light/${clientId}`, qos: 1 }] }));
+    expect(await c.next("suback")).toMatchObject({ granted: [1] });
+    expect((await stored()).keys).toBe(0);
     c.ws.send(encode({ cmd: "disconnect" }));
-    await eventually(stored, (after) => after.alarm === null && after.keys === 0, "no alarm and no key after the close", 3_000);
+    // The close takes the clock's copy too: a restart cannot end this connection a second time.
+    await eventually(row, (rows) => rows.length === 0, "the clock's row gone with the close", 3_000);
+    expect(await stored()).toMatchObject({ alarm: null, keys: 0 });
   });
 
-  it("a keep alive whose deadline comes before the connect timeout is armed at CONNACK", async () => {
-    const { c, id } = await connected(`alarm10-${crypto.randomUUID()}`, { keepalive: 10 });
-    const armed = await runInDurableObject(E.CONNECTION.get(E.CONNECTION.idFromString(id)), (_i, state) => state.storage.getAlarm());
-    expect(armed).toBeLessThanOrEqual(Date.now() + 16_000);
+  it("a meta too large for the attachment is stored, with the connect-timeout alarm, as with the connection's own alarm", async () => {
+    const clientId = `heavy-${crypto.randomUUID()}`;
+    const { c, id } = await connected(clientId, { keepalive: 60, will: { topic: `will/${clientId}`, payload: Buffer.alloc(6_000, 1), qos: 0, retain: false } });
+    const stub = E.CONNECTION.get(E.CONNECTION.idFromString(id));
+    const during = await runInDurableObject(stub, async (_i, state) => ({
+      alarm: await state.storage.getAlarm(),
+      meta: await state.storage.get(META_KEY),
+      carried: (state.getWebSockets()[0]?.deserializeAttachment() as { meta?: unknown } | undefined)?.meta,
+    }));
+    expect(during.alarm).not.toBeNull();
+    expect(during.meta).toMatchObject({ clientId });
+    expect(during.carried).toBeUndefined();
     c.ws.close();
   });
 });

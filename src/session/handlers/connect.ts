@@ -44,8 +44,7 @@ export async function onConnect(link: Link, packet: IConnectPacket): Promise<voi
     willDelaySeconds: version === 5 ? (packet.will?.properties?.willDelayInterval ?? 0) : 0,
   };
   if (!(await claimSlot(link, meta, decision.mode))) return;
-  link.state.meta = meta;
-  await link.saveMeta(meta);
+  await link.holdMeta(meta);
   link.saveAttachment(att);
 
   const sessionPresent = await attachSession(link, meta, params);

@@ -177,7 +177,7 @@ export class FakeLink implements Link {
       router: () => this.router,
       session: () => ({ attach: async () => ({ ok: true, sessionPresent: false, inboundQos2: [] }), detach: async () => undefined }),
       limiter: () => ({ claim: async () => ({ ok: true }), release: async () => undefined }),
-      clock: () => ({ watch: async () => true }),
+      clock: () => ({ watch: async () => true, unwatch: async () => undefined, claim: async () => null }),
       authenticate: async (): Promise<ConnectDecision> => ({ ok: false, code: 5, cause: "notAuthorized", reason: "fake" }),
     };
   }
@@ -228,6 +228,14 @@ export class FakeLink implements Link {
 
   async readMeta(): Promise<ConnMeta | null> {
     return this.stored;
+  }
+
+  async holdMeta(meta: ConnMeta): Promise<void> {
+    this.stored = meta;
+  }
+
+  async claimKeptMeta(): Promise<ConnMeta | null> {
+    return null;
   }
 
   async saveMeta(meta: ConnMeta): Promise<void> {
