@@ -3,6 +3,7 @@ import type { Env } from "../env";
 import { connectionStub } from "../stubs";
 import { errorMessage, log } from "../log";
 import { loadConfig } from "../config";
+import { meterStorage } from "../metrics";
 import { ClockSchedule } from "./clock-schedule";
 
 /** Connections one account's clock watches at most; past it a connection keeps its own exact alarm. */
@@ -52,6 +53,7 @@ export class KeepAliveClock extends DurableObject<Env> {
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
+    meterStorage(ctx, env, "clock");
     loadConfig(env); // LOG_LEVEL for this isolate
     const sql = ctx.storage.sql;
     sql.exec("CREATE TABLE IF NOT EXISTS watched (conn TEXT PRIMARY KEY, meta TEXT) WITHOUT ROWID");

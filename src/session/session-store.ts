@@ -145,7 +145,8 @@ export class MqttSession extends DurableObject<Env> {
     };
     // Owner first: messages arriving while the old connection closes are forwarded to the new one.
     this.saveMeta(meta);
-    await this.ctx.storage.deleteAlarm();
+    // Only a stored session can have an alarm (its expiry or delayed will; deleteAll clears it with the rest).
+    if (prev) await this.ctx.storage.deleteAlarm();
     if (endedWill) {
       await this.router(account).publish([endedWill]).catch((err: unknown) => log("warn", "session.will_failed", { clientId, error: errorMessage(err) }));
     }
