@@ -7,10 +7,10 @@
 import { describe, it, expect } from "vitest";
 import { abortAllDurableObjects, env, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import type { Env } from "../../src/env";
-import { clockStub, connectionStub, routerStub } from "../../src/stubs";
+import { clockStub, connectionStub, routerStub, sessionStub } from "../../src/stubs";
 import { META_KEY } from "../../src/session/keys";
 import { eventually } from "./mqtt";
-import { connected, encode } from "./objects";
+import { connected, connectionIds, encode, open } from "./objects";
 import type { ConnMeta } from "../../src/session/state";
 
 const E = env as unknown as Env;
@@ -118,6 +118,22 @@ describe("KeepAliveClock in workerd", () => {
     expect(will.cmd === "publish" && new TextDecoder().decode(will.payload as Uint8Array)).toBe("gone");
     c.ws.close();
     again.c.ws.close();
+  });
+
+  it("a connection refused at the session attach (client id of another identity) leaves no row in the clock; a bystander's stays", async () => {
+    const clientId = `owned-${crypto.randomUUID()}`;
+    // The session belongs to a device: an anonymous client with its id is refused (CONNACK 2).
+    await sessionStub(E, "dev", clientId).attach("dev", clientId, E.CONNECTION.newUniqueId().toString(), { cleanStart: true, expirySeconds: 0, identity: { kind: "device", id: clientId } });
+    const bystander = await connected(`bystander-${crypto.randomUUID()}`, { keepalive: 600 });
+    const before = await connectionIds();
+    const refused = await open();
+    refused.ws.send(encode({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, keepalive: 600, clientId }));
+    expect(await refused.next("connack")).toMatchObject({ returnCode: 2 });
+    const id = [...(await connectionIds())].find((x) => !before.has(x));
+    if (!id) throw new Error("connection object not found");
+    await until("the refused connection unwatched", async () => !(await watchedRows(clockStub(E, "dev"))).includes(id));
+    expect(await watchedRows(clockStub(E, "dev"))).toContain(bystander.id);
+    bystander.c.ws.close();
   });
 
   it("moves a watched deadline instead of checking twice, and forgets an unwatched one", async () => {
