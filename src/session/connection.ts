@@ -281,16 +281,18 @@ export class MqttConnection extends DurableObject<Env> {
    * this connection (`holdMeta`), which then comes as `meta` (`encodeConnMeta`).
    */
   async keepAliveCheck(meta?: string): Promise<number | null | "meta"> {
+    if (this.state.closing) return null;
     const att = this.link.attachment();
-    if (!att || this.state.closing) {
-      if (att || this.state.closing) return null;
+    if (!att) {
       const kept = meta === undefined ? null : decodeConnMeta(meta);
       if (kept) {
         this.state.meta = kept;
         await closeConnection(this.link, "networkLost");
         return null;
       }
-      return (await this.endLost()) || meta !== undefined ? null : "meta";
+      if (await this.endLost()) return null;
+      // Nothing stored here: the clock may keep the meta in its row (asked for once).
+      return meta === undefined ? "meta" : null;
     }
     if (att.phase === "connecting") {
       // Watched at CONNECT, still being attached: asked again soon.

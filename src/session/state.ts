@@ -16,11 +16,12 @@ import { base64, fromBase64 } from "../encoding";
 export const ATTACHMENT_RX_MAX = 1024;
 
 /**
- * A connection's meta up to this size (encoded, `encodeConnMeta`) may ride in the attachment
- * instead of storage (`SocketLink.holdMeta`). The runtime bounds an attachment at 16 KiB; with a
- * partial packet (`ATTACHMENT_RX_MAX`) and the rest of the attachment this leaves ample room.
+ * A connection's meta up to this many characters encoded (`encodeConnMeta`) may ride in the
+ * attachment instead of storage (`SocketLink.holdMeta`). The runtime bounds an attachment at
+ * 16 KiB; a string may take two bytes a character there, so even then the meta, a partial packet
+ * (`ATTACHMENT_RX_MAX`) and the rest of the attachment stay within it.
  */
-export const ATTACHMENT_META_MAX = 8 * 1024;
+export const ATTACHMENT_META_MAX = 4 * 1024;
 
 export interface Attachment {
   v: 1;
@@ -114,7 +115,7 @@ export function readAttachment(v: unknown): Attachment | null {
     ...(typeof v.outAdmitted === "number" ? { outAdmitted: v.outAdmitted } : {}),
     ...(v.browser === true ? { browser: true as const } : {}),
     ...(v.clocked === true ? { clocked: true as const } : {}),
-    ...(withMeta(v.meta)),
+    ...withMeta(v.meta),
     ...(isRecord(v.packets) && typeof v.packets.tokens === "number" && typeof v.packets.at === "number" ? { packets: { tokens: v.packets.tokens, at: v.packets.at } } : {}),
   };
 }
