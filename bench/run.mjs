@@ -12,7 +12,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { spawnSync } from "node:child_process";
 import { bystander, connectStorm, costIdle, costMessages, fanIn, fanOut, frameFloor, probeShared, qos1RoundTrip, retainedOnSubscribe, shared } from "./lib/scenarios.mjs";
-import { findMosquitto, startAedes, startBridge, startBroker, startLimitedBroker, startMosquitto, startNaive, stopAllNow, wranglerVars } from "./lib/servers.mjs";
+import { findMosquitto, startAedes, startBridge, startBroker, startLimitedBroker, startMosquitto, startNaive, setViaProxy, stopAllNow, wranglerVars } from "./lib/servers.mjs";
 import { scale, scaleTable } from "./lib/scale.mjs";
 import { storm, stormTable } from "./lib/storm.mjs";
 import { connectTable, costTable, doDollars, generatorTable, idleTable, performanceTable, ratios, summarize, unitsPer } from "./lib/report.mjs";
@@ -25,7 +25,7 @@ const { values: flags } = parseArgs({
     quick: { type: "boolean", default: false },
     rounds: { type: "string" },
     peers: { type: "string", default: "broker,naive,aedes,mosquitto" },
-    scenarios: { type: "string", default: "fan-in,fan-in-qos1,fan-in-tcp,fan-out,fan-out-qos1,shared,qos1,connect,retained,floor,bystander,cost,scale,storm" },
+    scenarios: { type: "string", default: "fan-in,fan-in-qos1,fan-in-tcp,fan-out,fan-out-qos1,shared,qos1,connect,retained,floor,floor-proxy,bystander,cost,scale,storm" },
     publishers: { type: "string" },
     "duration-ms": { type: "string" },
     "qos1-duration-ms": { type: "string" },
@@ -64,6 +64,7 @@ const { values: flags } = parseArgs({
     "scale-shards": { type: "string" },
     "storm-connections": { type: "string" },
     "storm-via-proxy": { type: "boolean", default: false },
+    "via-proxy": { type: "boolean", default: false },
     out: { type: "string", default: join(HERE, "results") },
     help: { type: "boolean", default: false },
   },
@@ -75,6 +76,7 @@ if (flags.help) {
 }
 
 const q = flags.quick;
+setViaProxy(flags["via-proxy"]);
 const defaults = Object.fromEntries(Object.entries(wranglerVars()).map(([k, v]) => [k, Number(v)]));
 const num = (name, full, quick) => {
   const v = flags[name];
@@ -215,6 +217,8 @@ async function main() {
     retained: (peer, tag) => (unsupported.retained?.[peer.name] ? null : retainedOnSubscribe(peer, { ...common, ...params.retained }, tag)),
     // The naive peer's do-nothing socket: what a frame costs before any broker's work.
     floor: (peer) => (peer.floorUrl ? frameFloor(peer, { sockets: 10, frames: params.floor.frames, payload: params.payload }) : null),
+    // The same socket through wrangler dev's proxy: what local development adds per frame, which the other rows leave out.
+    "floor-proxy": (peer) => (peer.proxyFloorUrl && peer.proxyFloorUrl !== peer.floorUrl ? frameFloor({ ...peer, floorUrl: peer.proxyFloorUrl }, { sockets: 10, frames: params.floor.frames, payload: params.payload }) : null),
     bystander: (peer, tag) => (peer.limited ? bystander(peer.limited, { ...common, ...params.bystander }, tag, peer.limited.auth("flood")) : null),
   };
   const runs = {};
@@ -297,6 +301,7 @@ function headline(scenario, r) {
     case "connect":
       return `${r.connectsPerSec.toFixed(0)} connects/s, CONNACK p99 ${r.connackP99Ms.toFixed(1)} ms, ${(r.rssKiBPerConnection).toFixed(0)} KiB/conn${r.failures ? `, ${r.failures} failed (${r.firstError})` : ""}`;
     case "floor":
+    case "floor-proxy":
       return `${r.framesPerSec.toFixed(0)} frames/s, ${r.serverCpuUsPerFrame.toFixed(1)} µs server CPU per frame`;
     case "bystander":
       return `round trip p99 ${r.quietP99Ms.toFixed(2)} ms quiet, ${r.floodP99Ms.toFixed(2)} ms flooded (×${r.p99Ratio.toFixed(1)}; p50 ${r.quietP50Ms.toFixed(2)} → ${r.floodP50Ms.toFixed(2)} ms) over ${r.quietRoundTrips}/${r.floodRoundTrips} round trips; flood ${r.floodPublishesPerSec.toFixed(0)} publishes/s, ${r.frameFloodsPerSec.toFixed(1)} frame floods/s (${r.frameFloodsClosed}/${r.frameFloods} closed), ${r.floodersClosed} flooders closed, server ${r.serverCpuPctQuiet.toFixed(0)}% → ${r.serverCpuPctFlood.toFixed(0)}% of a core${inc}`;

@@ -48,6 +48,7 @@ export const METRICS = {
     ["connackP50Ms", "CONNACK p50 ms", false],
     ["connackP99Ms", "CONNACK p99 ms", false],
     ["serverCpuMsPerConnect", "server CPU ms/connect", false],
+    ["serverCpuMsPerClose", "server CPU ms/close (DISCONNECT to quiet)", false],
     ["rssKiBPerConnectionFirstRound", "server RSS KiB/held connection, first round", false],
     ["rssKiBPerConnection", "same, median of all rounds", false],
   ],
@@ -57,6 +58,10 @@ export const METRICS = {
     ["serverCpuUsPerDelivery", "server CPU µs/retained msg", false],
   ],
   floor: [
+    ["framesPerSec", "incoming frames/s", true],
+    ["serverCpuUsPerFrame", "server CPU µs per incoming frame, handler doing nothing", false],
+  ],
+  "floor-proxy": [
     ["framesPerSec", "incoming frames/s", true],
     ["serverCpuUsPerFrame", "server CPU µs per incoming frame, handler doing nothing", false],
   ],
@@ -86,6 +91,7 @@ export const SCENARIO_TITLES = {
   retained: "retained on subscribe",
   bystander: "bystander while another account floods",
   floor: "runtime floor: one frame to a hibernatable object",
+  "floor-proxy": "the same, through wrangler dev's proxy (local development only)",
 };
 
 function fmt(x) {

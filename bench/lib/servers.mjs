@@ -64,6 +64,18 @@ async function waitExit(child, ms) {
   });
 }
 
+/**
+ * Where the bench's clients reach a `wrangler dev` server. By default the local runtime's own
+ * port, past wrangler's dev proxy: the proxy is a second runtime process that parses and re-sends
+ * every frame (about 7 µs of CPU per frame here, measured by the `floor-proxy` row), a cost of
+ * local development that a deployed Worker does not have (the edge terminates the WebSocket).
+ * `setViaProxy(true)` (`--via-proxy`) measures through it, as runs before 2026-12-02 did.
+ */
+let viaProxy = false;
+export function setViaProxy(on) {
+  viaProxy = on;
+}
+
 /** Every child started here, so an interrupted bench can stop them (by their own PIDs). */
 const started = new Set();
 /** Temporary directories made here, removed by stopAllNow as well. */
@@ -202,12 +214,16 @@ export async function startBroker({ vars = {}, persistDir: reuse } = {}) {
     },
   };
   const direct = await runtimeUrl(child.pid);
+  const proxyWsUrl = `ws://127.0.0.1:${port}/mqtt`;
+  const directWsUrl = direct ? `${direct.replace("http:", "ws:")}/mqtt` : null;
   return {
     name: "broker",
-    label: "broker (wrangler dev)",
-    wsUrl: `ws://127.0.0.1:${port}/mqtt`,
+    label: `broker (wrangler dev, ${viaProxy || !directWsUrl ? "through its proxy" : "the runtime's own port"})`,
+    wsUrl: viaProxy ? proxyWsUrl : (directWsUrl ?? proxyWsUrl),
+    /** The same broker through `wrangler dev`'s proxy. */
+    proxyWsUrl,
     /** The same broker without the dev proxy in front (the storm's thousands of sockets), or null. */
-    directWsUrl: direct ? `${direct.replace("http:", "ws:")}/mqtt` : null,
+    directWsUrl,
     pid: child.pid,
     persistDir,
     counters,
@@ -245,7 +261,7 @@ export async function startLimitedBroker() {
   const key = new TextEncoder().encode(secret);
   return {
     ...broker,
-    label: "broker (wrangler dev, default rate limits)",
+    label: `${broker.label.slice(0, -1)}, default rate limits)`,
     limits: Object.fromEntries(RATE_VARS.map((k) => [k, Number(defaults[k])])),
     /** @param {string} account */
     auth: (account) => async (/** @type {string} */ clientId) => ({
@@ -300,12 +316,16 @@ export async function startNaive() {
   symlinkSync(join(ROOT, "node_modules"), join(app, "node_modules"));
   const persistDir = tempDir("mqtt-bench-naive-state-");
   const { child, output } = await wranglerDev(app, port, ["--persist-to", persistDir], wranglerEnv());
+  const direct = await runtimeUrl(child.pid);
+  const base = viaProxy || !direct ? `ws://127.0.0.1:${port}` : direct.replace("http:", "ws:");
   return {
     name: "naive",
-    label: "naive DO design (wrangler dev)",
-    wsUrl: `ws://127.0.0.1:${port}/mqtt`,
+    label: `naive DO design (wrangler dev, ${viaProxy || !direct ? "through its proxy" : "the runtime's own port"})`,
+    wsUrl: `${base}/mqtt`,
     /** The `floor` scenario's do-nothing hibernatable socket. */
-    floorUrl: `ws://127.0.0.1:${port}/floor`,
+    floorUrl: `${base}/floor`,
+    /** The same socket through `wrangler dev`'s proxy (the `floor-proxy` row). */
+    proxyFloorUrl: `ws://127.0.0.1:${port}/floor`,
     pid: child.pid,
     counters: null,
     lacks: ["retained"],

@@ -53,13 +53,13 @@ export async function storm(p, log) {
       const before = treeUsage(broker.pid).rssBytes;
       // Past the dev proxy when it can be found: the proxy holds two sockets per connection and
       // stops a storm of thousands at the open-file limit (`via` says which way each storm went).
-      const url = (p.viaProxy ? null : broker.directWsUrl) ?? broker.wsUrl;
+      const url = (p.viaProxy ? null : broker.directWsUrl) ?? broker.proxyWsUrl;
       const w = await wave(url, ids, p.concurrency);
       await sleep(p.holdMs);
       const held = treeUsage(broker.pid).rssBytes;
       const run = {
         label,
-        via: url === broker.wsUrl ? "wrangler dev proxy" : "runtime directly",
+        via: url === broker.proxyWsUrl ? "wrangler dev proxy" : "runtime directly",
         connections: p.connections,
         connected: w.clients.length,
         failures: w.failures,
