@@ -9,6 +9,7 @@ import type { CloseCause } from "../protocol/codes";
 import { count, meterStorage } from "../metrics";
 import { limitEvent } from "../monitoring/events";
 import { SESSION_META_KEY } from "./keys";
+import { clearAll } from "../storage";
 import { appendToQueue, dropQueueHead, readQueuePage } from "./queue";
 import { isRecord } from "../guards";
 import type { RateBuckets, SessionAttach, SessionAttached, SessionDetach, SessionOwner } from "./link";
@@ -284,7 +285,8 @@ export class MqttSession extends DurableObject<Env> {
     if (!meta) return;
     if (meta.owner === conn || (meta.owner === null && meta.departed === conn)) {
       if (expirySeconds <= 0) {
-        await this.ctx.storage.deleteAll();
+        // A clean session stored its meta alone: that one row goes, without a deleteAll.
+        await clearAll(this.ctx.storage, SESSION_META_KEY);
         this.meta = null;
         // A device's client id stays reserved for it.
         if (meta.identity?.kind === "device") this.saveMeta(reservedMeta(meta.account, meta.clientId, meta.identity));

@@ -7,6 +7,7 @@ import { ATTACHMENT_META_MAX, decodeConnMeta, encodeConnMeta, readAttachment, re
 import { isRecord } from "../guards";
 import { isMessage } from "../router/messages";
 import { BROWSER_KEY, META_KEY, PENDING_DETACH_KEY } from "./keys";
+import { clearAll } from "../storage";
 import { alarmAfterConnack, alarmFor, keepAliveDeadline } from "./keepalive";
 import type { ConnState, Link, PendingDetach, Services, SessionDetach } from "./link";
 import { closeConnection } from "./handlers/teardown";
@@ -316,14 +317,15 @@ export class SocketLink implements Link {
   }
 
   /**
-   * Everything this object stored, the alarm included (deleteAll clears it since compatibility date
-   * 2026-02-24), and the clock's copy of a meta that rode in the attachment: after a restart the
-   * clock would otherwise hand it back and the ended connection would end a second time.
+   * Everything this object stored, the alarm included, and the clock's copy of a meta that rode in
+   * the attachment: after a restart the clock would otherwise hand it back and the ended connection
+   * would end a second time. A connection that kept everything in its attachment stored nothing:
+   * two reads, no `deleteAll` (`clearAll`).
    */
   async clearStorage(): Promise<void> {
     const att = this.attachment() ?? this.state.att;
     if (att?.meta) await this.unwatchClock(att);
-    await this.ctx.storage.deleteAll();
+    await clearAll(this.ctx.storage);
   }
 
   private async unwatchClock(att: Attachment): Promise<void> {
