@@ -382,11 +382,10 @@ export async function connectStorm(peer, p, tag) {
   const holdStart = treeUsage(peer.pid);
   await sleep(p.holdMs);
   const holdEnd = treeUsage(peer.pid);
-  // The closes: from the first DISCONNECT until the server is quiet again (the teardown's calls and storage).
-  const close0 = treeUsage(peer.pid);
+  // The closes: from the first DISCONNECT (right after the hold) until the server is quiet again (the teardown's calls and storage).
   await endAll(ok);
   await waitQuiet(peer.pid);
-  const close1 = treeUsage(peer.pid);
+  const closed = treeUsage(peer.pid);
   void tag;
   return {
     ...m,
@@ -399,7 +398,7 @@ export async function connectStorm(peer, p, tag) {
     connackP50Ms: percentile(connack, 50),
     connackP99Ms: percentile(connack, 99),
     serverCpuMsPerConnect: m.serverCpuMs / Math.max(1, ok.length),
-    serverCpuMsPerClose: (close1.cpuMs - close0.cpuMs) / Math.max(1, ok.length),
+    serverCpuMsPerClose: (closed.cpuMs - holdEnd.cpuMs) / Math.max(1, ok.length),
     rssBeforeBytes: rssBefore,
     rssHeldBytes: holdEnd.rssBytes,
     rssKiBPerConnection: (holdEnd.rssBytes - rssBefore) / 1024 / Math.max(1, ok.length),

@@ -67,13 +67,22 @@ async function waitExit(child, ms) {
 /**
  * Where the bench's clients reach a `wrangler dev` server. By default the local runtime's own
  * port, past wrangler's dev proxy: the proxy is a second runtime process that parses and re-sends
- * every frame (about 7 µs of CPU per frame here, measured by the `floor-proxy` row), a cost of
+ * every frame (5–11 µs of CPU per frame here, measured by the `floor-proxy` row), a cost of
  * local development that a deployed Worker does not have (the edge terminates the WebSocket).
  * `setViaProxy(true)` (`--via-proxy`) measures through it, as runs before 2026-12-02 did.
  */
 let viaProxy = false;
 export function setViaProxy(on) {
   viaProxy = on;
+}
+
+/**
+ * The `ws://` origin the clients use for a `wrangler dev` server on `port` whose runtime answers at
+ * `direct` (or null), and the words a peer's label gives that path.
+ */
+function clientOrigin(port, direct) {
+  const past = !viaProxy && direct !== null;
+  return { origin: past ? direct.replace("http:", "ws:") : `ws://127.0.0.1:${port}`, via: past ? "the runtime's own port" : "through its proxy" };
 }
 
 /** Every child started here, so an interrupted bench can stop them (by their own PIDs). */
@@ -214,16 +223,16 @@ export async function startBroker({ vars = {}, persistDir: reuse } = {}) {
     },
   };
   const direct = await runtimeUrl(child.pid);
-  const proxyWsUrl = `ws://127.0.0.1:${port}/mqtt`;
-  const directWsUrl = direct ? `${direct.replace("http:", "ws:")}/mqtt` : null;
+  const { origin, via } = clientOrigin(port, direct);
   return {
     name: "broker",
-    label: `broker (wrangler dev, ${viaProxy || !directWsUrl ? "through its proxy" : "the runtime's own port"})`,
-    wsUrl: viaProxy ? proxyWsUrl : (directWsUrl ?? proxyWsUrl),
+    label: `broker (wrangler dev, ${via})`,
+    via,
+    wsUrl: `${origin}/mqtt`,
     /** The same broker through `wrangler dev`'s proxy. */
-    proxyWsUrl,
+    proxyWsUrl: `ws://127.0.0.1:${port}/mqtt`,
     /** The same broker without the dev proxy in front (the storm's thousands of sockets), or null. */
-    directWsUrl,
+    directWsUrl: direct ? `${direct.replace("http:", "ws:")}/mqtt` : null,
     pid: child.pid,
     persistDir,
     counters,
@@ -261,7 +270,7 @@ export async function startLimitedBroker() {
   const key = new TextEncoder().encode(secret);
   return {
     ...broker,
-    label: `${broker.label.slice(0, -1)}, default rate limits)`,
+    label: `broker (wrangler dev, ${broker.via}, default rate limits)`,
     limits: Object.fromEntries(RATE_VARS.map((k) => [k, Number(defaults[k])])),
     /** @param {string} account */
     auth: (account) => async (/** @type {string} */ clientId) => ({
@@ -316,14 +325,13 @@ export async function startNaive() {
   symlinkSync(join(ROOT, "node_modules"), join(app, "node_modules"));
   const persistDir = tempDir("mqtt-bench-naive-state-");
   const { child, output } = await wranglerDev(app, port, ["--persist-to", persistDir], wranglerEnv());
-  const direct = await runtimeUrl(child.pid);
-  const base = viaProxy || !direct ? `ws://127.0.0.1:${port}` : direct.replace("http:", "ws:");
+  const { origin, via } = clientOrigin(port, await runtimeUrl(child.pid));
   return {
     name: "naive",
-    label: `naive DO design (wrangler dev, ${viaProxy || !direct ? "through its proxy" : "the runtime's own port"})`,
-    wsUrl: `${base}/mqtt`,
+    label: `naive DO design (wrangler dev, ${via})`,
+    wsUrl: `${origin}/mqtt`,
     /** The `floor` scenario's do-nothing hibernatable socket. */
-    floorUrl: `${base}/floor`,
+    floorUrl: `${origin}/floor`,
     /** The same socket through `wrangler dev`'s proxy (the `floor-proxy` row). */
     proxyFloorUrl: `ws://127.0.0.1:${port}/floor`,
     pid: child.pid,
