@@ -49,6 +49,8 @@ export const METRICS = {
     ["connackP99Ms", "CONNACK p99 ms", false],
     ["serverCpuMsPerConnect", "server CPU ms/connect", false],
     ["serverCpuMsPerClose", "server CPU ms/close (DISCONNECT to quiet)", false],
+    ["runtimeCpuMsPerConnect", "runtime CPU ms/connect (wrangler dev: workerd alone)", false],
+    ["runtimeCpuMsPerClose", "runtime CPU ms/close (wrangler dev: workerd alone)", false],
     ["rssKiBPerConnectionFirstRound", "server RSS KiB/held connection, first round", false],
     ["rssKiBPerConnection", "same, median of all rounds", false],
   ],

@@ -52,8 +52,7 @@ class Meter {
     const s1 = treeUsage(this.peer.pid);
     const extraCpuMs = this.extra0 ? treeUsage(this.extraPid).cpuMs - this.extra0.cpuMs : undefined;
     const counters = this.peer.counters ? await this.peer.counters.read() : null;
-    const byComm = {};
-    for (const [comm, v] of Object.entries(s1.byComm)) byComm[comm] = v.cpuMs - (this.server0.byComm[comm]?.cpuMs ?? 0);
+    const byComm = commandDelta(this.server0, s1);
     return {
       wallMs: this.wallMs,
       serverCpuMs: s1.cpuMs - this.server0.cpuMs,
@@ -367,6 +366,18 @@ export async function qos1RoundTrip(peer, p, tag) {
  * (socket creation → CONNACK); then the connections stay idle for `holdMs` and the server's
  * RSS growth per held connection is read.
  */
+/** CPU ms per command between two `treeUsage` readings. */
+function commandDelta(before, after) {
+  const out = {};
+  for (const [comm, v] of Object.entries(after.byComm)) out[comm] = v.cpuMs - (before.byComm[comm]?.cpuMs ?? 0);
+  return out;
+}
+
+/** The part of `totalMs` a deployed server also spends: a `wrangler dev` peer's runtime processes alone, another server's whole tree. */
+function runtimeCpuMs(peer, totalMs, byCommand) {
+  return peer.runtimeCommand ? (byCommand[peer.runtimeCommand] ?? 0) : totalMs;
+}
+
 export async function connectStorm(peer, p, tag) {
   await waitQuiet(peer.pid);
   const rssBefore = treeUsage(peer.pid).rssBytes;
@@ -399,6 +410,8 @@ export async function connectStorm(peer, p, tag) {
     connackP99Ms: percentile(connack, 99),
     serverCpuMsPerConnect: m.serverCpuMs / Math.max(1, ok.length),
     serverCpuMsPerClose: (closed.cpuMs - holdEnd.cpuMs) / Math.max(1, ok.length),
+    runtimeCpuMsPerConnect: runtimeCpuMs(peer, m.serverCpuMs, m.serverCpuMsByCommand) / Math.max(1, ok.length),
+    runtimeCpuMsPerClose: runtimeCpuMs(peer, closed.cpuMs - holdEnd.cpuMs, commandDelta(holdEnd, closed)) / Math.max(1, ok.length),
     rssBeforeBytes: rssBefore,
     rssHeldBytes: holdEnd.rssBytes,
     rssKiBPerConnection: (holdEnd.rssBytes - rssBefore) / 1024 / Math.max(1, ok.length),

@@ -94,10 +94,35 @@ export function stopAllNow() {
   for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
 }
 
-function tempDir(prefix) {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
+function tempDir(prefix, parent = tmpdir()) {
+  const dir = mkdtempSync(join(parent, prefix));
   tempDirs.add(dir);
   return dir;
+}
+
+/**
+ * Where a `wrangler dev` server keeps its Durable Object and D1 state. By default a RAM file
+ * system (`/dev/shm`, when the machine has one): the local runtime gives every Durable Object its
+ * own SQLite file, and creating one costs the disk's file system more than the rest of a connect
+ * (on this machine's ext4, 3–8 ms of the runtime's CPU per new object, swinging with how many
+ * files were deleted just before; the naive design pays it alike); every write's fsync comes on
+ * top. A deployed object's storage is not a local file, and aedes and mosquitto keep their state in
+ * memory. `setStateOnDisk(true)` (`--state-on-disk`) keeps it under the temporary directory, as runs
+ * before 2026-12-02 did.
+ */
+const RAM_FS = "/dev/shm";
+let stateOnDisk = false;
+export function setStateOnDisk(on) {
+  stateOnDisk = on;
+}
+
+function stateDir(prefix) {
+  return tempDir(prefix, stateOnDisk || !existsSync(RAM_FS) ? tmpdir() : RAM_FS);
+}
+
+/** Where a server's state lives, for its label. */
+function stateWhere() {
+  return stateOnDisk || !existsSync(RAM_FS) ? "state on disk" : "state in RAM";
 }
 
 function track(child) {
@@ -122,6 +147,14 @@ const SNAPSHOT = ["src", "migrations", "public", "scripts", "wrangler.toml", "pa
  * files): the usual soft limit stops a connect storm at a few thousand (`accept: Too many open
  * files` kills the dev proxy). Raised as far as this user may, as for any load test.
  */
+/**
+ * The processes of a `wrangler dev` tree that a deployed Worker also has: the runtime (and, through
+ * the proxy, the proxy's own workerd). The rest is the dev tool: wrangler's node process (the bundler,
+ * the file watcher, the inspector proxy, the reader of every console line the runtime writes) and
+ * esbuild. A connect's and a close's CPU is reported for the whole tree and for these alone.
+ */
+const RUNTIME_COMMAND = "workerd";
+
 async function wranglerDev(cwd, port, extraArgs, env) {
   const args = ["dev", "--ip", "127.0.0.1", "--port", String(port), "--show-interactive-dev-session=false", "--log-level", "warn", ...extraArgs];
   const child = spawn("sh", ["-c", `ulimit -n ${FD_LIMIT} 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@"`, WRANGLER, ...args], { cwd, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
@@ -197,7 +230,7 @@ export async function startBroker({ vars = {}, persistDir: reuse } = {}) {
   }
   symlinkSync(join(ROOT, "node_modules"), join(app, "node_modules"));
   // `persistDir`: the state of an earlier broker (the scale scenario's restart); else a fresh one.
-  const persistDir = reuse ?? tempDir("mqtt-bench-broker-");
+  const persistDir = reuse ?? stateDir("mqtt-bench-broker-");
   const env = wranglerEnv();
   const mig = reuse ? { status: 0 } : spawnSync(WRANGLER, ["d1", "migrations", "apply", "DB", "--local", "--persist-to", persistDir], {
     cwd: app,
@@ -226,8 +259,10 @@ export async function startBroker({ vars = {}, persistDir: reuse } = {}) {
   const { origin, via } = clientOrigin(port, direct);
   return {
     name: "broker",
-    label: `broker (wrangler dev, ${via})`,
+    label: `broker (wrangler dev, ${via}, ${stateWhere()})`,
     via,
+    state: stateWhere(),
+    runtimeCommand: RUNTIME_COMMAND,
     wsUrl: `${origin}/mqtt`,
     /** The same broker through `wrangler dev`'s proxy. */
     proxyWsUrl: `ws://127.0.0.1:${port}/mqtt`,
@@ -270,7 +305,7 @@ export async function startLimitedBroker() {
   const key = new TextEncoder().encode(secret);
   return {
     ...broker,
-    label: `broker (wrangler dev, ${broker.via}, default rate limits)`,
+    label: `broker (wrangler dev, ${broker.via}, ${broker.state}, default rate limits)`,
     limits: Object.fromEntries(RATE_VARS.map((k) => [k, Number(defaults[k])])),
     /** @param {string} account */
     auth: (account) => async (/** @type {string} */ clientId) => ({
@@ -323,12 +358,13 @@ export async function startNaive() {
   const app = tempDir("mqtt-bench-naive-");
   cpSync(join(ROOT, "bench/peers/naive"), app, { recursive: true });
   symlinkSync(join(ROOT, "node_modules"), join(app, "node_modules"));
-  const persistDir = tempDir("mqtt-bench-naive-state-");
+  const persistDir = stateDir("mqtt-bench-naive-state-");
   const { child, output } = await wranglerDev(app, port, ["--persist-to", persistDir], wranglerEnv());
   const { origin, via } = clientOrigin(port, await runtimeUrl(child.pid));
   return {
     name: "naive",
-    label: `naive DO design (wrangler dev, ${via})`,
+    label: `naive DO design (wrangler dev, ${via}, ${stateWhere()})`,
+    runtimeCommand: RUNTIME_COMMAND,
     wsUrl: `${origin}/mqtt`,
     /** The `floor` scenario's do-nothing hibernatable socket. */
     floorUrl: `${origin}/floor`,
