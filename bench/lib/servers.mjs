@@ -2,7 +2,7 @@
 // and memory can be read from /proc, and stopped by its own PID only.
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, statfsSync, symlinkSync, writeFileSync } from "node:fs";
 import { SignJWT } from "jose";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -102,27 +102,38 @@ function tempDir(prefix, parent = tmpdir()) {
 
 /**
  * Where a `wrangler dev` server keeps its Durable Object and D1 state. By default a RAM file
- * system (`/dev/shm`, when the machine has one): the local runtime gives every Durable Object its
- * own SQLite file, and creating one costs the disk's file system more than the rest of a connect
- * (on this machine's ext4, 3–8 ms of the runtime's CPU per new object, swinging with how many
- * files were deleted just before; the naive design pays it alike); every write's fsync comes on
- * top. A deployed object's storage is not a local file, and aedes and mosquitto keep their state in
+ * system (`/dev/shm`, when the machine has one with 4 GiB free): the local runtime gives every
+ * Durable Object its own SQLite files, created with the object, and on this machine's ext4 that was
+ * about half of a connect's runtime CPU, swinging between runs with how many files were deleted just
+ * before (the naive design pays it alike); every write's fsync comes on top. A deployed object's storage is not a local file, and aedes and mosquitto keep their state in
  * memory. `setStateOnDisk(true)` (`--state-on-disk`) keeps it under the temporary directory, as runs
  * before 2026-12-02 did.
  */
 const RAM_FS = "/dev/shm";
+/** A 5,000-connection storm keeps two objects' SQLite files per connection: a container's 64 MiB /dev/shm is not enough. */
+const RAM_FS_MIN_FREE = 4 * 2 ** 30;
 let stateOnDisk = false;
 export function setStateOnDisk(on) {
   stateOnDisk = on;
 }
 
+function stateInRam() {
+  if (stateOnDisk || !existsSync(RAM_FS)) return false;
+  try {
+    const fs = statfsSync(RAM_FS);
+    return fs.bavail * fs.bsize >= RAM_FS_MIN_FREE;
+  } catch {
+    return false;
+  }
+}
+
 function stateDir(prefix) {
-  return tempDir(prefix, stateOnDisk || !existsSync(RAM_FS) ? tmpdir() : RAM_FS);
+  return tempDir(prefix, stateInRam() ? RAM_FS : tmpdir());
 }
 
 /** Where a server's state lives, for its label. */
 function stateWhere() {
-  return stateOnDisk || !existsSync(RAM_FS) ? "state on disk" : "state in RAM";
+  return stateInRam() ? "state in RAM" : "state on disk";
 }
 
 function track(child) {
