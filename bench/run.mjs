@@ -12,7 +12,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { spawnSync } from "node:child_process";
 import { bystander, connectStorm, costIdle, costMessages, fanIn, fanOut, frameFloor, probeShared, qos1RoundTrip, retainedOnSubscribe, shared } from "./lib/scenarios.mjs";
-import { findMosquitto, startAedes, startBridge, startBroker, startLimitedBroker, startMosquitto, startNaive, setStateOnDisk, setViaProxy, stopAllNow, wranglerVars } from "./lib/servers.mjs";
+import { findMosquitto, startAedes, startBridge, startBroker, startLimitedBroker, startMosquitto, startNaive, setStateInRam, setViaProxy, stopAllNow, wranglerVars } from "./lib/servers.mjs";
 import { scale, scaleTable } from "./lib/scale.mjs";
 import { storm, stormTable } from "./lib/storm.mjs";
 import { connectTable, costTable, doDollars, generatorTable, idleTable, performanceTable, ratios, summarize, unitsPer } from "./lib/report.mjs";
@@ -65,7 +65,7 @@ const { values: flags } = parseArgs({
     "storm-connections": { type: "string" },
     "storm-via-proxy": { type: "boolean", default: false },
     "via-proxy": { type: "boolean", default: false },
-    "state-on-disk": { type: "boolean", default: false },
+    "state-in-ram": { type: "boolean", default: false },
     out: { type: "string", default: join(HERE, "results") },
     help: { type: "boolean", default: false },
   },
@@ -78,7 +78,7 @@ if (flags.help) {
 
 const q = flags.quick;
 setViaProxy(flags["via-proxy"]);
-setStateOnDisk(flags["state-on-disk"]);
+setStateInRam(flags["state-in-ram"]);
 const defaults = Object.fromEntries(Object.entries(wranglerVars()).map(([k, v]) => [k, Number(v)]));
 const num = (name, full, quick) => {
   const v = flags[name];

@@ -101,24 +101,25 @@ function tempDir(prefix, parent = tmpdir()) {
 }
 
 /**
- * Where a `wrangler dev` server keeps its Durable Object and D1 state. By default a RAM file
- * system (`/dev/shm`, when the machine has one with 4 GiB free): the local runtime gives every
- * Durable Object its own SQLite files, created with the object, and on this machine's ext4 that was
- * about half of a connect's runtime CPU, swinging between runs with how many files were deleted just
- * before (the naive design pays it alike); every write's fsync comes on top. A deployed object's storage is not a local file, and aedes and mosquitto keep their state in
- * memory. `setStateOnDisk(true)` (`--state-on-disk`) keeps it under the temporary directory, as runs
- * before 2026-12-02 did.
+ * Where a `wrangler dev` server keeps its Durable Object and D1 state: on disk under the temporary
+ * directory, or with `setStateInRam(true)` (`--state-in-ram`) in a RAM file system (`/dev/shm`, when it
+ * has 4 GiB free). The local runtime gives every Durable Object its own SQLite files, created with the
+ * object; on this machine's ext4 that was about half of a connect's runtime CPU, swinging between runs
+ * with how many files were deleted just before (the naive design pays it alike). In RAM that cost goes,
+ * but the runtime holds more memory per object and a storm of 5,000 persistent sessions fails with
+ * SQLite out of memory from about 1,400 held connections (bench/README.md, 2026-12-02 17:20): not the
+ * default.
  */
 const RAM_FS = "/dev/shm";
 /** A 5,000-connection storm keeps two objects' SQLite files per connection: a container's 64 MiB /dev/shm is not enough. */
 const RAM_FS_MIN_FREE = 4 * 2 ** 30;
-let stateOnDisk = false;
-export function setStateOnDisk(on) {
-  stateOnDisk = on;
+let stateInRamAsked = false;
+export function setStateInRam(on) {
+  stateInRamAsked = on;
 }
 
 function stateInRam() {
-  if (stateOnDisk || !existsSync(RAM_FS)) return false;
+  if (!stateInRamAsked || !existsSync(RAM_FS)) return false;
   try {
     const fs = statfsSync(RAM_FS);
     return fs.bavail * fs.bsize >= RAM_FS_MIN_FREE;
