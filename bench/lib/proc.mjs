@@ -93,6 +93,13 @@ export function treeUsage(rootPid) {
   return { at: performance.now(), cpuMs, rssBytes, byComm, pids: procs.length };
 }
 
+/** CPU ms per command between two `treeUsage` readings. */
+export function commandDelta(before, after) {
+  const out = {};
+  for (const [comm, v] of Object.entries(after.byComm)) out[comm] = v.cpuMs - (before.byComm[comm]?.cpuMs ?? 0);
+  return out;
+}
+
 /** CPU of this process (the load generator), ms. */
 export function selfCpuMs() {
   const u = process.cpuUsage();

@@ -4,7 +4,7 @@
 // and in time.
 import WebSocket from "ws";
 import { MqttClient, PINGREQ_BYTES, payloadStamp, publishBytes, stampedPayload } from "./client.mjs";
-import { selfCpuMs, treeUsage } from "./proc.mjs";
+import { commandDelta, selfCpuMs, treeUsage } from "./proc.mjs";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -361,23 +361,16 @@ export async function qos1RoundTrip(peer, p, tag) {
 
 // ---------------------------------------------------------------- connect storm + idle hold
 
-/**
- * C connections (keep alive 60 s) with bounded concurrency: connects/s and CONNACK latency
- * (socket creation → CONNACK); then the connections stay idle for `holdMs` and the server's
- * RSS growth per held connection is read.
- */
-/** CPU ms per command between two `treeUsage` readings. */
-function commandDelta(before, after) {
-  const out = {};
-  for (const [comm, v] of Object.entries(after.byComm)) out[comm] = v.cpuMs - (before.byComm[comm]?.cpuMs ?? 0);
-  return out;
-}
-
 /** The part of `totalMs` a deployed server also spends: a `wrangler dev` peer's runtime processes alone, another server's whole tree. */
 function runtimeCpuMs(peer, totalMs, byCommand) {
   return peer.runtimeCommand ? (byCommand[peer.runtimeCommand] ?? 0) : totalMs;
 }
 
+/**
+ * C connections (keep alive 60 s) with bounded concurrency: connects/s and CONNACK latency
+ * (socket creation → CONNACK); then the connections stay idle for `holdMs` and the server's
+ * RSS growth per held connection is read.
+ */
 export async function connectStorm(peer, p, tag) {
   await waitQuiet(peer.pid);
   const rssBefore = treeUsage(peer.pid).rssBytes;
@@ -397,6 +390,7 @@ export async function connectStorm(peer, p, tag) {
   await endAll(ok);
   await waitQuiet(peer.pid);
   const closed = treeUsage(peer.pid);
+  const closeMs = closed.cpuMs - holdEnd.cpuMs;
   void tag;
   return {
     ...m,
@@ -409,9 +403,9 @@ export async function connectStorm(peer, p, tag) {
     connackP50Ms: percentile(connack, 50),
     connackP99Ms: percentile(connack, 99),
     serverCpuMsPerConnect: m.serverCpuMs / Math.max(1, ok.length),
-    serverCpuMsPerClose: (closed.cpuMs - holdEnd.cpuMs) / Math.max(1, ok.length),
+    serverCpuMsPerClose: closeMs / Math.max(1, ok.length),
     runtimeCpuMsPerConnect: runtimeCpuMs(peer, m.serverCpuMs, m.serverCpuMsByCommand) / Math.max(1, ok.length),
-    runtimeCpuMsPerClose: runtimeCpuMs(peer, closed.cpuMs - holdEnd.cpuMs, commandDelta(holdEnd, closed)) / Math.max(1, ok.length),
+    runtimeCpuMsPerClose: runtimeCpuMs(peer, closeMs, commandDelta(holdEnd, closed)) / Math.max(1, ok.length),
     rssBeforeBytes: rssBefore,
     rssHeldBytes: holdEnd.rssBytes,
     rssKiBPerConnection: (holdEnd.rssBytes - rssBefore) / 1024 / Math.max(1, ok.length),

@@ -132,9 +132,9 @@ function stateDir(prefix) {
   return tempDir(prefix, stateInRam() ? RAM_FS : tmpdir());
 }
 
-/** Where a server's state lives, for its label. */
-function stateWhere() {
-  return stateInRam() ? "state in RAM" : "state on disk";
+/** Where the state in `dir` lives, for a server's label (a restart reuses an earlier server's directory). */
+function stateWhere(dir) {
+  return dir.startsWith(`${RAM_FS}/`) ? "state in RAM" : "state on disk";
 }
 
 function track(child) {
@@ -149,6 +149,14 @@ async function stopChild(child) {
   await waitExit(child, 2000);
 }
 
+/**
+ * The processes of a `wrangler dev` tree that a deployed Worker also has: the runtime (and, through
+ * the proxy, the proxy's own workerd). The rest is the dev tool: wrangler's node process (the bundler,
+ * the file watcher, the inspector proxy, the reader of every console line the runtime writes) and
+ * esbuild. A connect's and a close's CPU is reported for the whole tree and for these alone.
+ */
+const RUNTIME_COMMAND = "workerd";
+
 /** What `wrangler dev` needs of the project, copied for the bench's snapshot. */
 const SNAPSHOT = ["src", "migrations", "public", "scripts", "wrangler.toml", "package.json", "tsconfig.json"];
 
@@ -159,14 +167,6 @@ const SNAPSHOT = ["src", "migrations", "public", "scripts", "wrangler.toml", "pa
  * files): the usual soft limit stops a connect storm at a few thousand (`accept: Too many open
  * files` kills the dev proxy). Raised as far as this user may, as for any load test.
  */
-/**
- * The processes of a `wrangler dev` tree that a deployed Worker also has: the runtime (and, through
- * the proxy, the proxy's own workerd). The rest is the dev tool: wrangler's node process (the bundler,
- * the file watcher, the inspector proxy, the reader of every console line the runtime writes) and
- * esbuild. A connect's and a close's CPU is reported for the whole tree and for these alone.
- */
-const RUNTIME_COMMAND = "workerd";
-
 async function wranglerDev(cwd, port, extraArgs, env) {
   const args = ["dev", "--ip", "127.0.0.1", "--port", String(port), "--show-interactive-dev-session=false", "--log-level", "warn", ...extraArgs];
   const child = spawn("sh", ["-c", `ulimit -n ${FD_LIMIT} 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@"`, WRANGLER, ...args], { cwd, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
@@ -271,9 +271,9 @@ export async function startBroker({ vars = {}, persistDir: reuse } = {}) {
   const { origin, via } = clientOrigin(port, direct);
   return {
     name: "broker",
-    label: `broker (wrangler dev, ${via}, ${stateWhere()})`,
+    label: `broker (wrangler dev, ${via}, ${stateWhere(persistDir)})`,
     via,
-    state: stateWhere(),
+    state: stateWhere(persistDir),
     runtimeCommand: RUNTIME_COMMAND,
     wsUrl: `${origin}/mqtt`,
     /** The same broker through `wrangler dev`'s proxy. */
@@ -375,7 +375,7 @@ export async function startNaive() {
   const { origin, via } = clientOrigin(port, await runtimeUrl(child.pid));
   return {
     name: "naive",
-    label: `naive DO design (wrangler dev, ${via}, ${stateWhere()})`,
+    label: `naive DO design (wrangler dev, ${via}, ${stateWhere(persistDir)})`,
     runtimeCommand: RUNTIME_COMMAND,
     wsUrl: `${origin}/mqtt`,
     /** The `floor` scenario's do-nothing hibernatable socket. */
